@@ -1,0 +1,219 @@
+"""A small ViT and a small text transformer, trained CLIP-style into one embedding space.
+
+The dual encoder is CLIP (Radford et al. 2021, "Learning Transferable Visual Models From Natural
+Language Supervision") at a size a laptop can train:
+
+    image (B, C, H, W) --ViT--> (B, vision_width) --linear--> (B, D) --L2--> image embedding
+    tokens (B, L)      --text transformer--> (B, text_width) --linear--> (B, D) --L2--> text embedding
+
+and `logit_scale`, the log of the inverse temperature s = exp(logit_scale) that multiplies the
+cosine similarities before the softmax. Like CLIP it starts at s = 1/0.07 and is clamped to at
+most 100 after every optimizer step (`clamp_logit_scale`).
+
+Depends on torch and the standard library only, so this file can be copied out on its own.
+"""
+
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAD_ID = 0  # the tokenizer pads with id 0; the text encoder masks those positions out
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 64      # square images; must be divisible by patch_size
+    patch_size: int = 8
+    in_channels: int = 1      # 1 for grayscale radiographs, 3 for RGB
+    vision_width: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    vocab_size: int = 2048
+    context_length: int = 64  # longest token sequence (learned position table size)
+    text_width: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    embed_dim: int = 128      # D, the shared embedding size
+    mlp_ratio: int = 4
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size "
+                             f"{self.patch_size}: pick an image size that is a multiple of it")
+        for name in ("vision", "text"):
+            width, heads = getattr(self, f"{name}_width"), getattr(self, f"{name}_heads")
+            if width % heads != 0:
+                raise ValueError(f"{name}_width {width} is not divisible by {name}_heads {heads}")
+
+
+# Named sizes. "tiny" trains in minutes on 2 CPU cores; "small" is ViT-S-like (width 384, 12 layers,
+# 6 heads) for a consumer GPU. Parameter counts are printed by `python model.py` (see README).
+PRESETS = {
+    "tiny": dict(image_size=64, patch_size=8, vision_width=128, vision_layers=4, vision_heads=4,
+                 text_width=128, text_layers=3, text_heads=4, embed_dim=128, context_length=64),
+    "small": dict(image_size=224, patch_size=16, vision_width=384, vision_layers=12, vision_heads=6,
+                  text_width=384, text_layers=6, text_heads=6, embed_dim=256, context_length=128,
+                  vocab_size=8192),
+}
+
+
+def make_config(preset="tiny", **overrides):
+    """The preset's config with some fields replaced (e.g. image_size=128, in_channels=3)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    fields = dict(PRESETS[preset])
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig(**fields)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through F.scaled_dot_product_attention (flash / memory-efficient
+    kernels on GPUs, a plain implementation on the CPU)."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x, key_mask=None):
+        B, L, W = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        # key_mask (B, L) is True where a token may be attended to; broadcast over heads and queries.
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, heads, L, W/heads)
+        return self.proj(y.transpose(1, 2).reshape(B, L, W))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (as in ViT and GPT-2): x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, width, heads, mlp_ratio):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(),
+                                 nn.Linear(mlp_ratio * width, width))
+
+    def forward(self, x, key_mask=None):
+        x = x + self.attn(self.ln1(x), key_mask)
+        return x + self.mlp(self.ln2(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT (Dosovitskiy et al. 2021): non-overlapping patches -> tokens, a class token, learned
+    positions, pre-norm blocks; the class token's final state is the image representation."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        n_patches = (cfg.image_size // cfg.patch_size) ** 2
+        # A strided convolution is the usual way to cut and embed patches in one op.
+        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.vision_width, cfg.patch_size, cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.vision_width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n_patches, cfg.vision_width))
+        self.blocks = nn.ModuleList(Block(cfg.vision_width, cfg.vision_heads, cfg.mlp_ratio)
+                                    for _ in range(cfg.vision_layers))
+        self.ln_final = nn.LayerNorm(cfg.vision_width)
+
+    def forward(self, images):
+        x = self.patch_embed(images)                       # (B, W, H/p, W/p)
+        x = x.flatten(2).transpose(1, 2)                   # (B, n_patches, W)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)    # (B, 1, W)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed    # (B, 1 + n_patches, W)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_final(x[:, 0])                      # (B, W)
+
+
+class TextTransformer(nn.Module):
+    """Token and position embeddings, bidirectional pre-norm blocks with a padding mask, and the
+    mean of the non-padding tokens' final states as the pooled output.
+
+    Masked mean pooling (rather than CLIP's end-of-text token under a causal mask) makes the output
+    exactly independent of how much padding follows the text: padded keys are never attended to and
+    padded positions never enter the mean."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.context_length = cfg.context_length
+        self.token_embed = nn.Embedding(cfg.vocab_size, cfg.text_width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.context_length, cfg.text_width))
+        self.blocks = nn.ModuleList(Block(cfg.text_width, cfg.text_heads, cfg.mlp_ratio)
+                                    for _ in range(cfg.text_layers))
+        self.ln_final = nn.LayerNorm(cfg.text_width)
+
+    def forward(self, tokens):
+        B, L = tokens.shape
+        if L > self.context_length:
+            raise ValueError(f"token sequence of length {L} is longer than context_length "
+                             f"{self.context_length}")
+        mask = tokens != PAD_ID                              # (B, L), True for real tokens
+        x = self.token_embed(tokens) + self.pos_embed[:, :L]  # (B, L, W)
+        for block in self.blocks:
+            x = block(x, key_mask=mask)
+        x = self.ln_final(x)
+        m = mask.unsqueeze(-1).to(x.dtype)                   # (B, L, 1)
+        return (x * m).sum(1) / m.sum(1).clamp(min=1)        # (B, W)
+
+
+class DualEncoder(nn.Module):
+    """CLIP's two towers, their projections to the shared D-dimensional space, and logit_scale."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VisionTransformer(cfg)
+        self.text = TextTransformer(cfg)
+        self.image_proj = nn.Linear(cfg.vision_width, cfg.embed_dim, bias=False)
+        self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
+        # CLIP: s = exp(logit_scale) starts at 1/0.07 and is clamped to at most 100.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.apply(self._init_weights)
+        for p in (self.visual.cls_token, self.visual.pos_embed, self.text.pos_embed):
+            nn.init.normal_(p, std=0.02)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def encode_image(self, images):
+        """images (B, C, H, W) float -> (B, D), unit L2 norm."""
+        return F.normalize(self.image_proj(self.visual(images)), dim=-1)
+
+    def encode_text(self, tokens):
+        """tokens (B, L) long, padded with PAD_ID -> (B, D), unit L2 norm."""
+        return F.normalize(self.text_proj(self.text(tokens)), dim=-1)
+
+    def forward(self, images, tokens):
+        """Both embeddings and s = exp(logit_scale). Training calls the model through forward (not
+        the encode_* methods) so that DistributedDataParallel sees every parameter it must reduce."""
+        return self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale(self, max_scale=100.0):
+        self.logit_scale.clamp_(0, math.log(max_scale))
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+
+if __name__ == "__main__":
+    # `python model.py` prints each preset's parameter count (the numbers in the README).
+    for name in PRESETS:
+        cfg = make_config(name)
+        model = DualEncoder(cfg)
+        vis = sum(p.numel() for p in model.visual.parameters())
+        txt = sum(p.numel() for p in model.text.parameters())
+        print(f"{name:6s} image {cfg.image_size}px patch {cfg.patch_size}: "
+              f"{model.num_params() / 1e6:.2f}M parameters (vision {vis / 1e6:.2f}M, "
+              f"text {txt / 1e6:.2f}M), config {asdict(cfg)}")
