@@ -1,0 +1,102 @@
+"""Evaluate a trained dual encoder the way medical vision-language papers report it.
+
+    python eval.py --checkpoint out            # the synthetic benchmark, one table
+    python eval.py --checkpoint out --json results.json --show grid.png
+
+Three protocols (METHOD.md, "Evaluation"):
+
+- Zero-shot classification (CLIP; CheXpert 5x200 in medical VLP papers such as ConVIRT, GLoRIA,
+  MedCLIP): every class is described by a few prompts; a class embedding is the mean of its
+  normalised prompt embeddings, renormalised; an image is assigned the class whose embedding is
+  most similar. Reported as accuracy and macro one-vs-rest AUC-ROC.
+- Few-shot adaptation: a linear probe (multinomial logistic regression) on frozen, L2-normalised
+  image features, trained on k labelled images per class (k = 1, 2, 4, 8, 16), scored by macro
+  AUC-ROC on every other image, averaged over several random draws of the k images.
+- Retrieval: image-to-text and text-to-image Recall@1/5/10 on held-out pairs. Reports repeat
+  (many normal studies share the same text), so any candidate whose report is identical to the
+  query's counts as a correct match; otherwise the metric would punish the model for a coin flip
+  between indistinguishable candidates.
+
+AUC-ROC and Recall@k are written here in torch (no scikit-learn), and tests/test_eval.py checks
+them against hand-computed cases. train.py imports `evaluate` for its periodic quick zero-shot
+check and its final report.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from model import DualEncoder, ModelConfig
+
+# -----------------------------------------------------------------------------
+# Metrics: plain functions of score tensors, no model involved.
+
+
+def roc_auc(scores, targets):
+    """Binary AUC-ROC: the probability that a random positive scores above a random negative,
+    ties counted as one half.
+
+    Computed with the Mann-Whitney U statistic: rank all scores (tied scores share the average of
+    the ranks they span), then
+        AUC = (sum of the positives' ranks - P (P + 1) / 2) / (P N)
+    for P positives and N negatives. The average ranks are exactly what makes a tie worth half a
+    pair. O(n log n), against O(P N) for counting pairs.
+    """
+    scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    targets = torch.as_tensor(targets).flatten().bool()
+    if scores.shape != targets.shape:
+        raise ValueError(f"roc_auc: {scores.numel()} scores but {targets.numel()} targets")
+    if not torch.isfinite(scores).all():
+        raise ValueError("roc_auc: scores contain NaN or infinity")
+    n_pos = int(targets.sum())
+    n_neg = targets.numel() - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"roc_auc is undefined with only one class present "
+                         f"({n_pos} positives, {n_neg} negatives)")
+    # unique() sorts, so group g holds the g-th smallest distinct score; its members occupy the
+    # 1-based ranks first .. first + count - 1, whose average is first + (count - 1) / 2.
+    _, group, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    counts = counts.double()
+    first = torch.cumsum(counts, 0) - counts + 1
+    ranks = (first + (counts - 1) / 2)[group]                   # (n,) average ranks
+    u = ranks[targets].sum() - n_pos * (n_pos + 1) / 2.0        # pairs a positive wins (+ ties / 2)
+    return float(u / (n_pos * n_neg))
+
+
+def macro_auc_ovr(scores, labels):
+    """Macro one-vs-rest AUC-ROC: for each class c, the AUC of column c of scores (n, C) at
+    separating images of class c from all others; then the plain mean over classes.
+
+    A class with no image in `labels` has no defined AUC and is left out of the mean (a prompt
+    file may name more findings than a given test set contains)."""
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    labels = torch.as_tensor(labels).long()
+    present = [c for c in range(scores.shape[1]) if (labels == c).any()]
+    if len(present) < 2:
+        raise ValueError(f"macro AUC needs images of at least two classes, got {len(present)}")
+    return sum(roc_auc(scores[:, c], labels == c) for c in present) / len(present)
+
+
+def recall_at_k(similarity, correct, ks=(1, 5, 10)):
+    """Recall@k for retrieval: the fraction of queries (rows) for which at least one of the k most
+    similar candidates (columns) is a correct match.
+
+    similarity (nq, nc) float; correct (nq, nc) bool. For image-text pairs with repeated reports,
+    `correct` is True wherever the candidate's report equals the query's (not just the diagonal).
+    Returns {k: recall}; k larger than the number of candidates means all of them."""
+    similarity = torch.as_tensor(similarity)
+    correct = torch.as_tensor(correct).bool()
+    if similarity.shape != correct.shape:
+        raise ValueError(f"similarity {tuple(similarity.shape)} and correct "
+                         f"{tuple(correct.shape)} differ in shape")
+    out = {}
+    for k in ks:
+        top = similarity.topk(min(k, similarity.shape[1]), dim=1).indices   # (nq, k)
+        hit = correct.gather(1, top).any(dim=1)                              # (nq,)
+        out[k] = hit.float().mean().item()
+    return out
