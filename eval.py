@@ -100,3 +100,57 @@ def recall_at_k(similarity, correct, ks=(1, 5, 10)):
         hit = correct.gather(1, top).any(dim=1)                              # (nq,)
         out[k] = hit.float().mean().item()
     return out
+
+
+# -----------------------------------------------------------------------------
+# Few-shot: a linear probe on frozen image features.
+
+
+def _fit_linear_probe(x, y, num_classes, weight_decay=1e-3, max_iter=200):
+    """Multinomial logistic regression, min_W,b  mean CE(x W + b, y) + weight_decay * |W|^2,
+    solved with L-BFGS on the full (tiny: k * C rows) training set, as CLIP's linear-probe
+    evaluation does with scikit-learn's L-BFGS. The problem is convex, so starting from zero and
+    a deterministic solver make the result depend on the data alone. x (n, D), y (n,)."""
+    W = torch.zeros(x.shape[1], num_classes, dtype=x.dtype, requires_grad=True)   # (D, C)
+    b = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)               # (C,)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, history_size=10,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ W + b, y) + weight_decay * W.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return W.detach(), b.detach()
+
+
+def few_shot(image_features, labels, shots=(1, 2, 4, 8, 16), seeds=(0, 1, 2, 3, 4),
+             weight_decay=1e-3):
+    """For each k in shots and each seed: draw k images per class (torch generator seeded with
+    the seed), fit a linear probe on their L2-normalised features, and score macro one-vs-rest
+    AUC-ROC of its softmax probabilities on every image not drawn. Returns {str(k): mean AUC over
+    seeds}. Each class needs more than k images (at least one left to test on)."""
+    x = F.normalize(torch.as_tensor(image_features).detach().float().cpu(), dim=-1)   # (n, D)
+    # Relabel to 0..C-1 so that a class missing from the labels leaves no empty column.
+    _, y = torch.unique(torch.as_tensor(labels).cpu(), return_inverse=True)         # (n,)
+    num_classes = int(y.max()) + 1
+    members = [torch.nonzero(y == c).flatten() for c in range(num_classes)]
+    smallest = min(len(m) for m in members)
+    results = {}
+    for k in shots:
+        if k >= smallest:
+            raise ValueError(f"{k}-shot needs more than {k} images per class (one left to test "
+                             f"on); the smallest class has {smallest}")
+        aucs = []
+        for seed in seeds:
+            g = torch.Generator().manual_seed(seed)
+            train = torch.cat([m[torch.randperm(len(m), generator=g)[:k]] for m in members])
+            test = torch.ones(len(y), dtype=torch.bool)
+            test[train] = False
+            W, b = _fit_linear_probe(x[train], y[train], num_classes, weight_decay)
+            probs = torch.softmax(x[test] @ W + b, dim=-1)                          # (n_test, C)
+            aucs.append(macro_auc_ovr(probs, y[test]))
+        results[str(k)] = sum(aucs) / len(aucs)
+    return results

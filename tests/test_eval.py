@@ -84,3 +84,33 @@ def test_recall_at_k_counts_identical_reports_as_correct():
     assert ev.recall_at_k(sim, correct, ks=(1,))[1] == pytest.approx(2 / 3)
     # With only the diagonal counted correct, query 1 would be a miss.
     assert ev.recall_at_k(sim, torch.eye(3, dtype=torch.bool), ks=(1,))[1] == pytest.approx(1 / 3)
+
+
+# -----------------------------------------------------------------------------
+# few_shot
+
+
+def test_few_shot_separable_features_give_high_auc():
+    # Five well-separated clusters: even one labelled image per class finds the right direction.
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 32, generator=g)
+    labels = torch.arange(5).repeat_interleave(30)                              # (150,)
+    features = centres[labels] + 0.3 * torch.randn(150, 32, generator=g)        # (150, 32)
+    result = ev.few_shot(features, labels, seeds=(0, 1))
+    assert list(result) == ["1", "2", "4", "8", "16"]
+    assert all(auc > 0.99 for auc in result.values()), result
+
+
+def test_few_shot_random_labels_are_chance():
+    # Labels independent of the features: no probe can do better than chance on held-out images.
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(150, 32, generator=g)
+    labels = torch.randint(0, 5, (150,), generator=g)
+    result = ev.few_shot(features, labels, shots=(1, 4, 16), seeds=(0, 1, 2))
+    assert all(auc < 0.7 for auc in result.values()), result
+
+
+def test_few_shot_refuses_k_without_test_images():
+    labels = torch.arange(3).repeat_interleave(4)
+    with pytest.raises(ValueError, match="4-shot"):
+        ev.few_shot(torch.randn(12, 8), labels, shots=(4,), seeds=(0,))
