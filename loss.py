@@ -1,0 +1,138 @@
+"""Queue-based InfoNCE with soft distillation targets from the momentum teacher (METHOD.md steps 2-5).
+
+For a window of N image-report pairs, the teacher's features I', T' (N, D) and a queue of the K
+most recent teacher features Q_I, Q_T (K, D) form the banks
+
+    B_T = [T' ; Q_T],   B_I = [I' ; Q_I]                                  (N + K, D)
+
+that every student row is compared with (MoCo's queue, He et al. 2020). The targets mix the
+teacher's own similarity distribution with the ground-truth positives (ALBEF's momentum
+distillation, Li et al. 2021):
+
+    Y_i2t = α · softmax(s · I' B_T^T) + (1 − α) · P                     (N, N + K)
+
+and the loss is the symmetric cross-entropy between Y and the student's distribution,
+
+    L = (1 / 2N) Σ_rows [ −Σ_c Y_i2t log softmax(s · I B_T^T) − Σ_c Y_t2i log softmax(s · T B_I^T) ].
+
+P is one-hot (row n's positive is column n) or, duplicate-aware, uniform over every bank column
+whose report is identical to row n's: with many identical "normal" reports, one-hot targets
+would push apart pairs that say exactly the same thing.
+
+The bank holds no gradient, so each row's loss is independent of the other rows: this is what
+lets accumulate.py split the window into micro-batches and still get the gradient of the whole.
+
+Depends on torch and the standard library only.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 (from autocast) to float32; float32 and float64 stay as they are.
+    Similarities and softmaxes over thousands of columns need at least float32."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class FeatureQueue(nn.Module):
+    """A ring buffer of the last `size` teacher image and text features and their report ids.
+
+    Buffers (saved in state_dict, so a checkpoint restores the queue exactly):
+      image, text (K, D) features; ids (K,) report ids; ptr, the slot the next entry goes to;
+      filled, how many slots hold real entries (the queue starts empty, and empty slots must
+      never act as negatives).
+    """
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        if size < 0:
+            raise ValueError(f"queue size must be >= 0, got {size}")
+        self.size = size
+        self.register_buffer("image", torch.zeros(size, dim))
+        self.register_buffer("text", torch.zeros(size, dim))
+        self.register_buffer("ids", torch.zeros(size, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    def __len__(self):
+        return int(self.filled)
+
+    def contents(self):
+        """(image (n, D), text (n, D), ids (n,)) of the filled slots. The queue fills slots
+        0, 1, 2, ... in order before it wraps, so the filled ones are always the first n."""
+        n = int(self.filled)
+        return self.image[:n], self.text[:n], self.ids[:n]
+
+    @torch.no_grad()
+    def enqueue(self, image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor):
+        """Write n entries at the pointer, wrapping around the end, and advance the pointer by n.
+
+        The wrap is handled slot by slot, so K need not be a multiple of n. When n > K only the
+        last K entries can be held, exactly as if they had been written one at a time."""
+        if self.size == 0:
+            return
+        n = image.shape[0]
+        start = 0 if n <= self.size else n - self.size   # entries that would be overwritten anyway
+        slots = (self.ptr + torch.arange(start, n, device=self.ptr.device)) % self.size
+        self.image[slots] = image[start:].to(self.image.dtype)
+        self.text[slots] = text[start:].to(self.text.dtype)
+        self.ids[slots] = ids[start:].to(self.ids.device)
+        self.ptr.copy_((self.ptr + n) % self.size)
+        self.filled.copy_(torch.clamp(self.filled + n, max=self.size))
+
+
+def positive_matrix(row_ids: torch.Tensor, bank_ids: torch.Tensor, offset: int,
+                    duplicate_aware: bool = False, dtype=torch.float32) -> torch.Tensor:
+    """P (n, M): row r's positives among the M bank columns; each row sums to 1.
+
+    one-hot: the row's own pair sits at column offset + r.
+    duplicate-aware: uniform over every column whose report id equals the row's (its own pair
+    included, since the window is part of the bank)."""
+    n, M = row_ids.shape[0], bank_ids.shape[0]
+    if duplicate_aware:
+        same = (row_ids[:, None] == bank_ids[None, :]).to(dtype)   # (n, M)
+        return same / same.sum(dim=1, keepdim=True)
+    P = torch.zeros(n, M, device=bank_ids.device, dtype=dtype)
+    P[torch.arange(n), offset + torch.arange(n)] = 1.0
+    return P
+
+
+@torch.no_grad()
+def soft_targets(teacher_rows: torch.Tensor, bank: torch.Tensor, scale: torch.Tensor,
+                 alpha: float, positives: torch.Tensor) -> torch.Tensor:
+    """Y = α · softmax(s · teacher_rows bank^T) + (1 − α) · P, (n, M); rows sum to 1."""
+    if alpha == 0:
+        return positives
+    teacher_probs = F.softmax(upcast(scale.detach()) * upcast(teacher_rows) @ upcast(bank).T, dim=1)
+    return alpha * teacher_probs + (1.0 - alpha) * positives
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Σ over rows of −Σ_c Y log softmax(logits): a sum, so the caller chooses the normaliser."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum()
+
+
+def msd_loss(image: torch.Tensor, text: torch.Tensor, bank_image: torch.Tensor,
+             bank_text: torch.Tensor, targets_i2t: torch.Tensor, targets_t2i: torch.Tensor,
+             scale: torch.Tensor, normaliser: int | None = None) -> torch.Tensor:
+    """The symmetric loss of the student rows `image`, `text` (n, D) against the frozen banks.
+
+    normaliser: the N of 1/(2N). Left out, it is n (the loss is a mean over these rows); under
+    gradient accumulation pass the window size, so the micro-batch losses add up to the loss of
+    the whole window and their gradients to its gradient."""
+    normaliser = image.shape[0] if normaliser is None else normaliser
+    scale = upcast(scale)
+    logits_i2t = scale * upcast(image) @ upcast(bank_text).T     # (n, M)
+    logits_t2i = scale * upcast(text) @ upcast(bank_image).T     # (n, M)
+    total = soft_cross_entropy(logits_i2t, targets_i2t) + soft_cross_entropy(logits_t2i, targets_t2i)
+    return total / (2 * normaliser)
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Plain CLIP (Radford et al. 2021): symmetric InfoNCE within the batch, student features on
+    both sides, the i-th image and i-th text the positive pair. The ablation baseline."""
+    logits = upcast(scale) * upcast(image) @ upcast(text).T       # (B, B)
+    labels = torch.arange(image.shape[0], device=image.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
