@@ -1,0 +1,163 @@
+"""One optimizer step over a window of k micro-batches: METHOD.md's steps 1-6.
+
+A small GPU holds a micro-batch of b pairs; the contrastive batch we want is N = k · b (and the
+queue adds K more negatives). `msd_step` gets there without ever holding N student activations:
+
+  1. teacher pass over the whole window, no gradient: I', T' (N, D). Only features are kept.
+  2. banks B_I = [I' ; Q_I], B_T = [T' ; Q_T], frozen for the whole window.
+  3-5. for each micro-batch j: student forward, its rows against the banks, targets from the
+       teacher rows j·b … j·b + b − 1, loss_j normalised by the WINDOW size N, backward.
+       Gradients add up over j to exactly the gradient of the one-batch loss over N.
+  6. one optimizer step, one EMA update of the teacher, one enqueue of the whole window.
+
+Why the EMA and the enqueue must wait for the end of the window:
+  - an EMA update per micro-batch would move the teacher by m^k per optimizer step instead of m
+    (0.995^8 ≈ 0.961): the teacher would trail the student k times less, and the momentum
+    you tuned would silently depend on k;
+  - an enqueue per micro-batch would put the current window into the queue while it is also in
+    the bank, so a row would meet its own positive twice (once as the positive, once as a
+    "negative" copy in the queue), and the queue would no longer be frozen within the window;
+  - and the teacher features of later micro-batches would then come from a different teacher
+    than the earlier ones: the window would not be one batch any more.
+
+Under DDP every rank gathers the teacher windows of all ranks (no gradient), so the bank holds
+world · N entries; rank r's rows find their positives at offset r · N. Each rank normalises by
+its own N; the gradient all-reduce averages the ranks, which makes the whole thing the loss of
+one batch of world · N rows. The same gathered window feeds the queue, so all ranks keep the
+same queue.
+
+Depends on torch and the standard library (and the sibling concept files) only.
+"""
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+
+from loss import clip_loss, msd_loss, positive_matrix, soft_targets, upcast
+from momentum import ema_update
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was NaN or infinite; the optimizer step was not taken."""
+
+
+def unwrap(model):
+    """The module inside DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def gather_window(x: torch.Tensor):
+    """All ranks' windows concatenated in rank order (no gradient), and this rank's offset."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts), dist.get_rank() * x.shape[0]
+
+
+def _optimizer_step(model, optimizer, loss, scaler, max_grad_norm):
+    """Clip, step, and clamp logit_scale, the same way for every method."""
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"loss is {loss.item()}: the optimizer step was not taken")
+    if scaler is not None:
+        scaler.unscale_(optimizer)           # clip the true gradients, not the scaled ones
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    module = unwrap(model)
+    if hasattr(module, "clamp_logit_scale"):
+        module.clamp_logit_scale()
+
+
+def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, momentum: float,
+             duplicate_aware: bool = False, autocast=contextlib.nullcontext, scaler=None,
+             max_grad_norm: float | None = None) -> torch.Tensor:
+    """One optimizer step of momentum self-distillation over `micro_batches`.
+
+    model: the student (a DualEncoder, or DDP around one), called as model(images, tokens) ->
+      (image features, text features, s). teacher: its EMA copy. queue: a loss.FeatureQueue.
+    micro_batches: list of (images, tokens, report_ids) already on the device.
+    autocast: a zero-argument callable returning a context (e.g. a partial of torch.autocast).
+    Returns the window's loss (a detached scalar): the same number a single batch of N would give.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    student = unwrap(model)
+    sizes = [mb[0].shape[0] for mb in micro_batches]
+    N = sum(sizes)
+
+    # 1. Teacher pass over the whole window without gradient; keep only features, in float32.
+    with torch.no_grad(), autocast():
+        t_img = torch.cat([upcast(teacher.encode_image(x)) for x, _, _ in micro_batches])  # (N, D)
+        t_txt = torch.cat([upcast(teacher.encode_text(t)) for _, t, _ in micro_batches])   # (N, D)
+    ids = torch.cat([i for _, _, i in micro_batches])                                     # (N,)
+
+    # 2. Banks: every rank's window, then the queue. Frozen until the window is done.
+    w_img, offset = gather_window(t_img)           # (world·N, D), this rank's rows start at offset
+    w_txt, _ = gather_window(t_txt)
+    w_ids, _ = gather_window(ids)
+    q_img, q_txt, q_ids = queue.contents()          # (n_q, D) each
+    bank_img = torch.cat([w_img, q_img])            # (world·N + n_q, D)
+    bank_txt = torch.cat([w_txt, q_txt])
+    bank_ids = torch.cat([w_ids, q_ids])
+    scale = student.logit_scale.exp().detach()      # the teacher's similarities use s, detached
+
+    # 3-5. Student micro-batches against the frozen banks; gradients accumulate in .grad.
+    losses = []
+    start = 0
+    for j, (images, tokens, row_ids) in enumerate(micro_batches):
+        rows = slice(start, start + sizes[j])
+        P = positive_matrix(row_ids, bank_ids, offset + start, duplicate_aware, bank_img.dtype)
+        y_i2t = soft_targets(t_img[rows], bank_txt, scale, alpha, P)
+        y_t2i = soft_targets(t_txt[rows], bank_img, scale, alpha, P)
+        # Under DDP, all-reduce the gradients once, on the last micro-batch only.
+        last = j == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast():
+                img, txt, s = model(images, tokens)
+            loss_j = msd_loss(img, txt, bank_img, bank_txt, y_i2t, y_t2i, s, normaliser=N)
+            (scaler.scale(loss_j) if scaler is not None else loss_j).backward()
+        losses.append(loss_j.detach())
+        start += sizes[j]
+    total = torch.stack(losses).sum()
+
+    # 6. One optimizer step, one EMA update, one enqueue of the whole (gathered) window.
+    _optimizer_step(model, optimizer, total, scaler, max_grad_norm)
+    ema_update(teacher, student, momentum)
+    queue.enqueue(w_img, w_txt, w_ids)
+    return total
+
+
+def clip_step(model, optimizer, micro_batches, *, autocast=contextlib.nullcontext, scaler=None,
+              max_grad_norm: float | None = None) -> torch.Tensor:
+    """The baselines: plain CLIP (one micro-batch), or CLIP with naive gradient accumulation.
+
+    Naive accumulation averages k independent CLIP losses: each row sees only the b − 1
+    negatives of its own micro-batch, so the contrastive batch stays b whatever k is. That is
+    the problem MSD's window-wide bank solves. Returns the mean micro-batch loss."""
+    optimizer.zero_grad(set_to_none=True)
+    k = len(micro_batches)
+    losses = []
+    for j, (images, tokens, _) in enumerate(micro_batches):
+        last = j == k - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast():
+                img, txt, s = model(images, tokens)
+            loss_j = clip_loss(img, txt, s) / k
+            (scaler.scale(loss_j) if scaler is not None else loss_j).backward()
+        losses.append(loss_j.detach())
+    total = torch.stack(losses).sum()
+    _optimizer_step(model, optimizer, total, scaler, max_grad_norm)
+    return total
