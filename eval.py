@@ -23,6 +23,7 @@ check and its final report.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -31,6 +32,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from data import (ManifestError, load_tokenizer, read_class_manifest, read_pair_manifest,
+                  report_ids, retrieval_set, tokenize, zero_shot_set)
 from model import DualEncoder, ModelConfig
 
 # -----------------------------------------------------------------------------
@@ -98,7 +101,7 @@ def recall_at_k(similarity, correct, ks=(1, 5, 10)):
     for k in ks:
         top = similarity.topk(min(k, similarity.shape[1]), dim=1).indices   # (nq, k)
         hit = correct.gather(1, top).any(dim=1)                              # (nq,)
-        out[k] = hit.float().mean().item()
+        out[k] = hit.double().mean().item()
     return out
 
 
@@ -154,3 +157,377 @@ def few_shot(image_features, labels, shots=(1, 2, 4, 8, 16), seeds=(0, 1, 2, 3, 
             aucs.append(macro_auc_ovr(probs, y[test]))
         results[str(k)] = sum(aucs) / len(aucs)
     return results
+
+
+# -----------------------------------------------------------------------------
+# Embeddings: the frozen model as a feature extractor.
+
+
+def _restore_mode(fn):
+    """Run fn with the model in eval mode and under no_grad, then put the model back in the mode it
+    was in: train.py calls the evaluation in the middle of training."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        model = getattr(model, "module", model)   # unwrap DistributedDataParallel
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+    return wrapper
+
+
+@_restore_mode
+def embed_images(model, images, device, batch_size=256):
+    """images (n, C, H, W), uint8 in [0, 255] (or float in [0, 1]) -> (n, D) float32 on the CPU,
+    unit L2 norm. Batches of batch_size go to the device one at a time, so n can be large."""
+    in_channels = getattr(getattr(model, "cfg", None), "in_channels", images.shape[1])
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()   # the model's input: [0, 1]
+        if x.shape[1] == 1 and in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)   # grayscale benchmark images into an RGB-trained model
+        out.append(model.encode_image(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@_restore_mode
+def embed_texts(model, tokenizer, texts, device, batch_size=256):
+    """texts: list of n strings -> (n, D) float32 on the CPU, unit L2 norm."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        ids, _ = tokenize(tokenizer, texts[i:i + batch_size], model.cfg.context_length)  # (b, L)
+        out.append(model.encode_text(ids.to(device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+# -----------------------------------------------------------------------------
+# The three protocols.
+
+
+def class_embeddings(model, tokenizer, classes, prompts, device, batch_size=256):
+    """A prompt ensemble per class (CLIP, section 3.1.4): the mean of the class's normalised prompt
+    embeddings, renormalised. Averaging in embedding space smooths over the wording of any single
+    prompt. Returns (C, D), row c for classes[c]."""
+    flat, owner = [], []
+    for c, name in enumerate(classes):
+        if not prompts.get(name):
+            raise ValueError(f"no prompts for class {name!r}")
+        flat += list(prompts[name])
+        owner += [c] * len(prompts[name])
+    emb = embed_texts(model, tokenizer, flat, device, batch_size)               # (P, D)
+    owner = torch.tensor(owner)
+    means = torch.stack([emb[owner == c].mean(0) for c in range(len(classes))])  # (C, D)
+    return F.normalize(means, dim=-1)
+
+
+def zero_shot(model, tokenizer, images, labels, classes, prompts, device, batch_size=256,
+              image_features=None):
+    """Zero-shot classification: p(class c | image) = softmax_c(s * cos(image, class_c)) with the
+    model's own inverse temperature s = exp(logit_scale). The argmax (accuracy) does not depend on
+    s, the one-vs-rest AUC of the probabilities does, so we use the s the model was trained with.
+
+    images (n, C, H, W), labels (n,) indices into classes, prompts {class: [prompt, ...]}.
+    image_features (n, D) may be passed to skip the image encoder (evaluate reuses them for the
+    few-shot probe). Returns {"accuracy", "auc", "probs" (n, C)}."""
+    if image_features is None:
+        image_features = embed_images(model, images, device, batch_size)       # (n, D)
+    text = class_embeddings(model, tokenizer, classes, prompts, device, batch_size)  # (C, D)
+    scale = float(model.logit_scale.detach().exp())
+    probs = torch.softmax(scale * image_features @ text.T, dim=-1)            # (n, C)
+    labels = torch.as_tensor(labels).long()
+    return {"accuracy": (probs.argmax(dim=1) == labels).double().mean().item(),
+            "auc": macro_auc_ovr(probs, labels),
+            "probs": probs}
+
+
+def retrieval(model, tokenizer, images, texts, device, batch_size=256, ks=(1, 5, 10)):
+    """Image-to-text and text-to-image Recall@k over n held-out pairs (image i goes with texts[i]);
+    a candidate whose normalised report equals the query's counts as correct (report_ids)."""
+    img = embed_images(model, images, device, batch_size)          # (n, D)
+    txt = embed_texts(model, tokenizer, texts, device, batch_size)  # (n, D)
+    sim = img @ txt.T                                              # (n, n) cosine similarities
+    ids = report_ids(texts)                                        # (n,)
+    correct = ids[:, None] == ids[None, :]                         # (n, n) True on the diagonal too
+    i2t = recall_at_k(sim, correct, ks)
+    t2i = recall_at_k(sim.T, correct.T, ks)
+    return {**{f"i2t_r{k}": v for k, v in i2t.items()}, **{f"t2i_r{k}": v for k, v in t2i.items()}}
+
+
+# -----------------------------------------------------------------------------
+# The whole benchmark, as train.py and the command line run it.
+
+QUICK_PER_CLASS = 50   # quick=True: 5 x 50 zero-shot images, about a second for the tiny model on a CPU
+
+
+@functools.lru_cache(maxsize=4)
+def _synthetic_zero_shot(n_per_class, image_size):
+    # Rendering is deterministic, so a training run that evaluates every few hundred steps renders
+    # the benchmark once, not at every evaluation.
+    return zero_shot_set(n_per_class, image_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _synthetic_retrieval(n, image_size):
+    return retrieval_set(n, image_size)
+
+
+def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_class=200,
+             n_retrieval=1000, quick=False, shots=(1, 2, 4, 8, 16), seeds=(0, 1, 2, 3, 4),
+             batch_size=256, log=None):
+    """Run the benchmark and return the results as eval.py --json writes them:
+        {"zero_shot": {"accuracy", "auc"}, "few_shot": {"1", "2", "4", "8", "16"},
+         "retrieval": {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}}
+
+    zs: {"images", "labels", "classes", "prompts"} for zero-shot and few-shot (the output of
+    data.zero_shot_set or a class manifest); ret: {"images", "texts"} for retrieval. None renders
+    the synthetic set (n_per_class images per class, n_retrieval pairs); False skips that part.
+    quick=True runs zero-shot alone, on 5 x QUICK_PER_CLASS synthetic images unless zs is given.
+    log: a print-like function for progress messages (None: silent)."""
+    log = log or (lambda *args: None)
+    results = {}
+    if zs is not False:
+        if zs is None:
+            n = min(n_per_class, QUICK_PER_CLASS) if quick else n_per_class
+            log(f"rendering the synthetic zero-shot set ({n} images per class)...")
+            zs = _synthetic_zero_shot(n, image_size)
+        log(f"evaluating zero-shot on {len(zs['labels'])} images, {len(zs['classes'])} classes...")
+        features = embed_images(model, zs["images"], device, batch_size)               # (n, D)
+        z = zero_shot(model, tokenizer, zs["images"], zs["labels"], zs["classes"], zs["prompts"],
+                      device, batch_size, image_features=features)
+        results["zero_shot"] = {"accuracy": z["accuracy"], "auc": z["auc"]}
+        if quick:
+            return results
+        # k-shot needs k training images per class and at least one more to test on.
+        counts = torch.bincount(torch.as_tensor(zs["labels"]))
+        smallest = int(counts[counts > 0].min())
+        feasible = [k for k in shots if k < smallest]
+        if len(feasible) < len(shots):
+            log(f"skipping {[k for k in shots if k >= smallest]}-shot: the smallest class has "
+                f"only {smallest} images")
+        log(f"evaluating few-shot linear probes (k = {feasible}, {len(seeds)} seeds each)...")
+        results["few_shot"] = few_shot(features, zs["labels"], feasible, seeds)
+    if quick:
+        return results
+    if ret is not False:
+        if ret is None:
+            log(f"rendering {n_retrieval} held-out synthetic image-report pairs...")
+            ret = _synthetic_retrieval(n_retrieval, image_size)
+        log(f"evaluating retrieval on {len(ret['texts'])} pairs "
+            f"({len(set(report_ids(ret['texts']).tolist()))} distinct reports)...")
+        results["retrieval"] = retrieval(model, tokenizer, ret["images"], ret["texts"], device,
+                                         batch_size)
+    return results
+
+
+def format_table(results):
+    """One plain-text table of evaluate()'s results, a metric per row."""
+    rows = []
+    if "zero_shot" in results:
+        rows.append(("zero-shot", "accuracy", results["zero_shot"]["accuracy"]))
+        rows.append(("zero-shot", "AUC-ROC (macro one-vs-rest)", results["zero_shot"]["auc"]))
+    for k, auc in results.get("few_shot", {}).items():
+        rows.append(("few-shot", f"AUC-ROC, linear probe, {k}-shot", auc))
+    direction = {"i2t": "image -> text", "t2i": "text -> image"}
+    for key, recall in results.get("retrieval", {}).items():
+        way, k = key.split("_r")
+        rows.append(("retrieval", f"{direction[way]} Recall@{k}", recall))
+    width = max([len(metric) for _, metric, _ in rows] + [6])
+    lines = [f"{'task':<10}  {'metric':<{width}}  {'value':>6}", "-" * (10 + width + 10)]
+    lines += [f"{task:<10}  {metric:<{width}}  {value:6.3f}" for task, metric, value in rows]
+    return "\n".join(lines)
+
+
+def draw_predictions(path, images, labels, probs, classes, per_class=4, cell=160):
+    """Save a PNG grid: a row per true class, per_class images in it, each captioned with its true
+    finding and the model's top-3 zero-shot predictions (green when the top one is right)."""
+    from PIL import Image, ImageDraw   # Pillow comes with torchvision; only --show needs it
+
+    labels = torch.as_tensor(labels)
+    rows = [torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]
+    rows = [r for r in rows if len(r)]
+    line, text_lines = 13, 4
+    grid = Image.new("RGB", (per_class * cell, len(rows) * (cell + text_lines * line + 6)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, indices in enumerate(rows):
+        for c, i in enumerate(indices.tolist()):
+            x0, y0 = c * cell, r * (cell + text_lines * line + 6)
+            pixels = images[i]                                                  # (C, H, W)
+            pixels = pixels if pixels.dtype == torch.uint8 else (pixels * 255).round().byte()
+            # (H, W) gives a grayscale picture, (H, W, 3) an RGB one.
+            picture = Image.fromarray(pixels.permute(1, 2, 0).squeeze(-1).cpu().numpy())
+            grid.paste(picture.convert("RGB").resize((cell - 4, cell - 4)), (x0 + 2, y0 + 2))
+            top = probs[i].topk(min(3, len(classes)))
+            draw.text((x0 + 4, y0 + cell), f"true: {classes[labels[i]]}", fill="black")
+            for j, (p, k) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+                colour = ((0, 130, 0) if k == labels[i] else (200, 0, 0)) if j == 0 else "gray"
+                draw.text((x0 + 4, y0 + cell + (j + 1) * line), f"{classes[k]} {p:.2f}",
+                          fill=colour)
+    grid.save(path)
+
+
+# -----------------------------------------------------------------------------
+# Command line.
+
+
+class InputError(Exception):
+    """A problem with what the user gave us (a path, a file's contents): reported in one line."""
+
+
+def default_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_checkpoint(path, use_teacher=False, device="cpu"):
+    """Rebuild the model saved by train.py. path: the run's folder or its ckpt.pt; the tokenizer is
+    tokenizer.json beside the .pt. Returns (model in eval mode on device, tokenizer, checkpoint).
+    weights_only=True: a checkpoint holds tensors and plain values only, so loading one from a
+    stranger cannot run code."""
+    ckpt_path = os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path
+    if not os.path.isfile(ckpt_path):
+        raise InputError(f"checkpoint not found: {ckpt_path}")
+    tokenizer_path = os.path.join(os.path.dirname(ckpt_path), "tokenizer.json")
+    if not os.path.isfile(tokenizer_path):
+        raise InputError(f"tokenizer not found: {tokenizer_path} (train.py writes it beside ckpt.pt)")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which, not a traceback
+        raise InputError(f"cannot read checkpoint {ckpt_path}: {str(e).splitlines()[0]}")
+    key = "teacher" if use_teacher else "student"
+    if not isinstance(ckpt, dict) or key not in ckpt or "model" not in ckpt.get("config", {}):
+        raise InputError(f"{ckpt_path} is not a train.py checkpoint (no {key!r} weights or model config)")
+    model = DualEncoder(ModelConfig(**ckpt["config"]["model"]))
+    # Weights saved from a compiled or DDP-wrapped model carry a prefix on every name.
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt[key].items()}
+    model.load_state_dict(state)
+    return model.to(device).eval(), load_tokenizer(tokenizer_path), ckpt
+
+
+def read_prompts(path):
+    """--prompts: {"class name": ["prompt", ...], ...}, class order as in the file."""
+    if not os.path.isfile(path):
+        raise InputError(f"prompt file not found: {path}")
+    try:
+        with open(path) as f:
+            prompts = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON: {e}")
+    if (not isinstance(prompts, dict) or len(prompts) < 2
+            or not all(isinstance(v, list) and v and all(isinstance(p, str) for p in v)
+                       for v in prompts.values())):
+        raise InputError(f'{path} must map at least two class names to lists of prompts, '
+                         f'like {{"Edema": ["pulmonary edema", ...], ...}}')
+    return prompts
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Zero-shot, few-shot and retrieval evaluation of a train.py checkpoint. "
+                    "With no manifest: the synthetic benchmark, 5 x 200 zero-shot images and 1000 "
+                    "retrieval pairs (about 15 s for the tiny model on 2 CPU cores).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="train.py's output folder or its ckpt.pt")
+    p.add_argument("--use-teacher", action="store_true",
+                   help="evaluate the EMA teacher's weights instead of the student's")
+    p.add_argument("--eval-manifest", metavar="CSV",
+                   help="zero-shot and few-shot on real images: a CSV with columns image,label")
+    p.add_argument("--prompts", metavar="JSON",
+                   help='class prompts for --eval-manifest: {"class": ["prompt", ...], ...}')
+    p.add_argument("--retrieval-manifest", metavar="CSV",
+                   help="retrieval on real pairs: a CSV with columns image,text")
+    p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    p.add_argument("--show", metavar="PNG",
+                   help="draw zero-shot images with their true finding and top-3 predictions")
+    p.add_argument("--device", default=default_device(), help="cuda, mps or cpu")
+    p.add_argument("--batch-size", type=int, default=256, help="images or texts per forward pass")
+    p.add_argument("--n-per-class", type=int, default=200,
+                   help="synthetic zero-shot images per class (CheXpert 5x200 protocol)")
+    p.add_argument("--n-retrieval", type=int, default=1000, help="synthetic held-out retrieval pairs")
+    p.add_argument("--seeds", type=int, default=5, help="few-shot draws averaged per k")
+    return p.parse_args(argv)
+
+
+def run(args):
+    t0 = time.time()
+    # Check every path before any slow work, so a typo fails in a second.
+    if args.eval_manifest and not args.prompts:
+        raise InputError(f"--eval-manifest {args.eval_manifest} needs --prompts JSON "
+                         f"(the class prompts for zero-shot)")
+    if args.prompts and not args.eval_manifest:
+        raise InputError(f"--prompts {args.prompts} is only used with --eval-manifest")
+    for flag, path in (("--eval-manifest", args.eval_manifest),
+                       ("--retrieval-manifest", args.retrieval_manifest)):
+        if path and not os.path.isfile(path):
+            raise InputError(f"{flag} file not found: {path}")
+    if args.show and args.retrieval_manifest and not args.eval_manifest:
+        raise InputError(f"--show {args.show} draws zero-shot predictions: it needs the synthetic "
+                         f"set or --eval-manifest")
+    prompts = read_prompts(args.prompts) if args.prompts else None
+
+    model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.use_teacher, args.device)
+    cfg = model.cfg
+    print(f"loaded the {'teacher' if args.use_teacher else 'student'} of {args.checkpoint} "
+          f"(step {ckpt.get('step', '?')}, {model.num_params() / 1e6:.2f}M parameters, "
+          f"{cfg.image_size}px) on {args.device}")
+
+    # Real data replaces the synthetic benchmark; a part without a manifest is then skipped rather
+    # than mixing real and synthetic numbers in one table.
+    zs, ret = None, None
+    if args.eval_manifest or args.retrieval_manifest:
+        zs, ret = False, False
+    if args.eval_manifest:
+        print(f"reading {args.eval_manifest}...")
+        m = read_class_manifest(args.eval_manifest, cfg.image_size, list(prompts), cfg.in_channels)
+        zs = {"images": m["images"], "labels": m["labels"], "classes": list(prompts),
+              "prompts": prompts}
+    if args.retrieval_manifest:
+        print(f"reading {args.retrieval_manifest}...")
+        m = read_pair_manifest(args.retrieval_manifest, cfg.image_size, cfg.in_channels)
+        ret = {"images": m["images"], "texts": m["texts"]}
+    if zs is None:
+        print(f"rendering {5 * args.n_per_class} synthetic zero-shot images...")
+        zs = _synthetic_zero_shot(args.n_per_class, cfg.image_size)
+
+    results = evaluate(model, tokenizer, args.device, cfg.image_size, zs=zs, ret=ret,
+                       n_per_class=args.n_per_class, n_retrieval=args.n_retrieval,
+                       seeds=tuple(range(args.seeds)), batch_size=args.batch_size, log=print)
+    print()
+    print(format_table(results))
+    print(f"\n({time.time() - t0:.0f} s)")
+
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+    if args.show:
+        # Four images per class are enough to see what the model confuses; embed just those.
+        pick = torch.cat([torch.nonzero(zs["labels"] == c).flatten()[:4]
+                          for c in range(len(zs["classes"]))])
+        z = zero_shot(model, tokenizer, zs["images"][pick], zs["labels"][pick], zs["classes"],
+                      zs["prompts"], args.device, args.batch_size)
+        draw_predictions(args.show, zs["images"][pick], zs["labels"][pick], z["probs"],
+                         zs["classes"])
+        print(f"wrote {args.show}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (InputError, ManifestError) as e:
+        # The user's input is wrong, not the code: one line naming the culprit, exit status 2
+        # (argparse's convention for usage errors).
+        print(f"eval.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
