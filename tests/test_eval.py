@@ -1,15 +1,24 @@
 """Tests for eval.py: the metrics against hand-computed cases, the protocols on inputs whose answer
 is known, and the command line end to end on a tiny checkpoint."""
 
-import itertools
+import json
+import math
 import os
+import subprocess
 import sys
+from dataclasses import asdict
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
+from data import CLASS_PROMPTS, render_synthetic, tokenize, train_tokenizer  # noqa: E402
+from model import DualEncoder, make_config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # -----------------------------------------------------------------------------
@@ -114,3 +123,104 @@ def test_few_shot_refuses_k_without_test_images():
     labels = torch.arange(3).repeat_interleave(4)
     with pytest.raises(ValueError, match="4-shot"):
         ev.few_shot(torch.randn(12, 8), labels, shots=(4,), seeds=(0,))
+
+
+
+# -----------------------------------------------------------------------------
+# zero_shot, retrieval and the embedding helpers, on a fake model whose embeddings we choose
+
+
+class FakeModel(torch.nn.Module):
+    """Has the interface eval.py uses (encode_image, encode_text, logit_scale, cfg), with
+    embeddings chosen by the test: image i is a uint8 picture whose pixel (0, 0) holds i, and
+    encode_image returns image_vectors[i]; a text's embedding is looked up by its token ids."""
+
+    def __init__(self, tokenizer, text_vectors, image_vectors, scale=10.0, context_length=32):
+        super().__init__()
+        self.cfg = SimpleNamespace(context_length=context_length, in_channels=1)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
+        ids, _ = tokenize(tokenizer, list(text_vectors), context_length)
+        vectors = F.normalize(torch.stack(list(text_vectors.values())), dim=-1)
+        self.table = {tuple(row.tolist()): v for row, v in zip(ids, vectors)}
+        self.image_vectors = F.normalize(image_vectors, dim=-1)
+        self.calls = []   # (training, grad enabled) at every encode call
+
+    def encode_image(self, x):
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        code = (x[:, 0, 0, 0] * 255).round().long()   # eval.py must pass uint8 / 255
+        return self.image_vectors[code]
+
+    def encode_text(self, tokens):
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        return torch.stack([self.table[tuple(row.tolist())] for row in tokens])
+
+
+def coded_images(n):
+    images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    return images
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer():
+    texts = [p for prompts in CLASS_PROMPTS.values() for p in prompts]
+    return train_tokenizer(texts + ["No acute cardiopulmonary process."], vocab_size=300)
+
+
+def test_zero_shot_prompt_ensemble_temperature_and_mode(word_tokenizer):
+    # Class 0 has two prompts, at (1, 1, 0) and (1, -1, 0): their normalised mean points along x.
+    # Classes 1 and 2 have one prompt each, along y and z.
+    a, b = CLASS_PROMPTS["cardiomegaly"][:2]
+    c, d = CLASS_PROMPTS["edema"][0], CLASS_PROMPTS["pleural effusion"][0]
+    text_vectors = {a: torch.tensor([1.0, 1.0, 0.0]), b: torch.tensor([1.0, -1.0, 0.0]),
+                    c: torch.tensor([0.0, 1.0, 0.0]), d: torch.tensor([0.0, 0.0, 1.0])}
+    prompts = {"big heart": [a, b], "edema": [c], "effusion": [d]}
+    image_vectors = torch.tensor([[1.0, 0.8, 0.0],    # class 0, right
+                                  [0.6, 1.0, 0.0],    # class 1, right only with the ensemble: the
+                                                      # single prompt (1, 1, 0) would win it for 0
+                                  [0.0, 0.2, 1.0],    # class 2, right
+                                  [0.0, 1.0, 0.5]])   # class 2, but nearer class 1: wrong
+    labels = torch.tensor([0, 1, 2, 2])
+    model = FakeModel(word_tokenizer, text_vectors, image_vectors, scale=10.0)
+    model.train()
+    out = ev.zero_shot(model, word_tokenizer, coded_images(4), labels, list(prompts), prompts, "cpu")
+
+    assert out["accuracy"] == pytest.approx(0.75)
+    expected = torch.softmax(10.0 * F.normalize(image_vectors, dim=-1) @ torch.eye(3), dim=-1)
+    torch.testing.assert_close(out["probs"], expected)
+    assert out["auc"] == pytest.approx(ev.macro_auc_ovr(expected, labels))
+    # Encoded in eval mode without gradients, and put back in training mode afterwards.
+    assert model.calls and all(call == (False, False) for call in model.calls)
+    assert model.training
+
+
+def test_retrieval_directions_and_duplicate_reports(word_tokenizer):
+    t0, t1 = CLASS_PROMPTS["edema"][0], CLASS_PROMPTS["edema"][1]
+    t3 = CLASS_PROMPTS["atelectasis"][0]
+    texts = [t0, t1, t0.upper(), t3]   # pairs 0 and 2 share a report (normalisation ignores case)
+    e = torch.eye(4)
+    text_vectors = {t0: e[0], t1: e[1], t0.upper(): e[0], t3: e[2]}
+    image_vectors = torch.stack([e[0],                    # pair 0: right
+                                 e[2] + 0.1 * e[1],       # pair 1: nearest text is 3, a miss
+                                 e[0] + 0.05 * e[3],      # pair 2: nearest text is report 0 = its own
+                                 e[2]])                   # pair 3: right
+    model = FakeModel(word_tokenizer, text_vectors, image_vectors)
+    r = ev.retrieval(model, word_tokenizer, coded_images(4), texts, "cpu")
+    # Image -> text: images 0, 2, 3 find their report at rank 1; image 1 only at rank 2.
+    assert r["i2t_r1"] == pytest.approx(3 / 4) and r["i2t_r5"] == pytest.approx(1.0)
+    # Text -> image: text 1 finds image 1 (the only one with any e[1]); text 2's nearest image is
+    # image 0, whose report is identical to text 2's, so it counts as correct: all four hit.
+    assert r["t2i_r1"] == pytest.approx(1.0)
+    assert set(r) == {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
+
+
+def test_embed_images_batches_and_restores_eval_mode():
+    model = DualEncoder(make_config("tiny", image_size=16, patch_size=8, vision_width=32,
+                                    vision_layers=1, vision_heads=2, text_width=32, text_layers=1,
+                                    text_heads=2, embed_dim=8, vocab_size=50))
+    model.eval()
+    images = torch.randint(0, 256, (5, 1, 16, 16), dtype=torch.uint8)
+    small = ev.embed_images(model, images, "cpu", batch_size=2)      # batches of 2, 2, 1
+    whole = model.encode_image(images.float() / 255)
+    torch.testing.assert_close(small, whole.detach(), rtol=1e-4, atol=1e-5)
+    assert not model.training   # it was in eval mode, so it stays there
