@@ -224,3 +224,122 @@ def test_embed_images_batches_and_restores_eval_mode():
     whole = model.encode_image(images.float() / 255)
     torch.testing.assert_close(small, whole.detach(), rtol=1e-4, atol=1e-5)
     assert not model.training   # it was in eval mode, so it stays there
+
+
+# -----------------------------------------------------------------------------
+# The command line, on a tiny checkpoint in train.py's format
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A folder with ckpt.pt and tokenizer.json as train.py writes them (untrained weights)."""
+    out = tmp_path_factory.mktemp("run")
+    texts = render_synthetic("train", 40, 32)["texts"]
+    tokenizer = train_tokenizer(texts + [p for ps in CLASS_PROMPTS.values() for p in ps], 400)
+    cfg = make_config("tiny", image_size=32, patch_size=8, vision_width=32, vision_layers=1,
+                      vision_heads=2, text_width=32, text_layers=1, text_heads=2, embed_dim=16,
+                      vocab_size=tokenizer.get_vocab_size())
+    torch.manual_seed(0)
+    student, teacher = DualEncoder(cfg), DualEncoder(cfg)
+    torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(), "step": 3,
+                "config": {"model": asdict(cfg), "train": {"lr": 1e-3}}}, out / "ckpt.pt")
+    tokenizer.save(str(out / "tokenizer.json"))
+    return out
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def check_json_structure(results, shots=("1", "2", "4", "8", "16")):
+    assert set(results) == {"zero_shot", "few_shot", "retrieval"}
+    assert set(results["zero_shot"]) == {"accuracy", "auc"}
+    assert list(results["few_shot"]) == list(shots)
+    assert set(results["retrieval"]) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    values = [v for part in results.values() for v in part.values()]
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values), results
+
+
+def test_cli_json_on_the_synthetic_benchmark(checkpoint, tmp_path):
+    out = tmp_path / "results.json"
+    r = run_cli("--checkpoint", checkpoint / "ckpt.pt", "--use-teacher", "--json", out,
+                "--n-per-class", 20, "--n-retrieval", 30, "--seeds", 2, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    check_json_structure(json.loads(out.read_text()))
+    assert "zero-shot" in r.stdout and "Recall@10" in r.stdout   # the table was printed
+
+
+# The error cases call main() in this process (starting Python and torch again costs seconds); a
+# traceback would surface here as an exception other than SystemExit.
+
+
+def test_cli_missing_checkpoint_is_one_line_exit_2(tmp_path, capsys):
+    missing = tmp_path / "no-such-run"
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--checkpoint", str(missing), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and str(missing) in err
+
+
+def test_cli_missing_tokenizer_names_its_path(tmp_path, capsys):
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--checkpoint", str(tmp_path), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert str(tmp_path / "tokenizer.json") in capsys.readouterr().err
+
+
+def write_class_manifest(folder, labels):
+    """A few small random PNGs (not the model's size, so they are resized) and their manifest."""
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    (folder / "img").mkdir(exist_ok=True)
+    rows = ["image,label"]
+    for i, label in enumerate(labels):
+        pixels = torch.randint(0, 256, (40, 48), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{label}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"
+
+
+def test_cli_eval_manifest_without_prompts_exits_2(tmp_path, capsys):
+    manifest = write_class_manifest(tmp_path, ["edema", "nodule"])
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--checkpoint", str(tmp_path), "--eval-manifest", str(manifest)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and str(manifest) in err and "--prompts" in err
+
+
+def test_cli_label_missing_from_prompt_file_exits_2(checkpoint, tmp_path, capsys):
+    manifest = write_class_manifest(tmp_path, ["edema", "pneumothorax"])
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"edema": ["There is pulmonary edema."],
+                                   "cardiomegaly": ["The heart is enlarged."]}))
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--checkpoint", str(checkpoint), "--eval-manifest", str(manifest),
+                 "--prompts", str(prompts), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and str(manifest) in err and "pneumothorax" in err
+
+
+def test_cli_manifests_end_to_end(checkpoint, tmp_path):
+    # 3 classes x 4 images: 1- and 2-shot leave images to test on, 4-shot and up cannot.
+    classes = ["edema", "cardiomegaly", "pleural effusion"]
+    manifest = write_class_manifest(tmp_path, [c for c in classes for _ in range(4)])
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({c: CLASS_PROMPTS[c][:2] for c in classes}))
+    # Retrieval pairs reuse the same pictures; two rows share a report.
+    texts = [CLASS_PROMPTS[c][0] for c in classes for _ in range(4)]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("image,text\n" + "".join(f"img/{i}.png,{t}\n" for i, t in enumerate(texts)))
+    out, grid = tmp_path / "results.json", tmp_path / "grid.png"
+    ev.main(["--checkpoint", str(checkpoint), "--eval-manifest", str(manifest),
+             "--prompts", str(prompts), "--retrieval-manifest", str(pairs), "--json", str(out),
+             "--show", str(grid), "--device", "cpu"])
+    check_json_structure(json.loads(out.read_text()), shots=("1", "2"))
+    from PIL import Image
+    with Image.open(grid) as im:   # a row per class, 4 pictures per row
+        assert im.size[0] == 4 * 160 and im.size[1] == 3 * (160 + 4 * 13 + 6)
