@@ -233,6 +233,7 @@ def zero_shot(model, tokenizer, images, labels, classes, prompts, device, batch_
     images (n, C, H, W), labels (n,) indices into classes, prompts {class: [prompt, ...]}.
     image_features (n, D) may be passed to skip the image encoder (evaluate reuses them for the
     few-shot probe). Returns {"accuracy", "auc", "probs" (n, C)}."""
+    model = getattr(model, "module", model)   # unwrap DistributedDataParallel for logit_scale
     if image_features is None:
         image_features = embed_images(model, images, device, batch_size)       # (n, D)
     text = class_embeddings(model, tokenizer, classes, prompts, device, batch_size)  # (C, D)
@@ -286,6 +287,7 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
     data.zero_shot_set or a class manifest); ret: {"images", "texts"} for retrieval. None renders
     the synthetic set (n_per_class images per class, n_retrieval pairs); False skips that part.
     quick=True runs zero-shot alone, on 5 x QUICK_PER_CLASS synthetic images unless zs is given.
+    A k-shot entry is left out when some class has k images or fewer (a small manifest).
     log: a print-like function for progress messages (None: silent)."""
     log = log or (lambda *args: None)
     results = {}
@@ -385,6 +387,10 @@ def default_device():
     return "cpu"
 
 
+def _first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def load_checkpoint(path, use_teacher=False, device="cpu"):
     """Rebuild the model saved by train.py. path: the run's folder or its ckpt.pt; the tokenizer is
     tokenizer.json beside the .pt. Returns (model in eval mode on device, tokenizer, checkpoint).
@@ -399,15 +405,22 @@ def load_checkpoint(path, use_teacher=False, device="cpu"):
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, not a traceback
-        raise InputError(f"cannot read checkpoint {ckpt_path}: {str(e).splitlines()[0]}")
+        raise InputError(f"cannot read checkpoint {ckpt_path}: {_first_line(e)}")
     key = "teacher" if use_teacher else "student"
     if not isinstance(ckpt, dict) or key not in ckpt or "model" not in ckpt.get("config", {}):
         raise InputError(f"{ckpt_path} is not a train.py checkpoint (no {key!r} weights or model config)")
-    model = DualEncoder(ModelConfig(**ckpt["config"]["model"]))
     # Weights saved from a compiled or DDP-wrapped model carry a prefix on every name.
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt[key].items()}
-    model.load_state_dict(state)
-    return model.to(device).eval(), load_tokenizer(tokenizer_path), ckpt
+    try:
+        model = DualEncoder(ModelConfig(**ckpt["config"]["model"]))
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as e:  # written by another version of model.py
+        raise InputError(f"{ckpt_path}: weights do not fit model.py's DualEncoder: {_first_line(e)}")
+    try:
+        tokenizer = load_tokenizer(tokenizer_path)
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        raise InputError(f"cannot read tokenizer {tokenizer_path}: {_first_line(e)}")
+    return model.to(device).eval(), tokenizer, ckpt
 
 
 def read_prompts(path):
@@ -430,10 +443,11 @@ def read_prompts(path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Zero-shot, few-shot and retrieval evaluation of a train.py checkpoint. "
-                    "With no manifest: the synthetic benchmark, 5 x 200 zero-shot images and 1000 "
-                    "retrieval pairs (about 15 s for the tiny model on 2 CPU cores).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="train.py's output folder or its ckpt.pt")
+                    "With no manifest it runs the synthetic benchmark: 5 x 200 zero-shot images "
+                    "and 1000 held-out retrieval pairs, about 15 s for the tiny model on 2 CPU "
+                    "cores. With a manifest, the parts that have none are skipped.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="train.py's output folder, or its ckpt.pt (tokenizer.json beside it)")
     p.add_argument("--use-teacher", action="store_true",
                    help="evaluate the EMA teacher's weights instead of the student's")
     p.add_argument("--eval-manifest", metavar="CSV",
@@ -441,16 +455,22 @@ def parse_args(argv=None):
     p.add_argument("--prompts", metavar="JSON",
                    help='class prompts for --eval-manifest: {"class": ["prompt", ...], ...}')
     p.add_argument("--retrieval-manifest", metavar="CSV",
-                   help="retrieval on real pairs: a CSV with columns image,text")
+                   help="retrieval on real pairs: a CSV with columns image,text (and, if it has a "
+                        "split column, only its 'test' rows are used)")
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     p.add_argument("--show", metavar="PNG",
                    help="draw zero-shot images with their true finding and top-3 predictions")
-    p.add_argument("--device", default=default_device(), help="cuda, mps or cpu")
-    p.add_argument("--batch-size", type=int, default=256, help="images or texts per forward pass")
-    p.add_argument("--n-per-class", type=int, default=200,
-                   help="synthetic zero-shot images per class (CheXpert 5x200 protocol)")
-    p.add_argument("--n-retrieval", type=int, default=1000, help="synthetic held-out retrieval pairs")
-    p.add_argument("--seeds", type=int, default=5, help="few-shot draws averaged per k")
+    p.add_argument("--device", default=default_device(),
+                   help="cuda, mps or cpu (default: the first available, here %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N",
+                   help="images or texts per forward pass (default: %(default)s)")
+    p.add_argument("--n-per-class", type=int, default=200, metavar="N",
+                   help="synthetic zero-shot images per class (default: %(default)s, as CheXpert "
+                        "5x200)")
+    p.add_argument("--n-retrieval", type=int, default=1000, metavar="N",
+                   help="synthetic held-out retrieval pairs (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=5, metavar="N",
+                   help="few-shot draws of the k images, averaged (default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -469,6 +489,9 @@ def run(args):
     if args.show and args.retrieval_manifest and not args.eval_manifest:
         raise InputError(f"--show {args.show} draws zero-shot predictions: it needs the synthetic "
                          f"set or --eval-manifest")
+    for flag in ("batch_size", "n_per_class", "n_retrieval", "seeds"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     prompts = read_prompts(args.prompts) if args.prompts else None
 
     model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.use_teacher, args.device)
@@ -485,12 +508,19 @@ def run(args):
     if args.eval_manifest:
         print(f"reading {args.eval_manifest}...")
         m = read_class_manifest(args.eval_manifest, cfg.image_size, list(prompts), cfg.in_channels)
+        if len(set(m["labels"].tolist())) < 2:
+            raise InputError(f"{args.eval_manifest}: AUC-ROC needs images of at least two classes")
         zs = {"images": m["images"], "labels": m["labels"], "classes": list(prompts),
               "prompts": prompts}
     if args.retrieval_manifest:
         print(f"reading {args.retrieval_manifest}...")
         m = read_pair_manifest(args.retrieval_manifest, cfg.image_size, cfg.in_channels)
-        ret = {"images": m["images"], "texts": m["texts"]}
+        keep = list(range(len(m["texts"])))
+        # Pairs the model trained on would flatter it: with a split column, the test rows only.
+        if m["splits"] is not None and "test" in m["splits"]:
+            keep = [i for i, split in enumerate(m["splits"]) if split == "test"]
+            print(f"using the {len(keep)} of {len(m['texts'])} pairs with split=test")
+        ret = {"images": m["images"][keep], "texts": [m["texts"][i] for i in keep]}
     if zs is None:
         print(f"rendering {5 * args.n_per_class} synthetic zero-shot images...")
         zs = _synthetic_zero_shot(args.n_per_class, cfg.image_size)
