@@ -17,6 +17,7 @@ Run `python data.py show --out samples.png` to look at what the model sees.
 """
 
 import argparse
+from collections import Counter
 import csv
 import functools
 import hashlib
@@ -293,8 +294,8 @@ def render_image(patient, findings, image_size):
     u, v = _grid(image_size)
     mid = p.x0
 
-    # --- findings that move anatomy: volume loss pulls the hemidiaphragm up and the mediastinum
-    # towards the collapsed side; cardiomegaly enlarges the heart (mostly to the patient's left).
+    # --- findings that move anatomy: volume loss pulls the hemidiaphragm up; cardiomegaly
+    # enlarges the heart, mostly towards the patient's left.
     dia = {"right": p.diaphragm_right + p.y0, "left": p.diaphragm_left + p.y0}
     heart_w, heart_h, heart_x = p.heart_w * p.width, p.heart_h, p.heart_x
     if "atelectasis" in F:
@@ -302,8 +303,6 @@ def render_image(patient, findings, image_size):
         lift = _lerp(0.07, 0.14, f["severity"]) * f["jitter"]
         for side in sides_of(f["side"]):
             dia[side] -= lift
-        if f["side"] != "bilateral":
-            mid += SIDE_SIGN[f["side"]] * 0.25 * lift
     if "cardiomegaly" in F:
         f = F["cardiomegaly"]
         grow = _lerp(1.30, 1.60, f["severity"]) * (1 + 0.3 * (f["jitter"] - 1))
@@ -318,7 +317,7 @@ def render_image(patient, findings, image_size):
 
     # --- normal anatomy
     body = _ramp(1 - ((u - mid) / (0.92 * p.width)) ** 4 - ((v - 0.3) / 1.35) ** 4, 0.15)  # (H, W)
-    hy = dia["left"] - 0.3 * heart_h  # the heart rests on the left hemidiaphragm
+    hy = p.diaphragm_left + p.y0 - 0.3 * heart_h  # the heart rests on the left hemidiaphragm
     heart = _ellipse(u, v, mid + heart_x, hy, heart_w, heart_h)
     mediastinum = np.maximum(
         _ramp(mid + p.mediastinum_w - np.abs(u - mid)) * _ramp(hy - v),                   # superior
@@ -760,24 +759,27 @@ def load_or_render(split, n, image_size, cache_dir=None, workers=0):
 # -----------------------------------------------------------------------------
 # Augmentation for radiographs
 
-from torchvision.transforms import v2  # noqa: E402
+@functools.lru_cache(maxsize=1)
+def _augmentation():
+    from torchvision.transforms import v2  # imported here: torchvision is slow to import, and only training needs it
 
-# Mild geometric and photometric changes, like those between two real acquisitions:
-# a few degrees of rotation, a few percent of shift and zoom, exposure and contrast.
-# No horizontal flip: it swaps the patient's left and right, so "left pleural effusion" in the
-# report would describe the wrong side of the picture (and the heart would sit on the right).
-# No vertical flip or large rotation either: chest films are never upside down.
-_augment = v2.Compose([
-    v2.RandomAffine(degrees=5, translate=(0.04, 0.04), scale=(0.94, 1.06)),
-    v2.ColorJitter(brightness=0.2, contrast=0.2),
-])
+    # Mild geometric and photometric changes, like those between two real acquisitions:
+    # a few degrees of rotation, a few percent of shift and zoom, exposure and contrast.
+    # No horizontal flip: it swaps the patient's left and right, so "left pleural effusion" in
+    # the report would describe the wrong side of the picture (and the heart would sit on the
+    # right). No vertical flip or large rotation either: chest films are never upside down.
+    return v2.Compose([
+        v2.RandomAffine(degrees=5, translate=(0.04, 0.04), scale=(0.94, 1.06)),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+    ])
 
 
 def train_augment(images):
     """images: float (B, C, H, W) in [0, 1] -> same shape, each sample augmented on its own.
     All randomness comes from torch's global generator, so restoring torch.get_rng_state()
     on resume replays the very same augmentations."""
-    return torch.stack([_augment(img) for img in images]).clamp_(0, 1)
+    augment = _augmentation()
+    return torch.stack([augment(img) for img in images]).clamp_(0, 1)
 
 
 # -----------------------------------------------------------------------------
@@ -986,17 +988,37 @@ def convert_iu_xray(reports_csv, projections_csv, images_dir, out_csv):
 # Tokenizer: WordPiece (BERT's) trained on the reports in seconds. Radiology reports have a small,
 # repetitive vocabulary, so a few thousand pieces cover them whole words at a time.
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors  # noqa: E402
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 PAD_ID = 0  # the model builds its padding mask as tokens != PAD_ID
 
 
 def train_tokenizer(texts, vocab_size=2048):
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # split on whitespace and punctuation
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS))
+    """A WordPiece tokenizer whose vocabulary is the reports' most frequent words, plus every
+    character seen, alone and as a word continuation ("##c"), so an unseen word is spelled out
+    piece by piece rather than lost to [UNK].
+
+    Why not tokenizers' own WordPiece / BPE trainers: they break ties between equally frequent
+    merges in an order that changes from process to process (same texts, different vocabularies:
+    we checked), so two runs with the same seed would train different models and an exact resume
+    could not be tested. Sorting by (count, word) is deterministic, and reports have a small,
+    repetitive vocabulary that whole words cover well."""
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # split on whitespace and punctuation
+    counts = Counter(word for text in texts
+                     for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    pieces = SPECIAL_TOKENS + chars + ["##" + c for c in chars]
+    if vocab_size < len(pieces):
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the {len(pieces)} special tokens "
+                         f"and characters of these texts")
+    taken = set(pieces)
+    words = [w for w in sorted(counts, key=lambda w: (-counts[w], w)) if w not in taken]
+    vocab = {piece: i for i, piece in enumerate(pieces + words[:vocab_size - len(pieces)])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     # [CLS] text [SEP]: every text, even an empty one, has non-pad tokens
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
