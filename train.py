@@ -1,0 +1,469 @@
+"""Momentum self-distillation (MSD) image-report pretraining on one GPU (or a CPU), top to bottom.
+
+    python train.py                                   # synthetic chest X-rays, tiny model, ~10 min on 2 CPU cores
+    python train.py --preset small --image-size 128   # a consumer GPU
+    python train.py --train-manifest data/train.csv   # your own image-report pairs
+    torchrun --nproc_per_node=2 train.py ...          # DDP, one process per GPU (or CPU share)
+
+The pieces: model.py (the two encoders), momentum.py (the EMA teacher), loss.py (queue and soft
+targets), accumulate.py (one optimizer step over k micro-batches), data.py (the data), eval.py
+(the benchmark). This file only glues them: options, data, the loop, logging, checkpoints.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+import data
+import eval as evaluation
+from accumulate import NonFiniteLossError, clip_step, msd_step, unwrap
+from loss import FeatureQueue
+from model import PRESETS, DualEncoder, make_config
+from momentum import make_teacher, momentum_at
+
+# Options that may differ between a run and its --resume: they change what is logged or saved, never
+# the numbers the run computes.
+RESUME_MAY_CHANGE = {"resume", "out", "save_every", "eval_every", "log_every", "device", "workers",
+                     "data_cache", "grad_dump", "compile", "interrupt_at", "kill_at",
+                     "eval_per_class", "eval_retrieval"}
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    # what to train on and where to write
+    a("--out", default="out", help="folder for ckpt.pt, tokenizer.json, metrics.jsonl, eval.json")
+    a("--train-manifest", default=None, metavar="CSV",
+      help="train on this image,text manifest instead of the synthetic set (see README)")
+    a("--n-train", type=int, default=20000, help="synthetic training pairs to render")
+    a("--data-cache", default="data_cache", help="folder for rendered synthetic sets ('' = none)")
+    a("--workers", type=int, default=0, help="processes rendering synthetic data (0 = all cores)")
+    # the model
+    a("--preset", default="tiny", choices=sorted(PRESETS), help="model size (model.py PRESETS)")
+    a("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
+    a("--channels", type=int, default=1, choices=[1, 3], help="1 grayscale, 3 RGB")
+    a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
+    # the optimisation
+    a("--method", default="msd", choices=["msd", "clip"],
+      help="msd: momentum self-distillation; clip: plain CLIP / naive accumulation (ablation)")
+    a("--steps", type=int, default=600, help="optimizer steps")
+    a("--batch-size", type=int, default=32, help="micro-batch b: what fits in memory at once")
+    a("--accum-steps", type=int, default=4, help="k micro-batches per optimizer step: window N = k*b")
+    a("--lr", type=float, default=1e-3, help="peak learning rate")
+    a("--warmup-steps", type=int, default=50, help="linear learning-rate warm-up, then cosine to lr/10")
+    a("--weight-decay", type=float, default=0.05, help="AdamW decay (not on norms, biases, embeddings, logit_scale)")
+    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
+    a("--augment", action=argparse.BooleanOptionalAction, default=True,
+      help="radiograph-safe augmentation (data.train_augment)")
+    # the method's knobs
+    a("--alpha", type=float, default=0.4, help="weight of the teacher's soft targets (0 = hard targets)")
+    a("--alpha-warmup", type=int, default=100, help="steps over which alpha rises linearly from 0")
+    a("--momentum", type=float, default=0.995, help="teacher EMA momentum m")
+    a("--momentum-schedule", default="constant", choices=["constant", "cosine"],
+      help="cosine: m rises to 1 over training (MoCo v3)")
+    a("--queue-size", type=int, default=2048, help="K, teacher features kept as extra negatives (0 = none)")
+    a("--duplicate-aware", action=argparse.BooleanOptionalAction, default=True,
+      help="identical reports are all positives")
+    # running
+    a("--seed", type=int, default=0, help="seed for the model, the data order and augmentation")
+    a("--device", default="auto", help="auto (cuda, else mps, else cpu), or cpu, cuda, cuda:1, mps")
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+      help="auto: bf16 autocast on CUDA (fp16 + grad scaler where bf16 is missing), fp32 elsewhere")
+    a("--compile", action="store_true", help="torch.compile the student (CUDA: faster after warm-up)")
+    a("--resume", action="store_true", help="continue OUT/ckpt.pt exactly where it stopped")
+    a("--save-every", type=int, default=200, help="write OUT/ckpt.pt every this many steps (and at the end)")
+    a("--eval-every", type=int, default=200, help="quick zero-shot evaluation every this many steps (0 = off)")
+    a("--log-every", type=int, default=10, help="print and log a metrics row every this many steps")
+    a("--eval-per-class", type=int, default=200, help="final benchmark: zero-shot images per class")
+    a("--eval-retrieval", type=int, default=1000, help="final benchmark: held-out retrieval pairs")
+    # debugging hooks the tests use; each sends this process a real signal at a chosen step
+    a("--grad-dump", default=None, metavar="PATH",
+      help="debugging: save the first step's gradients here (the tests compare torchrun with one process)")
+    a("--interrupt-at", type=int, default=None, metavar="STEP", help="debugging: Ctrl-C after this step")
+    a("--kill-at", type=int, default=None, metavar="STEP", help="debugging: SIGKILL after this step")
+    args = p.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = PRESETS[args.preset]["image_size"]
+    return p, args
+
+
+# -----------------------------------------------------------------------------
+# Small pieces the loop uses.
+
+def lr_at(step, args):
+    """Linear warm-up, then a half cosine from lr down to lr / 10 (nanoGPT's schedule)."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+    return args.lr / 10 + 0.5 * (args.lr - args.lr / 10) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def alpha_at(step, args):
+    """ALBEF warms α up from 0: an untrained teacher's soft targets are noise."""
+    if args.alpha_warmup <= 0:
+        return args.alpha
+    return args.alpha * min(1.0, step / args.alpha_warmup)
+
+
+def param_groups(model, weight_decay):
+    """Decay the weight matrices; leave norms, biases, embeddings and logit_scale alone (decaying a
+    LayerNorm gain or a position table towards zero only fights the model)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        embedding = any(key in name for key in ("token_embed", "pos_embed", "cls_token"))
+        (no_decay if p.ndim < 2 or embedding or name == "logit_scale" else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+@functools.lru_cache(maxsize=1)
+def epoch_order(n, seed, epoch):
+    """A fresh permutation of the n training items per epoch, a function of (seed, epoch) alone, so
+    a resumed run sees the same order without storing it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def window_indices(step, n, args, rank, world):
+    """The items of this rank's window at optimizer step `step`. The global window of world*N items
+    is a contiguous slice of the epoch's permutation; rank r takes the r-th N of it. So the data a
+    step sees depends only on the step: that is the data position a checkpoint needs."""
+    N = args.batch_size * args.accum_steps
+    per_epoch = n // (N * world)
+    epoch, w = divmod(step, per_epoch)
+    start = (w * world + rank) * N
+    return epoch_order(n, args.seed, epoch)[start:start + N]
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # the process's maximum resident size (Linux reports kB, macOS bytes)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def fmt_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def save_atomic(obj, path):
+    """Write to a temporary file, then rename: an interrupted save never leaves a torn file."""
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def pick_device(name):
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_precision(args, device):
+    """(autocast factory, GradScaler or None, name)."""
+    precision = args.precision
+    if precision == "auto":
+        if device.type != "cuda":
+            precision = "fp32"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return contextlib.nullcontext, None, precision
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    autocast = functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
+    # fp16 has a narrow exponent range: scale the loss so small gradients do not flush to zero.
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    return autocast, scaler, precision
+
+
+class StopFlag:
+    """Ctrl-C (SIGINT) or SIGTERM ask the loop to stop after the step in progress, save and exit."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self._handler)
+        signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame):
+        if self.requested:                 # a second Ctrl-C: the user really wants out now
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstop requested: finishing this step, saving a checkpoint, then exiting "
+              "(Ctrl-C again to quit without saving)", flush=True)
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    parser, args = get_args(argv)
+    # ---- distributed setup: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK --------------------------
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        device = pick_device(args.device)
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    else:
+        rank, world = 0, 1
+        device = pick_device(args.device)
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+
+    # ---- checks that need nothing but the arguments ----------------------------------------------
+    ckpt_path = os.path.join(args.out, "ckpt.pt")
+    tok_path = os.path.join(args.out, "tokenizer.json")
+    for name in ("steps", "batch_size", "accum_steps", "image_size", "log_every"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.alpha <= 1:
+        parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
+    if not 0 <= args.momentum <= 1:
+        parser.error(f"--momentum must be in [0, 1], got {args.momentum}")
+    if args.queue_size < 0:
+        parser.error(f"--queue-size must be >= 0, got {args.queue_size}")
+    patch = PRESETS[args.preset]["patch_size"]
+    if args.image_size % patch:
+        parser.error(f"--image-size {args.image_size} is not divisible by the {args.preset} preset's "
+                     f"patch size {patch}: use a multiple of {patch}, e.g. {args.image_size // patch * patch or patch}")
+    if args.resume and not os.path.exists(ckpt_path):
+        parser.error(f"--resume: no checkpoint at {ckpt_path}")
+    if not args.resume and os.path.exists(ckpt_path):
+        parser.error(f"{ckpt_path} exists: add --resume to continue it, or choose another --out")
+    ckpt = None
+    if args.resume:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved = ckpt["config"]["train"]
+        changed = {k: (saved.get(k), v) for k, v in vars(args).items()
+                   if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
+        if changed:
+            parser.error("--resume with different settings than the checkpoint: " +
+                         ", ".join(f"--{k.replace('_', '-')} {old} (saved) vs {new}"
+                                   for k, (old, new) in changed.items()))
+    N = args.batch_size * args.accum_steps            # this rank's window
+    torch.manual_seed(args.seed)                      # the same initial model on every rank
+    os.makedirs(args.out, exist_ok=True)
+
+    # ---- data: images as uint8 in memory, reports tokenized once -----------------------------------
+    t0 = time.time()
+    if args.train_manifest:
+        try:
+            train = data.read_pair_manifest(args.train_manifest, args.image_size, args.channels)
+        except data.ManifestError as e:
+            parser.error(str(e))
+        source = args.train_manifest
+    else:
+        log(f"rendering {args.n_train} synthetic training studies at {args.image_size} px "
+            f"(cached in {args.data_cache or 'memory only'})...", flush=True)
+        train = data.load_or_render("train", args.n_train, args.image_size,
+                                    cache_dir=args.data_cache or None, workers=args.workers)
+        if args.channels == 3:
+            train["images"] = train["images"].expand(-1, 3, -1, -1)
+        source = "synthetic"
+    n = len(train["texts"])
+    if N * world > n:
+        parser.error(f"the window ({world} rank(s) x {args.accum_steps} x {args.batch_size} = "
+                     f"{N * world} pairs) is larger than the training set ({n} pairs)")
+    if args.method == "msd" and args.queue_size + N * world > n:
+        parser.error(f"--queue-size {args.queue_size} plus the window {N * world} exceeds the "
+                     f"training set ({n} pairs): the queue would hold copies of the current pairs "
+                     f"as negatives. Use --queue-size <= {max(0, n - N * world)}")
+    if ckpt is not None:
+        tokenizer = data.load_tokenizer(tok_path)
+    else:
+        if master:
+            tokenizer = data.train_tokenizer(train["texts"], args.vocab_size)
+            tokenizer.save(tok_path)
+        if ddp:
+            dist.barrier()                            # rank 0 wrote tokenizer.json
+        tokenizer = data.load_tokenizer(tok_path)
+    cfg = make_config(args.preset, image_size=args.image_size, in_channels=args.channels,
+                      vocab_size=tokenizer.get_vocab_size())
+    tokens, _ = data.tokenize(tokenizer, train["texts"], cfg.context_length)   # (n, L)
+    ids = data.report_ids(train["texts"])                                       # (n,)
+    log(f"data: {n} pairs from {source}, {len(set(ids.tolist()))} distinct reports, vocabulary "
+        f"{cfg.vocab_size}, ready in {time.time() - t0:.1f}s", flush=True)
+
+    # ---- model, teacher, queue, optimizer -------------------------------------------------------------
+    student = DualEncoder(cfg).to(device)
+    teacher = make_teacher(student) if args.method == "msd" else None
+    queue = FeatureQueue(args.queue_size, cfg.embed_dim).to(device) if args.method == "msd" else None
+    autocast, scaler, precision = pick_precision(args, device)
+    optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.lr,
+                                  betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda")
+    step = 0
+    if ckpt is not None:
+        student.load_state_dict(ckpt["student"])
+        if teacher is not None:
+            teacher.load_state_dict(ckpt["teacher"])
+            queue.load_state_dict(ckpt["queue"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        step = ckpt["step"]
+        torch.set_rng_state(ckpt["rng"]["torch"][rank])
+        if device.type == "cuda" and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][rank], device)
+        log(f"resumed from {ckpt_path} at step {step}")
+        del ckpt
+    else:
+        torch.manual_seed(args.seed + rank)           # each rank augments differently
+    model = student
+    if args.compile:
+        model = torch.compile(model)
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    metrics_path = os.path.join(args.out, "metrics.jsonl")
+    if master and step > 0 and os.path.exists(metrics_path):
+        # drop rows logged after the checkpoint by the run that was interrupted: they are redone
+        with open(metrics_path) as f:
+            rows = [line for line in f if json.loads(line).get("step", 0) <= step]
+        with open(metrics_path, "w") as f:
+            f.writelines(rows)
+
+    def checkpoint():
+        """Everything the next step depends on: weights, teacher, queue, optimizer, scaler, step,
+        RNG of every rank. Tensors and plain Python values only: torch.load(weights_only=True)."""
+        rng = {"torch": [torch.get_rng_state()],
+               "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
+        if ddp:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, rng)
+            rng = {k: [g[k][0] for g in gathered] if rng[k] else [] for k in rng}
+        if master:
+            save_atomic({
+                "student": student.state_dict(),
+                "teacher": teacher.state_dict() if teacher is not None else None,
+                "queue": queue.state_dict() if queue is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "step": step,
+                "samples_seen": step * N * world,
+                "rng": rng,
+                "config": {"model": dataclasses.asdict(cfg), "train": vars(args)},
+            }, ckpt_path)
+
+    def micro_batches():
+        idx = window_indices(step, n, args, rank, world)
+        images = train["images"][idx].float() / 255                   # (N, C, H, W) in [0, 1]
+        if args.augment:
+            images = data.train_augment(images)
+        window = (images, tokens[idx], ids[idx])
+        return [tuple(t.to(device, non_blocking=True) for t in mb)
+                for mb in zip(*(t.split(args.batch_size) for t in window))]
+
+    n_params = student.num_params()
+    log(f"model: {args.preset} preset, {n_params / 1e6:.2f}M parameters, {args.image_size} px, "
+        f"{args.channels} channel(s) | device {device}, {precision}, {world} process(es)")
+    log(f"method: {args.method} | micro-batch {args.batch_size} x {args.accum_steps} accumulation"
+        f" x {world} rank(s) = {N * world} pairs per step" +
+        (f", queue {args.queue_size}, alpha {args.alpha} (warm-up {args.alpha_warmup} steps), "
+         f"momentum {args.momentum} ({args.momentum_schedule})" if args.method == "msd" else "") +
+        f" | {args.steps} steps, {(args.steps - step) * N * world} samples to go", flush=True)
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    stop = StopFlag()
+    t_start, steps_timed, t_timed = time.time(), 0, 0.0
+    exit_code = 0
+    while step < args.steps:
+        lr, alpha = lr_at(step, args), alpha_at(step, args)
+        m = momentum_at(step, args.steps, args.momentum, args.momentum_schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        t = time.time()
+        batches = micro_batches()
+        try:
+            if args.method == "msd":
+                loss = msd_step(model, teacher, queue, optimizer, batches, alpha=alpha, momentum=m,
+                                duplicate_aware=args.duplicate_aware, autocast=autocast,
+                                scaler=scaler, max_grad_norm=args.max_grad_norm)
+            else:
+                loss = clip_step(model, optimizer, batches, autocast=autocast, scaler=scaler,
+                                 max_grad_norm=args.max_grad_norm)
+        except NonFiniteLossError as e:
+            log(f"error: {e} at step {step}. Stopping; the last good checkpoint is "
+                f"{ckpt_path if os.path.exists(ckpt_path) else '(none was written yet)'}. "
+                f"Try a lower --lr or --precision fp32.", flush=True)
+            exit_code = 1
+            break
+        if args.grad_dump and step == 0 and master:
+            save_atomic({name: p.grad.detach().cpu() for name, p in student.named_parameters()},
+                        args.grad_dump)
+        step += 1
+        if step == args.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)             # as if the user pressed Ctrl-C now
+        if step == args.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)            # as if the machine died: nothing saved
+        loss = loss.item()                                  # waits for the device: time is honest
+        dt = time.time() - t
+        if step > 1:                                        # step 1 includes warm-up / compilation
+            steps_timed, t_timed = steps_timed + 1, t_timed + dt
+
+        if master and (step % args.log_every == 0 or step == args.steps):
+            sec_per_step = t_timed / steps_timed if steps_timed else dt
+            row = {"step": step, "loss": round(loss, 5), "lr": lr, "alpha": alpha, "momentum": m,
+                   "temperature": round(1 / unwrap(model).logit_scale.exp().item(), 5),
+                   "samples_per_s": round(N * world / sec_per_step, 1),
+                   "peak_mem_mb": round(peak_memory_mb(device), 1),
+                   "elapsed_s": round(time.time() - t_start, 1),
+                   "eta_s": round((args.steps - step) * sec_per_step, 1)}
+            log(f"step {step:5d}/{args.steps} | loss {loss:.4f} | lr {lr:.2e} | alpha {alpha:.2f} | "
+                f"m {m:.4f} | temp {row['temperature']:.4f} | {row['samples_per_s']:.0f} samples/s | "
+                f"mem {row['peak_mem_mb']:.0f} MB | {fmt_time(row['elapsed_s'])} elapsed, "
+                f"{fmt_time(row['eta_s'])} left", flush=True)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if master and args.eval_every and step % args.eval_every == 0 and step < args.steps:
+            t_eval = time.time()
+            res = evaluation.evaluate(student, tokenizer, device, args.image_size, quick=True)
+            zs = res["zero_shot"]
+            log(f"step {step:5d} quick zero-shot: accuracy {zs['accuracy']:.3f}, AUC {zs['auc']:.3f}"
+                f" ({time.time() - t_eval:.1f}s)", flush=True)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps({"step": step, "zero_shot_accuracy": zs["accuracy"],
+                                    "zero_shot_auc": zs["auc"]}) + "\n")
+            t_start += time.time() - t_eval                 # keep evaluation out of the ETA
+        if step % args.save_every == 0 or step == args.steps or stop.requested:
+            checkpoint()
+        if stop.requested:
+            log(f"saved {ckpt_path} at step {step}; continue with the same command plus --resume")
+            break
+
+    # ---- the end: the full benchmark on the final model ------------------------------------------------
+    if master and exit_code == 0 and step == args.steps:
+        log(f"training done in {fmt_time(time.time() - t_start)}; evaluating the final model...",
+            flush=True)
+        results = evaluation.evaluate(student, tokenizer, device, args.image_size,
+                                      n_per_class=args.eval_per_class, n_retrieval=args.eval_retrieval,
+                                      log=lambda s: log(s, flush=True))
+        with open(os.path.join(args.out, "eval.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        log(evaluation.format_table(results))
+        log(f"wrote {ckpt_path}, {tok_path}, {metrics_path} and eval.json")
+    if ddp:
+        dist.destroy_process_group()
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
