@@ -1,0 +1,241 @@
+"""bench.py and ablation.py: the arithmetic on hand-made numbers (medians, ratios, mean ± spread,
+the tables), the ablation's commands (same samples, warm-ups and teacher horizon in every arm),
+and one real bench.py --one measurement on a tiny configuration. No timing assertions."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+import ablation
+import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return proc
+
+
+# -----------------------------------------------------------------------------
+# bench.py: pure parts
+
+def test_summarise_takes_the_median_step_per_sample():
+    s = bench.summarise([1.0, 9.0, 2.0], samples_per_step=10)     # median 2 s, range 1..9 s
+    assert s["s_per_step"] == 2.0
+    assert s["ms_per_sample"] == pytest.approx(200.0)
+    assert s["samples_per_s"] == pytest.approx(5.0)
+    assert s["spread_ms_per_sample"] == pytest.approx(400.0)      # (9 - 1) / 2 / 10 samples
+
+
+def test_negatives_per_row():
+    assert bench.negatives_per_row("clip", b=32, k=4, queue_size=2048) == 127
+    assert bench.negatives_per_row("accum", b=32, k=4, queue_size=2048) == 31   # still b - 1
+    assert bench.negatives_per_row("msd", b=32, k=4, queue_size=2048) == 128 + 2048 - 1
+
+
+def hand_made_rows():
+    ok = lambda kind, k, ms, mb: {"kind": kind, "k": k, "b": 32, "status": "ok",  # noqa: E731
+                                  "ms_per_sample": ms, "samples_per_s": 1000 / ms, "peak_mb": mb}
+    return [ok("clip", 1, 10.0, 100.0), ok("clip", 2, 9.0, 180.0),
+            {"kind": "clip", "k": 4, "b": 32, "status": "OOM"},
+            ok("accum", 2, 10.5, 104.0), ok("accum", 4, 10.5, 106.0),
+            ok("msd", 1, 13.0, 110.0), ok("msd", 2, 13.5, 120.0), ok("msd", 4, 14.0, 132.0)]
+
+
+def test_ratios_against_baselines_of_the_same_run():
+    r = bench.compute_ratios(hand_made_rows(), [1, 2, 4])
+    assert r["msd_time_vs_clip_b"] == pytest.approx({"1": 1.3, "2": 1.35, "4": 1.4})
+    assert r["msd_mem_vs_k1"] == pytest.approx({"1": 1.0, "2": 120 / 110, "4": 1.2})
+    assert r["clip_kb_mem_vs_msd"]["1"] == pytest.approx(100 / 110)
+    assert r["clip_kb_mem_vs_msd"]["2"] == pytest.approx(1.5)
+    assert r["clip_kb_mem_vs_msd"]["4"] is None                      # CLIP at 4·b ran out of memory
+
+
+def test_ratios_without_a_baseline_are_none():
+    rows = [r for r in hand_made_rows() if not (r["kind"] == "clip" and r["k"] == 1)]
+    r = bench.compute_ratios(rows, [1, 2])
+    assert r["msd_time_vs_clip_b"] == {"1": None, "2": None}
+    assert r["msd_mem_vs_k1"]["2"] == pytest.approx(120 / 110)
+
+
+def test_markdown_table_holds_the_numbers():
+    rows = hand_made_rows()
+    table = bench.format_table(rows, bench.compute_ratios(rows, [1, 2, 4]), [1, 2, 4], b=32,
+                               queue_size=2048, memory_note="a note")
+    lines = table.splitlines()
+    assert "| CLIP, batch b | 1 × 32 | 31 | 10 | 100 | 100 | 1.00 |" in table
+    assert "| CLIP, batch k·b | 1 × 128 | 127 | OOM |" in table
+    assert "| naive accumulation k×b | 4 × 32 | 31 | 10.5 | 95 | 106 | 1.05 |" in table
+    assert "| MSD k×b | 4 × 32 | 2175 | 14 | 71 | 132 | 1.40 |" in table
+    assert "| 4 | 128 | 1.40 | 1.20 | – |" in lines                   # the ratios per k
+    assert "| 2 | 64 | 1.35 | 1.09 | 1.50 |" in lines
+    assert lines[-1] == "a note"
+    # every row of the first table has as many cells as its header
+    first = lines[:lines.index("")]
+    assert len({line.count("|") for line in first}) == 1
+
+
+def test_peak_tflops_lookup():
+    assert bench.peak_tflops_for("NVIDIA H100 80GB HBM3", "bf16") == 989
+    assert bench.peak_tflops_for("NVIDIA H100 PCIe", "bf16") == 756
+    assert bench.peak_tflops_for("NVIDIA H200", "bf16") == 989
+    assert bench.peak_tflops_for("NVIDIA A100-SXM4-80GB", "bf16") == 312
+    assert bench.peak_tflops_for("NVIDIA GeForce RTX 4090", "bf16") == 165
+    assert bench.peak_tflops_for("Some Card", "bf16") is None
+    assert bench.peak_tflops_for("NVIDIA H100 80GB HBM3", "fp32") is None   # a different peak
+    assert bench.peak_tflops_for(None, "fp32", override=50.0) == 50.0
+
+
+def test_flops_are_three_forwards_for_clip_and_four_for_msd():
+    achieved, mfu = bench.flop_figures("clip", 1e9, samples_per_s=1000, peak_tflops=10)
+    assert achieved == pytest.approx(3.0) and mfu == pytest.approx(0.3)
+    achieved, mfu = bench.flop_figures("msd", 1e9, samples_per_s=1000, peak_tflops=None)
+    assert achieved == pytest.approx(4.0) and mfu is None
+
+
+def test_input_verdict():
+    data = {"render_1_worker": 600, "render_all_workers": 1100, "workers": 2,
+            "augment_samples_per_s": 3000}
+    assert "keeps up" in bench.input_verdict(data, 100)
+    assert "3% of each step" in bench.input_verdict(data, 100)      # (1/3000) / (1/3000 + 1/100)
+    assert "DOES NOT keep up" in bench.input_verdict(data, 6000)
+
+
+def test_flop_counter_sees_every_matrix_product():
+    """The tiny preset's forward, counted on the meta device, against the transformer formula:
+    per layer 2·L·W·3W (qkv) + 2·L·W·W (proj) + 2·2·L·W·4W (MLP) + 2·2·L²·W (attention)."""
+    from model import make_config
+
+    cfg = make_config("tiny")
+    L_img = (cfg.image_size // cfg.patch_size) ** 2 + 1
+
+    def layers(L, W, n):
+        return n * (2 * L * W * 3 * W + 2 * L * W * W + 2 * 2 * L * W * 4 * W + 2 * 2 * L * L * W)
+
+    formula = layers(L_img, cfg.vision_width, cfg.vision_layers) + \
+        layers(cfg.context_length, cfg.text_width, cfg.text_layers)
+    counted = bench.count_forward_flops(cfg)
+    # the rest (patch embedding, projections) is under 1%; missing attention would be 15% off
+    assert formula < counted < 1.01 * formula
+
+
+# -----------------------------------------------------------------------------
+# bench.py: one real measurement in a fresh process
+
+def test_one_configuration_reports_time_and_memory():
+    cfg = {"kind": "msd", "preset": "tiny", "image_size": 32, "b": 4, "k": 2, "repeats": 1,
+           "warmup": 0, "queue_size": 16, "device": "cpu"}
+    proc = run("bench.py", "--one", json.dumps(cfg))
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["bench_one"] and not out["oom"]
+    assert len(out["times"]) == 1 and out["times"][0] > 0
+    assert out["peak_mb"] > 0 and out["process_peak_mb"] >= out["peak_mb"]
+    assert out["config"]["k"] == 2 and out["config"]["b"] == 4
+
+
+# -----------------------------------------------------------------------------
+# ablation.py
+
+def option(cmd, name):
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+def test_dry_run_six_arms_per_seed_with_the_same_samples():
+    proc = run("ablation.py", "--dry-run", "--seeds", "0,1", "--batch-size", "8",
+               "--accum-steps", "4", "--steps", "30", "--extra=--image-size 32")
+    cmds = [shlex.split(line) for line in proc.stdout.splitlines() if "train.py" in line]
+    assert len(cmds) == 12
+    for seed in (0, 1):
+        arms = [c for c in cmds if option(c, "--seed") == str(seed)]
+        assert len(arms) == 6
+        samples = {int(option(c, "--steps")) * int(option(c, "--batch-size")) *
+                   int(option(c, "--accum-steps")) for c in arms}
+        assert samples == {30 * 4 * 8}
+        # warm-ups over the same number of samples in every arm
+        warm = {int(option(c, "--warmup-steps")) * int(option(c, "--batch-size")) *
+                int(option(c, "--accum-steps")) for c in arms}
+        assert len(warm) == 1
+        msd = [c for c in arms if option(c, "--method") == "msd"]
+        assert len(msd) == 3
+        # the teacher averages over the same number of samples: m^steps is the same
+        horizons = {round(float(option(c, "--momentum")) ** int(option(c, "--steps")), 4) for c in msd}
+        assert len(horizons) == 1
+        assert sum(option(c, "--alpha") == "0" for c in arms) == 1       # arm d only
+        assert all(option(c, "--eval-every") == "0" and option(c, "--image-size") == "32" for c in arms)
+    outs = [option(c, "--out") for c in cmds]
+    assert len(set(outs)) == 12
+
+
+def test_extra_may_not_change_what_the_arms_compare():
+    proc = run("ablation.py", "--dry-run", "--extra=--steps 5", check=False)
+    assert proc.returncode == 2 and "--steps" in proc.stderr
+
+
+def test_mean_spread_and_format():
+    assert ablation.mean_spread([0.5, 0.7]) == pytest.approx((0.6, 0.1))
+    assert ablation.mean_spread([None, 0.4]) == pytest.approx((0.4, 0.0))
+    assert ablation.mean_spread([]) == (None, None)
+    assert ablation.fmt_mean_spread([0.5, 0.7]) == "0.600 ± 0.100"
+    assert ablation.fmt_mean_spread([0.5]) == "0.500"
+    assert ablation.fmt_mean_spread([None]) == "–"
+    assert ablation.fmt_mean_spread([1000.4, 1200.2], digits=0) == "1100 ± 100"
+
+
+def fake_eval(acc):
+    return {"zero_shot": {"accuracy": acc, "auc": acc + 0.2},
+            "few_shot": {"1": 0.6, "2": 0.7, "16": 0.9},
+            "retrieval": {"i2t_r1": 0.1, "i2t_r5": 0.3, "i2t_r10": 0.5,
+                          "t2i_r1": 0.2, "t2i_r5": 0.4, "t2i_r10": acc}}
+
+
+def fake_metrics(peak, elapsed):
+    return [{"step": 10, "loss": 1.0, "peak_mem_mb": peak / 2, "elapsed_s": elapsed / 2},
+            {"step": 20, "zero_shot_accuracy": 0.3, "zero_shot_auc": 0.6},
+            {"step": 20, "loss": 0.9, "peak_mem_mb": peak, "elapsed_s": elapsed}]
+
+
+def test_summaries_aggregate_and_table():
+    runs = {"e": {0: ablation.summarise_run(fake_eval(0.5), fake_metrics(300, 120)),
+                  1: ablation.summarise_run(fake_eval(0.7), fake_metrics(500, 240))},
+            "b": {0: ablation.summarise_run(fake_eval(0.4), fake_metrics(900, 60))}}
+    assert runs["e"][0]["peak_mem_mb"] == 300 and runs["e"][0]["train_min"] == pytest.approx(2.0)
+    agg = ablation.aggregate(runs)
+    assert agg["e"]["zero_shot_accuracy"] == pytest.approx({"mean": 0.6, "spread": 0.1, "n": 2})
+    assert agg["b"]["peak_mem_mb"] == {"mean": 900, "spread": 0, "n": 1}
+    table = ablation.format_table(runs, ["b", "e", "f"], b=16, k=8)
+    lines = table.splitlines()
+    row_e = next(line for line in lines if line.startswith("| e |"))
+    assert row_e == ("| e | MSD, k×b | 16 × 8 | 2 | 0.600 ± 0.100 | 0.800 ± 0.100 | 0.600 ± 0.000 "
+                     "| 0.900 ± 0.000 | 0.100 ± 0.000 | 0.500 ± 0.000 | 0.200 ± 0.000 "
+                     "| 0.600 ± 0.100 | 400 ± 100 | 3.0 ± 1.0 |")
+    assert next(line for line in lines if line.startswith("| b |")).startswith(
+        "| b | CLIP, batch k·b | 128 × 1 | 1 | 0.400 |")
+    assert next(line for line in lines if line.startswith("| f |")).count("–") == 10   # not run
+    assert len({line.count("|") for line in lines}) == 1
+
+
+def test_finished_runs_are_skipped_and_tabulated(tmp_path, capsys):
+    for seed, acc in ((0, 0.5), (1, 0.7)):
+        out = tmp_path / f"e-seed{seed}"
+        out.mkdir()
+        (out / "eval.json").write_text(json.dumps(fake_eval(acc)))
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fake_metrics(300, 120)))
+    report = tmp_path / "ablation.json"
+    assert ablation.main(["--only", "e", "--seeds", "0,1", "--out-dir", str(tmp_path),
+                          "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(": skipped, ") == 2
+    assert "| e | MSD, k×b | 16 × 8 | 2 | 0.600 ± 0.100 |" in printed
+    saved = json.loads(report.read_text())
+    assert saved["aggregate"]["e"]["zero_shot_accuracy"]["mean"] == pytest.approx(0.6)
+    assert set(saved["runs"]["e"]) == {"0", "1"}
