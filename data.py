@@ -44,44 +44,46 @@ FINDINGS = ["cardiomegaly", "pleural effusion", "pneumothorax", "consolidation",
 # The CheXpert 5x200 zero-shot protocol (MedCLIP, GLoRIA): 5 findings, single-finding images.
 ZERO_SHOT_CLASSES = ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural effusion"]
 
-# A prompt ensemble per class. Written like report sentences (the text encoder only ever saw
-# reports), but none is a copy of one fixed report sentence: zero-shot should test whether the
-# model learnt the *concept*, not whether it memorised a template.
+# A prompt ensemble per class. Written like the positive sentences of a report (the text encoder
+# only ever saw reports), with sides and severities as reports give them, but none is a copy of a
+# generated sentence: zero-shot should test whether the model learnt the *concept*, not whether it
+# memorised a template. They also avoid the wording of negations ("No focal consolidation."),
+# which a small text encoder can hardly tell from "There is focal consolidation.".
 CLASS_PROMPTS = {
     "atelectasis": [
-        "Atelectasis at the lung base.",
-        "There is linear atelectasis in the lower lobe.",
-        "Findings consistent with basilar atelectasis.",
-        "Subsegmental atelectasis with volume loss.",
-        "Plate-like atelectasis is seen.",
+        "Atelectasis at the left lung base.",
+        "Right basilar atelectasis with volume loss.",
+        "Plate-like atelectasis in the lower lobe.",
+        "Bibasilar atelectasis is present.",
+        "Linear atelectasis at the lung bases.",
     ],
     "cardiomegaly": [
         "The heart is enlarged.",
-        "There is cardiomegaly.",
+        "Cardiomegaly is present.",
+        "Moderate enlargement of the cardiac silhouette consistent with cardiomegaly.",
         "Enlarged cardiac silhouette.",
-        "Findings consistent with cardiomegaly.",
-        "The cardiac silhouette is enlarged, compatible with cardiomegaly.",
+        "The heart appears enlarged.",
     ],
     "consolidation": [
-        "There is focal airspace consolidation.",
-        "Consolidation in the lung.",
-        "Lobar consolidation concerning for pneumonia.",
-        "Airspace opacity consistent with consolidation.",
-        "Findings of pneumonia with dense consolidation.",
+        "Consolidation in the right lower lobe concerning for pneumonia.",
+        "Airspace consolidation in the left upper lobe.",
+        "Dense lobar consolidation.",
+        "Patchy airspace opacity consistent with pneumonia.",
+        "Consolidation of the lung.",
     ],
     "edema": [
-        "There is pulmonary edema.",
-        "Interstitial pulmonary edema.",
-        "Findings consistent with pulmonary edema.",
-        "Perihilar haziness compatible with edema.",
-        "Vascular congestion with pulmonary edema.",
+        "Pulmonary edema is present.",
+        "Moderate interstitial pulmonary edema.",
+        "Perihilar haziness and Kerley B lines consistent with pulmonary edema.",
+        "Bilateral interstitial edema with vascular congestion.",
+        "Mild pulmonary edema with vascular congestion.",
     ],
     "pleural effusion": [
-        "There is a pleural effusion.",
-        "Pleural effusion.",
-        "Blunting of the costophrenic angle consistent with pleural effusion.",
-        "Fluid in the pleural space.",
-        "Findings consistent with pleural effusion.",
+        "Right pleural effusion is present.",
+        "Moderate left pleural effusion with blunting of the costophrenic angle.",
+        "Pleural effusions on both sides.",
+        "Fluid in the pleural space at the lung base.",
+        "Blunting of the costophrenic angle due to pleural effusion.",
     ],
 }
 
@@ -93,7 +95,7 @@ TRAIN_SEED = 1001
 EVAL_SEED = 2002
 
 # Bump when the pictures or reports change, so cached renders (load_or_render) are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Radiological convention: a frontal chest film is displayed as if the viewer faces the patient,
 # so the patient's RIGHT is on the image's LEFT (small column index). A side is stored by its
@@ -151,8 +153,8 @@ def sample_patient(rng):
         mediastinum_w=U(0.09, 0.12),
         rib_spacing=U(0.15, 0.19), rib_phase=U(0, 2 * math.pi), rib_curve=U(0.25, 0.45),
         vessel_freq=float(rng.integers(9, 14)), vessel_phase=U(0, 2 * math.pi),
-        brightness=U(-0.06, 0.06), contrast=U(1.15, 1.50), gamma=U(0.8, 1.25),
-        noise=U(0.008, 0.03), noise_seed=int(rng.integers(2**31)),
+        brightness=U(-0.04, 0.04), contrast=U(1.2, 1.45), gamma=U(0.85, 1.15),
+        noise=U(0.005, 0.02), noise_seed=int(rng.integers(2**31)),
     )
 
 
@@ -162,8 +164,8 @@ def sample_patient(rng):
 # "hedged" (the report voices uncertainty), and a few drawing parameters (positions, jitter).
 
 P_NORMAL = 0.35            # share of studies with no finding
-FINDINGS_PER_STUDY = ([1, 2, 3], [0.55, 0.30, 0.15])  # for abnormal studies
-FINDING_WEIGHTS = [1.0, 1.0, 0.6, 1.0, 1.0, 0.9, 0.6, 0.8]  # relative frequency, FINDINGS order
+FINDINGS_PER_STUDY = ([1, 2, 3], [0.65, 0.27, 0.08])  # for abnormal studies
+FINDING_WEIGHTS = [1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.5, 0.6]  # relative frequency, FINDINGS order
 SIDES = {  # where each finding can be, with probabilities
     "pleural effusion": (["right", "left", "bilateral"], [0.40, 0.30, 0.30]),
     "pneumothorax": (["right", "left"], [0.5, 0.5]),
@@ -192,7 +194,7 @@ def sample_finding(rng, name):
         f["x"] = U(0.0, 0.5)  # position across the lung, 0 = centre, 1 = lateral edge
     if name == "consolidation":
         # a patchy opacity: a cluster of overlapping blobs around the lobe's centre
-        f["blobs"] = [[U(-1, 1), U(-1, 1)] for _ in range({"small": 3, "moderate": 5, "large": 7}[f["severity"]])]
+        f["blobs"] = [[U(-1, 1), U(-1, 1)] for _ in range({"small": 4, "moderate": 6, "large": 8}[f["severity"]])]
     if name == "nodule":
         lo, hi = {"small": (4, 8), "moderate": (10, 25), "large": (35, 60)}[f["severity"]]
         f["size_mm"] = int(rng.integers(lo, hi + 1))
@@ -300,12 +302,12 @@ def render_image(patient, findings, image_size):
     heart_w, heart_h, heart_x = p.heart_w * p.width, p.heart_h, p.heart_x
     if "atelectasis" in F:
         f = F["atelectasis"]
-        lift = _lerp(0.07, 0.14, f["severity"]) * f["jitter"]
+        lift = _lerp(0.12, 0.22, f["severity"]) * f["jitter"]
         for side in sides_of(f["side"]):
             dia[side] -= lift
     if "cardiomegaly" in F:
         f = F["cardiomegaly"]
-        grow = _lerp(1.30, 1.60, f["severity"]) * (1 + 0.3 * (f["jitter"] - 1))
+        grow = _lerp(1.35, 1.70, f["severity"]) * (1 + 0.3 * (f["jitter"] - 1))
         heart_w, heart_h, heart_x = heart_w * grow, heart_h * (1 + 0.45 * (grow - 1)), heart_x + 0.25 * (grow - 1) * heart_w
 
     lungs = {}
@@ -345,7 +347,7 @@ def render_image(patient, findings, image_size):
                            * np.cos(1.7 * p.vessel_freq * theta - 9.0 * dist), 0, 1) ** 2
         vessels[side] = branches * np.exp(-dist / 0.35)
 
-    D = 0.55 * body + 0.10 * spine * body + 0.10 * clavicles + 0.08 * ribs * rib_cage \
+    D = 0.55 * body + 0.10 * spine * body + 0.10 * clavicles + 0.05 * ribs * rib_cage \
         - 0.18 * trachea  # (H, W)
 
     # --- findings that change the air in a lung: fluid replaces it, a pneumothorax adds some
@@ -354,7 +356,7 @@ def render_image(patient, findings, image_size):
         f = F["pleural effusion"]
         for side in sides_of(f["side"]):
             L = lungs[side]
-            h = _lerp(0.17, 0.48, f["severity"]) * f["jitter"] * (L.dia - L.top)
+            h = _lerp(0.25, 0.55, f["severity"]) * f["jitter"] * (L.dia - L.top)
             lateral = np.clip((u - L.cx) * L.s / L.a, 0, 1)
             # the meniscus: fluid climbs the lateral chest wall, blunting the costophrenic angle
             surface = L.dia + 0.5 * L.dome - h - (0.35 * h + 0.05) * lateral ** 2
@@ -380,14 +382,14 @@ def render_image(patient, findings, image_size):
             extra += -0.10 * gap + 0.18 * pleural_line * (lung_side > 0.3) + 0.04 * collapsed * lung_side
 
     for side in lungs:
-        D += air[side] * (-0.42 + 0.11 * vessels[side])
+        D += air[side] * (-0.42 + 0.08 * vessels[side])
     D += extra
 
     # --- opacities inside the lungs
     if "consolidation" in F:
         f = F["consolidation"]
-        sigma = _lerp(0.055, 0.085, f["severity"]) * f["jitter"]
-        spread = _lerp(0.05, 0.11, f["severity"])
+        sigma = _lerp(0.09, 0.12, f["severity"]) * f["jitter"]
+        spread = _lerp(0.10, 0.15, f["severity"])
         for side in sides_of(f["side"]):
             L = lungs[side]
             cx, cy = L.at(f["x"], {"upper": 0.28, "middle": 0.55, "lower": 0.80}[f["zone"]])
@@ -395,19 +397,19 @@ def render_image(patient, findings, image_size):
             for du, dv in f["blobs"]:
                 bx, by = cx + L.s * du * spread, cy + dv * spread
                 patch += np.exp(-((u - bx) ** 2 + (v - by) ** 2) / (2 * sigma ** 2))
-            D += 0.34 * np.clip(patch, 0, 1) * lung_mask[side]
+            D += 0.45 * np.clip(patch, 0, 1) * lung_mask[side]
     if "atelectasis" in F:
         f = F["atelectasis"]
-        half = _lerp(0.028, 0.05, f["severity"])
+        half = _lerp(0.05, 0.08, f["severity"])
         for side in sides_of(f["side"]):
             L = lungs[side]
             y = L.dia - 0.12 - f["band_y"]
             # a plate-like (discoid) band across the lower lung, above the raised hemidiaphragm
             p0, p1 = (L.cx + L.s * 0.75 * L.a, y - f["tilt"]), (L.cx - L.s * 0.25 * L.a, y + f["tilt"])
-            D += 0.32 * _segment(u, v, p0, p1, half) * lung_mask[side]
+            D += 0.42 * _segment(u, v, p0, p1, half) * lung_mask[side]
     if "edema" in F:
         f = F["edema"]
-        amp = _lerp(0.17, 0.30, f["severity"]) * f["jitter"]
+        amp = _lerp(0.25, 0.40, f["severity"]) * f["jitter"]
         for side, L in lungs.items():
             # bat-wing: haze around the hila, fading to the periphery ...
             hx, hyl = L.cx - L.s * 0.45 * L.a, L.top + 0.55 * (L.dia - L.top)
@@ -415,7 +417,7 @@ def render_image(patient, findings, image_size):
             # ... and Kerley B lines: short horizontal lines at the lateral lung bases
             lateral = np.clip(((u - L.cx) * L.s / L.a - 0.55) * 4, 0, 1)
             kerley = np.clip((np.cos(2 * math.pi * v / 0.075) - 0.6) * 3, 0, 1) * lateral * _ramp(v - (L.dia - 0.35))
-            D += (amp * haze + 0.15 * kerley) * lung_mask[side]
+            D += (amp * haze + 0.2 * kerley) * lung_mask[side]
     if "nodule" in F:
         f = F["nodule"]
         L = lungs[f["side"]]
