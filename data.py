@@ -153,7 +153,7 @@ def sample_patient(rng):
         mediastinum_w=U(0.09, 0.12),
         rib_spacing=U(0.15, 0.19), rib_phase=U(0, 2 * math.pi), rib_curve=U(0.25, 0.45),
         vessel_freq=float(rng.integers(9, 14)), vessel_phase=U(0, 2 * math.pi),
-        brightness=U(-0.04, 0.04), contrast=U(1.2, 1.45), gamma=U(0.85, 1.15),
+        brightness=U(-0.03, 0.03), contrast=U(1.25, 1.4), gamma=U(0.9, 1.1),
         noise=U(0.005, 0.02), noise_seed=int(rng.integers(2**31)),
     )
 
@@ -771,8 +771,8 @@ def _augmentation():
     # the report would describe the wrong side of the picture (and the heart would sit on the
     # right). No vertical flip or large rotation either: chest films are never upside down.
     return v2.Compose([
-        v2.RandomAffine(degrees=5, translate=(0.04, 0.04), scale=(0.94, 1.06)),
-        v2.ColorJitter(brightness=0.2, contrast=0.2),
+        v2.RandomAffine(degrees=4, translate=(0.03, 0.03), scale=(0.96, 1.04)),
+        v2.ColorJitter(brightness=0.1, contrast=0.1),
     ])
 
 

@@ -325,6 +325,15 @@ def test_tokenize_pads_truncates_and_keeps_a_token(tokenizer):
     assert torch.equal(data.tokenize(tokenizer, ["CARDIOMEGALY"], 8)[0], data.tokenize(tokenizer, ["cardiomegaly"], 8)[0])
 
 
+def test_tokenizer_is_deterministic_and_spells_unseen_words(tokenizer):
+    texts = [data.make_study(TRAIN_SEED, i, 8).report for i in range(300)]
+    again = data.train_tokenizer(list(reversed(texts)), vocab_size=512)  # order must not matter either
+    assert again.get_vocab() == tokenizer.get_vocab()  # same data -> same vocabulary -> same model
+    unk = tokenizer.token_to_id("[UNK]")
+    ids, _ = data.tokenize(tokenizer, ["Pneumomediastinum."], 16)
+    assert unk not in ids.tolist()[0]  # an unseen word is spelled in pieces, not lost
+
+
 def test_tokenizer_save_and_load_round_trip(tokenizer, tmp_path):
     path = tmp_path / "tokenizer.json"
     tokenizer.save(str(path))
