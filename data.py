@@ -1068,7 +1068,9 @@ def describe(findings):
         return "normal"
     parts = []
     for name, f in findings.items():
-        words = [f.get("severity"), f.get("side"), f.get("device", name)]
+        grade = f.get("severity")  # said as the reports say it: "mild cardiomegaly", not "small"
+        grade = grade and SEVERITY_WORDS.get(name, SEVERITY_WORDS["default"])[grade][0]
+        words = [grade, f.get("side"), f.get("device", name)]
         parts.append(" ".join(w for w in words if w) + ("?" if f.get("hedged") else ""))
     return ", ".join(parts)
 
