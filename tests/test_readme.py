@@ -1,0 +1,30 @@
+"""The README's commands are the ones CI runs, and its preset table matches model.py."""
+
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(name):
+    with open(os.path.join(ROOT, name)) as f:
+        return f.read()
+
+
+def test_ci_runs_the_readme_commands():
+    readme, ci = read("README.md"), read(".ci/run")
+    commands = [line.split("#")[0].strip() for line in ci.splitlines()
+                if line.strip().startswith(("pip install", "python -m pytest"))]
+    assert commands == ["pip install -r requirements.txt", "python -m pytest -q"]
+    for command in commands:
+        assert command in readme, command
+
+
+def test_readme_preset_parameter_counts_match_the_code():
+    from model import PRESETS, DualEncoder, make_config
+    readme = read("README.md")
+    for name in PRESETS:
+        m = re.search(rf"^\| `{name}` \|.*?\| ([0-9.]+)M \|", readme, re.M)
+        assert m, f"no row for preset {name}"
+        count = DualEncoder(make_config(name)).num_params() / 1e6
+        assert float(m.group(1)) == round(count, 2), name
