@@ -7,7 +7,15 @@ import torch.nn.functional as F
 
 from loss import FeatureQueue, clip_loss, msd_loss, positive_matrix, soft_targets
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Equalities here are asserted in float64; restore the default so other test files are unaffected."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def unit(*shape, seed=0):
