@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -693,12 +694,21 @@ def _render_one(job):
     return _to_uint8(s.image), s.report, s.labels
 
 
+def _worker_signals():
+    """A pool worker inherits its parent's signal handlers. train.py's Ctrl-C handler only sets a
+    flag, so a worker keeping it would ignore the SIGTERM the pool sends it on closing, and the
+    pool would wait for it forever. Workers get the default SIGTERM back and leave Ctrl-C
+    (which the terminal sends to the whole process group) to the parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _render_many(jobs, image_size, workers):
     """Render (seed, index, only) jobs, in order; a process pool when workers > 1."""
     jobs = [(seed, index, image_size, only) for seed, index, only in jobs]
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(jobs) >= 256:  # below that, starting processes costs more than it saves
-        with multiprocessing.get_context().Pool(workers) as pool:
+        with multiprocessing.get_context().Pool(workers, initializer=_worker_signals) as pool:
             out = pool.map(_render_one, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
     else:
         out = [_render_one(job) for job in jobs]

@@ -479,3 +479,23 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
                    "--images", ".", "--out", str(tmp_path / "m.csv")])
     err = capsys.readouterr().err
     assert e.value.code == 1 and "nope.csv" in err and len(err.strip().splitlines()) == 1
+
+
+def test_render_pool_closes_under_train_py_signal_handler():
+    """train.py installs a Ctrl-C / SIGTERM handler that only sets a flag. Pool workers inherit it,
+    so without data._worker_signals they ignore the SIGTERM the pool sends them on closing and the
+    final evaluation's rendering hangs forever. Rendering with two workers under that handler must
+    finish and give the same images as rendering in this process."""
+    code = ("import sys, torch; sys.path.insert(0, '.'); import data, train\n"
+            "train.StopFlag()\n"
+            "a = data.zero_shot_set(60, 16, workers=2)\n"      # 300 jobs: above the pool threshold
+            "b = data.zero_shot_set(60, 16, workers=1)\n"
+            "assert torch.equal(a['images'], b['images']) and a['texts'] == b['texts']\n"
+            "print('closed')\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the rendering pool did not close: workers ignored its SIGTERM")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("closed")
