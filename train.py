@@ -29,7 +29,7 @@ import data
 import eval as evaluation
 from accumulate import NonFiniteLossError, clip_step, msd_step, unwrap
 from loss import FeatureQueue
-from model import PRESETS, DualEncoder, make_config
+from model import PAD_ID, PRESETS, DualEncoder, make_config
 from momentum import make_teacher, momentum_at
 
 # Options that may differ between a run and its --resume: they change what is logged or saved, never
@@ -54,6 +54,8 @@ def get_args(argv=None):
     a("--preset", default="tiny", choices=sorted(PRESETS), help="model size (model.py PRESETS)")
     a("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
     a("--channels", type=int, default=1, choices=[1, 3], help="1 grayscale, 3 RGB")
+    a("--stem", default="conv", choices=["conv", "patch"],
+      help="ViT patch embedding: stride-2 convolutions, or ViT's single p x p convolution")
     a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
     # the optimisation
     a("--method", default="msd", choices=["msd", "clip"],
@@ -296,7 +298,7 @@ def main(argv=None):
             dist.barrier()                            # rank 0 wrote tokenizer.json
         tokenizer = data.load_tokenizer(tok_path)
     cfg = make_config(args.preset, image_size=args.image_size, in_channels=args.channels,
-                      vocab_size=tokenizer.get_vocab_size())
+                      stem=args.stem, vocab_size=tokenizer.get_vocab_size())
     tokens, _ = data.tokenize(tokenizer, train["texts"], cfg.context_length)   # (n, L)
     ids = data.report_ids(train["texts"])                                       # (n,)
     log(f"data: {n} pairs from {source}, {len(set(ids.tolist()))} distinct reports, vocabulary "
@@ -369,8 +371,14 @@ def main(argv=None):
         if args.augment:
             images = data.train_augment(images)
         window = (images, tokens[idx], ids[idx])
-        return [tuple(t.to(device, non_blocking=True) for t in mb)
-                for mb in zip(*(t.split(args.batch_size) for t in window))]
+        batches = []
+        for im, tok, rid in zip(*(t.split(args.batch_size) for t in window)):
+            # drop the padding columns no report in this micro-batch reaches: the text encoder's
+            # output does not depend on padding (model.py), and the reports average under half
+            # the context, so this saves about a third of the text encoder's work
+            tok = tok[:, :max(1, int((tok != PAD_ID).sum(1).max()))]
+            batches.append(tuple(t.to(device, non_blocking=True) for t in (im, tok, rid)))
+        return batches
 
     n_params = student.num_params()
     log(f"model: {args.preset} preset, {n_params / 1e6:.2f}M parameters, {args.image_size} px, "

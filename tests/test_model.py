@@ -66,7 +66,7 @@ def test_seeded_model_is_reproducible_and_seed_matters():
     a, b, c = build(3), build(3), build(4)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
-    assert not torch.equal(a.visual.patch_embed.weight, c.visual.patch_embed.weight)
+    assert not torch.equal(a.visual.patch_embed.layers[0].weight, c.visual.patch_embed.layers[0].weight)
 
 
 def test_logit_scale_clamp():
@@ -85,9 +85,45 @@ def test_config_errors_name_the_values():
     model = DualEncoder(tiny_config())
     with pytest.raises(ValueError, match="longer than context_length 16"):
         model.encode_text(torch.ones(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="stem must be 'conv' or 'patch', got 'resnet'"):
+        tiny_config(stem="resnet")
+    with pytest.raises(ValueError, match=r"patch_size must be a power of two \(got 6\)"):
+        tiny_config(image_size=36, patch_size=6)
+    tiny_config(image_size=36, patch_size=6, stem="patch")   # one p x p convolution takes any p
+
+
+@pytest.mark.parametrize("patch_size,stages", [(4, 2), (8, 3), (16, 4)])
+def test_conv_stem_gives_the_patch_grid(patch_size, stages):
+    """The conv stem must hand the transformer the same (side/p)^2 tokens of the same width as
+    ViT's patch convolution, halving the image once per stage, and see the whole patch: a token's
+    receptive field covers its own p x p patch, so changing one pixel of a patch changes it."""
+    cfg = tiny_config(image_size=64, patch_size=patch_size)
+    stem = DualEncoder(cfg).visual.patch_embed
+    strided = [m for m in stem.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == stages
+    x = torch.randn(2, 1, 64, 64)
+    out = stem(x)
+    assert out.shape == (2, cfg.vision_width, 64 // patch_size, 64 // patch_size)
+    y = x.clone()
+    y[:, :, patch_size - 1, patch_size - 1] += 1.0       # the far corner of patch (0, 0)
+    assert not torch.allclose(stem(y)[:, :, 0, 0], out[:, :, 0, 0])
+    patch = DualEncoder(tiny_config(image_size=64, patch_size=patch_size, stem="patch"))
+    assert patch.visual.patch_embed(x).shape == out.shape
 
 
 def test_presets_build_with_overrides():
     assert set(PRESETS) >= {"tiny", "small"}
     cfg = make_config("small", image_size=128, in_channels=3)
     assert (cfg.image_size, cfg.in_channels, cfg.vision_width, cfg.vision_layers) == (128, 3, 384, 12)
+
+
+def test_conv_stem_convolutions_get_he_init():
+    """The stem's 3x3 convolutions sit before GroupNorms, which make their gradient scale as
+    1 / |w|: they must not get the transformers' std 0.02, but sqrt(2 / fan_in)."""
+    torch.manual_seed(0)
+    stem = DualEncoder(tiny_config(image_size=64, vision_width=64)).visual.patch_embed
+    convs = [m for m in stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs[:-1]:                              # the 3x3 stages
+        fan_in = conv.weight[0].numel()
+        assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.15)
+    assert convs[-1].weight.std().item() == pytest.approx(0.02, rel=0.15)   # the 1x1: no norm after
