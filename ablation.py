@@ -196,7 +196,7 @@ def parse_args(argv=None):
     a("--steps", type=int, default=200,
       help="S: optimizer steps of the k×b arms (b, c, d, e); arms a and f take S·k")
     a("--warmup-steps", type=int, default=None,
-      help="learning-rate warm-up in steps of the k×b arms, scaled by k for a and f (default S/12)")
+      help="learning-rate warm-up in steps of the k×b arms, scaled by k for a and f (default S/6, as train.py: 100 of 600)")
     a("--alpha-warmup", type=int, default=None,
       help="alpha warm-up in steps of the k×b arms, scaled by k for a and f (default S/6)")
     a("--alpha", type=float, default=None,
@@ -215,7 +215,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if min(args.batch_size, args.accum_steps, args.steps, args.n_train) <= 0:
         p.error("--batch-size, --accum-steps, --steps and --n-train must be positive")
-    args.warmup_steps = round(args.steps / 12) if args.warmup_steps is None else args.warmup_steps
+    args.warmup_steps = round(args.steps / 6) if args.warmup_steps is None else args.warmup_steps
     args.alpha_warmup = round(args.steps / 6) if args.alpha_warmup is None else args.alpha_warmup
     try:
         args.seeds = [int(s) for s in args.seeds.split(",")]

@@ -63,8 +63,8 @@ def get_args(argv=None):
     a("--steps", type=int, default=600, help="optimizer steps")
     a("--batch-size", type=int, default=32, help="micro-batch b: what fits in memory at once")
     a("--accum-steps", type=int, default=4, help="k micro-batches per optimizer step: window N = k*b")
-    a("--lr", type=float, default=1e-3, help="peak learning rate")
-    a("--warmup-steps", type=int, default=50, help="linear learning-rate warm-up, then cosine to lr/10")
+    a("--lr", type=float, default=5e-4, help="peak learning rate (1e-3 can collapse both towers to a constant)")
+    a("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up, then cosine to lr/10")
     a("--weight-decay", type=float, default=0.05, help="AdamW decay (not on norms, biases, embeddings, logit_scale)")
     a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
     a("--augment", action=argparse.BooleanOptionalAction, default=True,
