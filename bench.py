@@ -393,15 +393,16 @@ def measure_data(cfg):
     every window: index the uint8 images, convert to float, augment (data.train_augment)."""
     torch, _, _, _, model_cfg = _setup(cfg)
     import data
+    import synthetic
 
     n, size, b = cfg["data_n"], model_cfg.image_size, cfg["b"]
     workers = os.cpu_count() or 1
     t = time.perf_counter()
-    train = data.render_synthetic("train", n, size, workers=1)
+    train = synthetic.render_synthetic("train", n, size, workers=1)
     render_1 = n / (time.perf_counter() - t)
-    if workers > 1:   # data.py uses a process pool only from 256 items on
+    if workers > 1:   # synthetic.py uses a process pool only from 256 items on
         t = time.perf_counter()
-        data.render_synthetic("train", max(n, 256), size, workers=workers)
+        synthetic.render_synthetic("train", max(n, 256), size, workers=workers)
         render_all = max(n, 256) / (time.perf_counter() - t)
     else:
         render_all = render_1

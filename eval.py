@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from data import (ManifestError, load_tokenizer, read_class_manifest, read_pair_manifest,
-                  report_ids, retrieval_set, tokenize, zero_shot_set)
+                  report_ids, tokenize)
 from model import DualEncoder, ModelConfig
+from synthetic import retrieval_set, zero_shot_set
 
 # -----------------------------------------------------------------------------
 # Metrics: plain functions of score tensors, no model involved.
@@ -284,7 +285,7 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
          "retrieval": {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}}
 
     zs: {"images", "labels", "classes", "prompts"} for zero-shot and few-shot (the output of
-    data.zero_shot_set or a class manifest); ret: {"images", "texts"} for retrieval. None renders
+    synthetic.zero_shot_set or a class manifest); ret: {"images", "texts"} for retrieval. None renders
     the synthetic set (n_per_class images per class, n_retrieval pairs); False skips that part.
     quick=True runs zero-shot alone, on 5 x QUICK_PER_CLASS synthetic images unless zs is given.
     A k-shot entry is left out when some class has k images or fewer (a small manifest).

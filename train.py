@@ -6,8 +6,9 @@
     torchrun --nproc_per_node=2 train.py ...          # DDP, one process per GPU (or CPU share)
 
 The pieces: model.py (the two encoders), momentum.py (the EMA teacher), loss.py (queue and soft
-targets), accumulate.py (one optimizer step over k micro-batches), data.py (the data), eval.py
-(the benchmark). This file only glues them: options, data, the loop, logging, checkpoints.
+targets), accumulate.py (one optimizer step over k micro-batches), synthetic.py (the generated
+data set), data.py (manifests, tokenizer, augmentation), eval.py (the benchmark). This file only
+glues them: options, data, the loop, logging, checkpoints.
 """
 
 import argparse
@@ -27,6 +28,7 @@ import torch.distributed as dist
 
 import data
 import eval as evaluation
+import synthetic
 from accumulate import NonFiniteLossError, clip_step, msd_step, unwrap
 from loss import FeatureQueue
 from model import PAD_ID, PRESETS, DualEncoder, make_config
@@ -275,8 +277,8 @@ def main(argv=None):
     else:
         log(f"rendering {args.n_train} synthetic training studies at {args.image_size} px "
             f"(cached in {args.data_cache or 'memory only'})...", flush=True)
-        train = data.load_or_render("train", args.n_train, args.image_size,
-                                    cache_dir=args.data_cache or None, workers=args.workers)
+        train = synthetic.load_or_render("train", args.n_train, args.image_size,
+                                         cache_dir=args.data_cache or None, workers=args.workers)
         if args.channels == 3:
             train["images"] = train["images"].expand(-1, 3, -1, -1)
         source = "synthetic"

@@ -1,9 +1,7 @@
 """Tests for data.py: each pins a property the rest of the project relies on (fast: small images)."""
 
-import collections
 import csv
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,242 +14,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
-from data import (CLASS_PROMPTS, EVAL_SEED, FINDINGS, PAD_ID, TRAIN_SEED, ZERO_SHOT_CLASSES,  # noqa: E402
-                  ManifestError)
+import synthetic  # noqa: E402
+from data import PAD_ID, ManifestError  # noqa: E402
+from synthetic import EVAL_SEED, TRAIN_SEED  # noqa: E402
 
 S = 64  # image size for the tests
-
-# -----------------------------------------------------------------------------
-# The vocabulary others depend on
-
-
-def test_api_names_and_order():
-    assert FINDINGS[:8] == ["cardiomegaly", "pleural effusion", "pneumothorax", "consolidation",
-                            "atelectasis", "edema", "nodule", "support device"]
-    assert ZERO_SHOT_CLASSES == ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural effusion"]
-    assert set(CLASS_PROMPTS) == set(ZERO_SHOT_CLASSES)
-    assert all(len(set(p)) >= 3 for p in CLASS_PROMPTS.values())
-    assert PAD_ID == 0 and TRAIN_SEED != EVAL_SEED
-
-
-def _sentences(report):
-    body = re.sub(r"\b(FINDINGS|IMPRESSION):", " ", report)
-    return [s.strip() for s in re.split(r"(?<=[.])\s+", body) if s.strip()]
-
-
-def test_prompts_are_not_copies_of_report_sentences():
-    # zero-shot must test the concept, not a memorised template
-    said = {s.lower() for i in range(1500) for s in _sentences(data.make_study(TRAIN_SEED, i, 16).report)}
-    copies = [p for ps in CLASS_PROMPTS.values() for p in ps if p.lower() in said]
-    assert not copies, copies
-
-
-# -----------------------------------------------------------------------------
-# Determinism and disjoint splits
-
-
-def test_study_is_a_function_of_seed_and_index():
-    a, b = data.make_study(TRAIN_SEED, 5, S), data.make_study(TRAIN_SEED, 5, S)
-    assert np.array_equal(a.image, b.image) and a.report == b.report and np.array_equal(a.labels, b.labels)
-    assert a.image.shape == (S, S) and a.image.dtype == np.float32 and 0 <= a.image.min() and a.image.max() <= 1
-    c = data.make_study(TRAIN_SEED, 6, S)
-    assert not np.array_equal(a.image, c.image)
-    # `only` forces exactly one finding, with a stream of its own
-    d = data.make_study(TRAIN_SEED, 5, S, only="edema")
-    assert list(d.findings) == ["edema"] and d.labels[FINDINGS.index("edema")] == 1 and d.labels.sum() == 1
-
-
-def test_workers_do_not_change_the_data():
-    one = data.render_synthetic("train", 300, 24, workers=1)  # 300: above the pool threshold
-    two = data.render_synthetic("train", 300, 24, workers=2)
-    assert torch.equal(one["images"], two["images"]) and one["texts"] == two["texts"]
-    assert torch.equal(one["labels"], two["labels"])
-    assert one["images"].shape == (300, 1, 24, 24) and one["images"].dtype == torch.uint8
-    assert one["labels"].shape == (300, len(FINDINGS)) and one["labels"].dtype == torch.float32
-
-
-def test_train_and_eval_items_never_coincide():
-    train = data.render_synthetic("train", 200, 32, workers=1)
-    ret = data.retrieval_set(200, 32, workers=1)
-    zs = data.zero_shot_set(20, 32, workers=1)
-    key = lambda imgs: {bytes(x.numpy().tobytes()) for x in imgs}  # noqa: E731
-    assert not key(train["images"]) & key(ret["images"])
-    assert not key(train["images"]) & key(zs["images"])
-    assert not key(ret["images"]) & key(zs["images"])
-    # the same index in the two seed spaces is a different patient
-    assert data.make_study(TRAIN_SEED, 0).patient != data.make_study(EVAL_SEED, 0).patient
-
-
-# -----------------------------------------------------------------------------
-# The pictures: every finding changes the image where it should. The same patient (anatomy and
-# noise) is drawn with and without the finding, so the difference is the finding alone.
-
-
-def _with_and_without(name, index, **override):
-    st = data.make_study(TRAIN_SEED, index, S, only=name)
-    f = {**st.findings[name], **override}
-    return data.render_image(st.patient, {}, S), data.render_image(st.patient, {name: f}, S), f
-
-
-def _halves(diff):
-    """Summed |change| on the image's left half and right half."""
-    a = np.abs(diff)
-    return a[:, :S // 2].sum(), a[:, S // 2:].sum()
-
-
-@pytest.mark.parametrize("name", ["pleural effusion", "pneumothorax", "consolidation", "atelectasis", "nodule"])
-@pytest.mark.parametrize("side", ["right", "left"])
-def test_lateral_findings_change_the_stated_side(name, side):
-    # Radiological convention: the patient's right is on the image's left.
-    for i in range(6):
-        base, img, _ = _with_and_without(name, i, side=side)
-        image_left, image_right = _halves(img - base)
-        stated, other = (image_left, image_right) if side == "right" else (image_right, image_left)
-        assert stated > 0.5 and stated > 5 * other, (i, stated, other)
-
-
-def test_bilateral_findings_change_both_sides():
-    for name in ["pleural effusion", "consolidation", "atelectasis", "edema"]:
-        base, img, _ = _with_and_without(name, 0, side="bilateral")
-        left, right = _halves(img - base)
-        assert 0.33 < left / right < 3, (name, left, right)
-
-
-def test_cardiomegaly_widens_the_heart_towards_the_patients_left():
-    for i in range(6):
-        base, img, _ = _with_and_without("cardiomegaly", i)
-        d = img - base
-        # the heart replaces dark lung: the lower middle of the chest gets brighter ...
-        assert d[S // 2:int(0.8 * S), S // 4:3 * S // 4].mean() > 0.03
-        # ... mostly on the image's right, the patient's left, where the heart lies
-        left, right = _halves(d)
-        assert right > 1.3 * left
-
-
-def test_effusion_fills_the_base_not_the_apex():
-    base, img, _ = _with_and_without("pleural effusion", 1, side="right", severity="moderate")
-    d = (img - base)[:, :S // 2]
-    assert d[S // 2:].mean() > 0.05      # fluid: brighter lower zone
-    assert np.abs(d[:S // 4]).mean() < 0.005  # apex untouched
-
-
-def test_pneumothorax_darkens_the_lung():
-    base, img, _ = _with_and_without("pneumothorax", 2, side="left", severity="moderate")
-    d = (img - base)[:, S // 2:]
-    assert (d < -0.05).sum() > 30  # air without lung markings: darker pixels
-    assert (d > 0.05).sum() > 5    # and the bright visceral pleural line
-
-
-def test_small_findings_are_local_and_devices_are_bright_lines():
-    base, img, _ = _with_and_without("nodule", 0, severity="moderate")
-    changed = np.abs(img - base) > 0.05
-    assert 2 <= changed.sum() < 0.03 * S * S
-    for i in range(4):
-        base, img, f = _with_and_without("support device", i)
-        changed = (img - base) > 0.1
-        assert changed.sum() > 10 and changed.sum() < 0.15 * S * S, f["device"]
-
-
-@pytest.mark.parametrize("name", ["cardiomegaly", "pleural effusion", "pneumothorax", "consolidation",
-                                  "atelectasis", "edema", "nodule"])
-def test_severity_scales_the_change(name):
-    amount = []
-    for severity in ["small", "moderate", "large"]:
-        extra = {"size_mm": {"small": 6, "moderate": 15, "large": 45}[severity]} if name == "nodule" else {}
-        base, img, _ = _with_and_without(name, 3, severity=severity, jitter=1.0, **extra)
-        amount.append(np.abs(img - base).sum())
-    assert amount[0] < amount[1] < amount[2], amount
-
-
-# -----------------------------------------------------------------------------
-# The reports agree with the findings
-
-KEYWORDS = {  # how a report can say each finding (synonyms included)
-    "cardiomegaly": r"cardiomegaly|enlarged|enlargement",
-    "pleural effusion": r"effusion|pleural space",
-    "pneumothorax": r"pneumothora",
-    "consolidation": r"consolidat|airspace|pneumonia",
-    "atelectasis": r"atelecta",
-    "edema": r"edema|congestion",
-    "nodule": r"nodul|mass",
-    "support device": r"tube|catheter|pacemaker|device",
-}
-NEGATIVE = re.compile(r"\b(no|normal|clear|unremarkable|without)\b", re.I)
-
-
-def _mentioned(report):
-    """Findings named by the report's positive (not negated) sentences."""
-    positive = " ".join(s for s in _sentences(report) if not NEGATIVE.search(s)).lower()
-    return {name for name, pattern in KEYWORDS.items() if re.search(pattern, positive)}
-
-
-def test_reports_mention_exactly_the_present_findings():
-    hedged = 0
-    for i in range(400):
-        st = data.make_study(TRAIN_SEED, i, 8)
-        assert st.report.startswith("FINDINGS: ") and " IMPRESSION: " in st.report
-        assert _mentioned(st.report) == set(st.findings), (st.findings, st.report)
-        assert {FINDINGS[j] for j in np.flatnonzero(st.labels)} == set(st.findings)
-        hedged += bool(re.search(r"possible|cannot be excluded|may represent", st.report, re.I))
-    assert hedged > 10  # uncertainty is voiced, for weak findings
-
-
-def test_report_sides_match_the_image_sides():
-    for name in ["pleural effusion", "pneumothorax", "consolidation", "atelectasis", "nodule", "support device"]:
-        for i in range(40):
-            st = data.make_study(TRAIN_SEED, i, 8, only=name)
-            side, text = st.findings[name]["side"], st.report.lower()
-            if side in ("right", "left"):
-                other = "left" if side == "right" else "right"
-                assert re.search(rf"\b{side}\b", text) and not re.search(rf"\b{other}\b", text), text
-            elif side == "bilateral":
-                assert re.search(r"bilateral|both|bibasilar", text) and not re.search(r"\b(left|right)\b", text), text
-
-
-def test_severity_words_match():
-    words = {"small": r"\b(small|trace|mild|mildly|minimal|subsegmental|patchy|focal|tiny|borderline)\b",
-             "large": r"\b(large|marked|markedly|severe|severely|extensive|dense)\b"}
-    said = 0
-    for name in ["pleural effusion", "cardiomegaly", "edema", "atelectasis", "pneumothorax", "consolidation"]:
-        for i in range(30):
-            st = data.make_study(TRAIN_SEED, i, 8, only=name)
-            sev = st.findings[name]["severity"]
-            other = {"small": "large", "large": "small"}.get(sev)
-            positive = " ".join(s for s in _sentences(st.report) if not NEGATIVE.search(s))
-            if other:  # a small finding is never called large, nor the reverse
-                assert not re.search(words[other], positive, re.I), (sev, st.report)
-                said += bool(re.search(words[sev], positive, re.I))
-    assert said > 60  # and most reports say how much (some paraphrases leave it out)
-
-
-def test_normal_studies_are_common_and_share_reports():
-    studies = [data.make_study(TRAIN_SEED, i, 8) for i in range(300)]
-    normal = [s for s in studies if not s.findings]
-    assert 0.25 < len(normal) / len(studies) < 0.45
-    text, count = collections.Counter(s.report for s in studies).most_common(1)[0]
-    assert count >= 20 and text in data.CANONICAL_NORMAL  # word-for-word duplicates exist
-    assert any(len(s.findings) >= 2 for s in studies)     # and multi-finding studies
-
-
-def test_eval_sets():
-    zs = data.zero_shot_set(6, 32, workers=1)
-    assert zs["images"].shape == (30, 1, 32, 32) and zs["images"].dtype == torch.uint8
-    assert zs["labels"].dtype == torch.long and zs["labels"].tolist() == [c for c in range(5) for _ in range(6)]
-    assert zs["classes"] == ZERO_SHOT_CLASSES and zs["prompts"] == CLASS_PROMPTS
-    for text, label in zip(zs["texts"], zs["labels"]):
-        assert _mentioned(text) == {ZERO_SHOT_CLASSES[label]}  # single-finding studies
-    ret = data.retrieval_set(10, 32, workers=1)
-    assert ret["images"].shape == (10, 1, 32, 32) and len(ret["texts"]) == 10 and ret["labels"].shape == (10, len(FINDINGS))
-
-
-def test_load_or_render_caches(tmp_path):
-    a = data.load_or_render("retrieval", 12, 24, cache_dir=tmp_path)
-    files = list(tmp_path.glob("*.pt"))
-    assert len(files) == 1 and f"v{data.GENERATOR_VERSION}" in files[0].name
-    b = data.load_or_render("retrieval", 12, 24, cache_dir=tmp_path)
-    assert torch.equal(a["images"], b["images"]) and a["texts"] == b["texts"]
-    z = data.load_or_render("zero_shot", 2, 24, cache_dir=tmp_path)
-    assert z["prompts"] == CLASS_PROMPTS and z["labels"].shape == (10,)
 
 
 # -----------------------------------------------------------------------------
@@ -306,7 +73,7 @@ def test_report_ids_are_the_same_in_every_process():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    texts = [data.make_study(TRAIN_SEED, i, 8).report for i in range(300)]
+    texts = [synthetic.make_study(TRAIN_SEED, i, 8).report for i in range(300)]
     return data.train_tokenizer(texts, vocab_size=512)
 
 
@@ -326,7 +93,7 @@ def test_tokenize_pads_truncates_and_keeps_a_token(tokenizer):
 
 
 def test_tokenizer_is_deterministic_and_spells_unseen_words(tokenizer):
-    texts = [data.make_study(TRAIN_SEED, i, 8).report for i in range(300)]
+    texts = [synthetic.make_study(TRAIN_SEED, i, 8).report for i in range(300)]
     again = data.train_tokenizer(list(reversed(texts)), vocab_size=512)  # order must not matter either
     assert again.get_vocab() == tokenizer.get_vocab()  # same data -> same vocabulary -> same model
     unk = tokenizer.token_to_id("[UNK]")
@@ -338,7 +105,7 @@ def test_tokenizer_save_and_load_round_trip(tokenizer, tmp_path):
     path = tmp_path / "tokenizer.json"
     tokenizer.save(str(path))
     loaded = data.load_tokenizer(path)
-    texts = [data.make_study(EVAL_SEED, i, 8).report for i in range(20)]
+    texts = [synthetic.make_study(EVAL_SEED, i, 8).report for i in range(20)]
     assert torch.equal(data.tokenize(tokenizer, texts, 64)[0], data.tokenize(loaded, texts, 64)[0])
     with pytest.raises(FileNotFoundError):
         data.load_tokenizer(tmp_path / "missing.json")
@@ -349,9 +116,9 @@ def test_tokenizer_save_and_load_round_trip(tokenizer, tmp_path):
 
 
 def test_manifest_round_trip(tmp_path):
-    csv_path = data.export_synthetic(tmp_path / "export", 8, image_size=S)
+    csv_path = synthetic.export_synthetic(tmp_path / "export", 8, image_size=S)
     loaded = data.read_pair_manifest(csv_path, S)
-    rendered = data.render_synthetic("train", 8, S, workers=1)
+    rendered = synthetic.render_synthetic("train", 8, S, workers=1)
     assert torch.equal(loaded["images"], rendered["images"])
     assert loaded["texts"] == rendered["texts"] and torch.equal(loaded["labels"], rendered["labels"])
     assert loaded["splits"] == ["train"] * 8
@@ -463,7 +230,7 @@ def _cli(*args, cwd):
 def test_cli_show_and_export(tmp_path):
     r = _cli("show", "--out", "grid.png", "--n", "5", "--image-size", "64", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    w, h = data.show_tile_size(64)
+    w, h = synthetic.show_tile_size(64)
     assert Image.open(tmp_path / "grid.png").size == (3 * w, 2 * h)  # 5 studies: 3 columns, 2 rows
     r = _cli("export", "--out", "exp", "--n", "4", "--image-size", "32", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -479,23 +246,3 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
                    "--images", ".", "--out", str(tmp_path / "m.csv")])
     err = capsys.readouterr().err
     assert e.value.code == 1 and "nope.csv" in err and len(err.strip().splitlines()) == 1
-
-
-def test_render_pool_closes_under_train_py_signal_handler():
-    """train.py installs a Ctrl-C / SIGTERM handler that only sets a flag. Pool workers inherit it,
-    so without data._worker_signals they ignore the SIGTERM the pool sends them on closing and the
-    final evaluation's rendering hangs forever. Rendering with two workers under that handler must
-    finish and give the same images as rendering in this process."""
-    code = ("import sys, torch; sys.path.insert(0, '.'); import data, train\n"
-            "train.StopFlag()\n"
-            "a = data.zero_shot_set(60, 16, workers=2)\n"      # 300 jobs: above the pool threshold
-            "b = data.zero_shot_set(60, 16, workers=1)\n"
-            "assert torch.equal(a['images'], b['images']) and a['texts'] == b['texts']\n"
-            "print('closed')\n")
-    try:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              cwd=ROOT, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the rendering pool did not close: workers ignored its SIGTERM")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().endswith("closed")

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
-from data import CLASS_PROMPTS, render_synthetic, tokenize, train_tokenizer  # noqa: E402
+from data import tokenize, train_tokenizer  # noqa: E402
 from model import DualEncoder, make_config  # noqa: E402
+from synthetic import CLASS_PROMPTS, render_synthetic  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,0 +1,831 @@
+"""
+A procedural data set of chest radiographs and their reports, so `python train.py` works with no
+download.
+
+Frontal chest radiograph-like images (body, lungs, heart, mediastinum, diaphragm, ribs, vessels)
+with 8 findings drawn with their real visual signs, and a radiology-style report for each, written
+from many paraphrases. Every item is a pure function of (seed, index): nothing is stored, any item
+can be regenerated, and training and evaluation use disjoint seeds. From it: a training set, a
+CheXpert 5x200-style zero-shot set and a retrieval set, and an export as PNGs plus a manifest
+that data.py reads like any real data set.
+
+In the order a reader meets them: the vocabulary (findings, zero-shot classes and prompts, seeds),
+patients, findings, drawing, reports, studies and data sets, then the export and a picture grid.
+
+Run `python data.py show --out samples.png` to look at what the model sees: a grid of training
+studies, each with its findings and the start of its report. From Python,
+`synthetic.make_study(synthetic.TRAIN_SEED, i)` gives one study (image, report, labels, findings).
+"""
+
+import csv
+import functools
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+# -----------------------------------------------------------------------------
+# Vocabulary of the data set
+
+# Multi-label targets, in this order (labels[:, i] is FINDINGS[i]).
+FINDINGS = ["cardiomegaly", "pleural effusion", "pneumothorax", "consolidation", "atelectasis",
+            "edema", "nodule", "support device"]
+
+# The CheXpert 5x200 zero-shot protocol (MedCLIP, GLoRIA): 5 findings, single-finding images.
+ZERO_SHOT_CLASSES = ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural effusion"]
+
+# A prompt ensemble per class. Written like the positive sentences of a report (the text encoder
+# only ever saw reports), with sides and severities as reports give them, but none is a copy of a
+# generated sentence: zero-shot should test whether the model learnt the *concept*, not whether it
+# memorised a template. They also avoid the wording of negations ("No focal consolidation."),
+# which a small text encoder can hardly tell from "There is focal consolidation.".
+CLASS_PROMPTS = {
+    "atelectasis": [
+        "Atelectasis at the left lung base.",
+        "Right basilar atelectasis with volume loss.",
+        "Plate-like atelectasis in the lower lobe.",
+        "Bibasilar atelectasis is present.",
+        "Linear atelectasis at the lung bases.",
+    ],
+    "cardiomegaly": [
+        "The heart is enlarged.",
+        "Cardiomegaly is present.",
+        "Moderate enlargement of the cardiac silhouette consistent with cardiomegaly.",
+        "Enlarged cardiac silhouette.",
+        "The heart appears enlarged.",
+    ],
+    "consolidation": [
+        "Consolidation in the right lower lobe concerning for pneumonia.",
+        "Airspace consolidation in the left upper lobe.",
+        "Dense lobar consolidation.",
+        "Patchy airspace opacity consistent with pneumonia.",
+        "Consolidation of the lung.",
+    ],
+    "edema": [
+        "Pulmonary edema is present.",
+        "Moderate interstitial pulmonary edema.",
+        "Perihilar haziness and Kerley B lines consistent with pulmonary edema.",
+        "Bilateral interstitial edema with vascular congestion.",
+        "Mild pulmonary edema with vascular congestion.",
+    ],
+    "pleural effusion": [
+        "Right pleural effusion is present.",
+        "Moderate left pleural effusion with blunting of the costophrenic angle.",
+        "Pleural effusions on both sides.",
+        "Fluid in the pleural space at the lung base.",
+        "Blunting of the costophrenic angle due to pleural effusion.",
+    ],
+}
+
+# Every item's random generator is np.random.default_rng([split seed, stream, index]). Two
+# different triples give independent streams, so a training item can never be an evaluation item.
+# (Always three words: numpy's SeedSequence pads short entropy with zeros, so [a, b] and
+# [a, b, 0] would be the *same* stream.)
+TRAIN_SEED = 1001
+EVAL_SEED = 2002
+
+# Bump when the pictures or reports change, so cached renders (load_or_render) are not reused.
+GENERATOR_VERSION = 2
+
+# Radiological convention: a frontal chest film is displayed as if the viewer faces the patient,
+# so the patient's RIGHT is on the image's LEFT (small column index). A side is stored by its
+# anatomical name ("right" / "left", as the report says it) and drawn at this sign of image x:
+SIDE_SIGN = {"right": -1.0, "left": +1.0}
+
+SEVERITIES = ["small", "moderate", "large"]
+
+
+def sides_of(side):
+    """'bilateral' -> both sides; 'right' / 'left' -> itself; None -> none."""
+    return ["right", "left"] if side == "bilateral" else ([side] if side else [])
+
+
+# -----------------------------------------------------------------------------
+# Patients: anatomy and acquisition, sampled independently of the findings, so that a test (or a
+# curious reader) can draw the very same patient with and without a finding.
+
+
+@dataclass
+class Patient:
+    x0: float              # horizontal shift of the whole chest (patient positioning)
+    y0: float              # vertical shift
+    width: float           # body habitus: scales thorax width
+    lung_top: float        # apex height
+    lung_w_right: float    # lung half-widths (before the width scale)
+    lung_w_left: float
+    diaphragm_right: float  # dome heights; the right hemidiaphragm usually sits a little higher
+    diaphragm_left: float
+    dome: float            # how curved the domes are (sets the costophrenic angles)
+    heart_w: float         # heart half-width; cardiothoracic ratio ~0.4 when normal
+    heart_h: float
+    heart_x: float         # the heart sits left of the midline (image right)
+    mediastinum_w: float
+    rib_spacing: float
+    rib_phase: float
+    rib_curve: float
+    vessel_freq: float     # density of vessel branches radiating from the hila
+    vessel_phase: float
+    brightness: float      # exposure / windowing
+    contrast: float
+    gamma: float
+    noise: float           # quantum noise level
+    noise_seed: int        # the noise is part of the patient's acquisition, not of the finding
+
+
+def sample_patient(rng):
+    U = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    dia = U(0.30, 0.42)
+    return Patient(
+        x0=U(-0.06, 0.06), y0=U(-0.05, 0.05), width=U(0.90, 1.05),
+        lung_top=U(-0.78, -0.70), lung_w_right=U(0.32, 0.36), lung_w_left=U(0.30, 0.34),
+        diaphragm_right=dia - U(0.0, 0.06), diaphragm_left=dia, dome=U(0.08, 0.14),
+        heart_w=U(0.27, 0.32), heart_h=U(0.19, 0.23), heart_x=U(0.08, 0.13),
+        mediastinum_w=U(0.09, 0.12),
+        rib_spacing=U(0.15, 0.19), rib_phase=U(0, 2 * math.pi), rib_curve=U(0.25, 0.45),
+        vessel_freq=float(rng.integers(9, 14)), vessel_phase=U(0, 2 * math.pi),
+        brightness=U(-0.03, 0.03), contrast=U(1.25, 1.4), gamma=U(0.9, 1.1),
+        noise=U(0.005, 0.02), noise_seed=int(rng.integers(2**31)),
+    )
+
+
+# -----------------------------------------------------------------------------
+# Findings: what is present, where, and how much. A findings dict maps a finding name to its
+# details: "side" ("right"/"left"/"bilateral"/None), "severity" ("small"/"moderate"/"large"/None),
+# "hedged" (the report voices uncertainty), and a few drawing parameters (positions, jitter).
+
+P_NORMAL = 0.35            # share of studies with no finding
+FINDINGS_PER_STUDY = ([1, 2, 3], [0.65, 0.27, 0.08])  # for abnormal studies
+FINDING_WEIGHTS = [1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.5, 0.6]  # relative frequency, FINDINGS order
+SIDES = {  # where each finding can be, with probabilities
+    "pleural effusion": (["right", "left", "bilateral"], [0.40, 0.30, 0.30]),
+    "pneumothorax": (["right", "left"], [0.5, 0.5]),
+    "consolidation": (["right", "left", "bilateral"], [0.45, 0.40, 0.15]),
+    "atelectasis": (["right", "left", "bilateral"], [0.35, 0.40, 0.25]),
+    "nodule": (["right", "left"], [0.5, 0.5]),
+}
+DEVICES = ["endotracheal tube", "central venous catheter", "enteric tube", "pacemaker"]
+
+
+def sample_finding(rng, name):
+    U = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    f = {"side": None, "severity": None, "hedged": False}
+    if name in SIDES:
+        names, p = SIDES[name]
+        f["side"] = str(rng.choice(names, p=p))
+    if name == "edema":
+        f["side"] = "bilateral"  # edema is a whole-lung process
+    if name != "support device":
+        f["severity"] = str(rng.choice(SEVERITIES, p=[0.4, 0.35, 0.25]))
+        # weak findings are where radiologists hedge ("possible", "cannot exclude")
+        f["hedged"] = bool(f["severity"] == "small" and rng.random() < 0.35)
+    f["jitter"] = U(0.85, 1.15)  # size variation within a severity grade
+    if name in ("consolidation", "nodule"):
+        f["zone"] = str(rng.choice(["upper", "middle", "lower"]))
+        f["x"] = U(0.0, 0.5)  # position across the lung, 0 = centre, 1 = lateral edge
+    if name == "consolidation":
+        # a patchy opacity: a cluster of overlapping blobs around the lobe's centre
+        f["blobs"] = [[U(-1, 1), U(-1, 1)] for _ in range({"small": 4, "moderate": 6, "large": 8}[f["severity"]])]
+    if name == "nodule":
+        lo, hi = {"small": (4, 8), "moderate": (10, 25), "large": (35, 60)}[f["severity"]]
+        f["size_mm"] = int(rng.integers(lo, hi + 1))
+    if name == "atelectasis":
+        f["band_y"], f["tilt"] = U(0.0, 0.08), U(-0.06, 0.06)
+    if name == "support device":
+        f["device"] = str(rng.choice(DEVICES))
+        if f["device"] == "central venous catheter":
+            f["side"] = str(rng.choice(["right", "left"], p=[0.7, 0.3]))
+        if f["device"] == "pacemaker":
+            f["side"] = str(rng.choice(["right", "left"], p=[0.2, 0.8]))
+        f["tip_cm"] = int(rng.integers(3, 7))
+    return f
+
+
+def sample_findings(rng, only=None):
+    """only=None: a training-like mix (0-3 findings). only=name: exactly that one finding."""
+    if only == "none":
+        return {}
+    if only is not None:
+        if only not in FINDINGS:
+            raise ValueError(f"unknown finding {only!r}; known: {FINDINGS}")
+        return {only: sample_finding(rng, only)}
+    if rng.random() < P_NORMAL:
+        return {}
+    k = int(rng.choice(FINDINGS_PER_STUDY[0], p=FINDINGS_PER_STUDY[1]))
+    w = np.array(FINDING_WEIGHTS)
+    picked = sorted(rng.choice(len(FINDINGS), size=k, replace=False, p=w / w.sum()))
+    return {FINDINGS[i]: sample_finding(rng, FINDINGS[i]) for i in picked}
+
+
+# -----------------------------------------------------------------------------
+# Drawing. Everything lives in normalised coordinates u (left -> right) and v (top -> bottom),
+# both in [-1, 1], so a patient looks the same at 64 and at 224 px. Shapes are soft masks in
+# [0, 1] built with whole-array numpy (no per-pixel loops): ~1-3 ms per image at 64 px.
+# We sum a "density" D (air ~0, soft tissue ~0.55, bone and metal higher) and map it to
+# brightness at the end, as a radiograph does: dense = bright, air = dark.
+
+SOFT = 0.04  # edge softness in normalised units (about 1.3 px at 64 px)
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(size):
+    c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    u, v = np.meshgrid(c, c)  # (size, size) each: u = column coordinate, v = row coordinate
+    u.flags.writeable = v.flags.writeable = False  # shared between calls
+    return u, v
+
+
+def _ramp(x, width=SOFT):
+    """A soft step: 0 for x < -width/2, 1 for x > width/2."""
+    return np.clip(x / width + 0.5, 0.0, 1.0)
+
+
+def _ellipse(u, v, cx, cy, a, b):
+    r = np.sqrt(((u - cx) / a) ** 2 + ((v - cy) / b) ** 2)
+    return _ramp((1 - r) * min(a, b))
+
+
+def _segment(u, v, p0, p1, half_width):
+    """Soft mask of a thick line segment (a capsule) from p0 to p1."""
+    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+    t = np.clip(((u - p0[0]) * dx + (v - p0[1]) * dy) / (dx * dx + dy * dy + 1e-12), 0, 1)
+    d = np.sqrt((u - p0[0] - t * dx) ** 2 + (v - p0[1] - t * dy) ** 2)
+    return _ramp(half_width - d, 0.02)
+
+
+def _polyline(u, v, points, half_width):
+    return np.maximum.reduce([_segment(u, v, a, b, half_width) for a, b in zip(points, points[1:])])
+
+
+@dataclass
+class _Lung:  # the geometry of one hemithorax, derived from the patient (and volume loss)
+    s: float      # SIDE_SIGN: -1 patient right (image left), +1 patient left
+    cx: float
+    cy: float
+    a: float
+    b: float
+    top: float
+    dia: float    # height of the diaphragm dome
+    dome: float
+
+    def at(self, x, y):
+        """Image point of a position in lung coordinates: x 0 = centre .. 1 = lateral edge,
+        y 0 = apex .. 1 = dome of the diaphragm."""
+        return self.cx + self.s * x * self.a, self.top + y * (self.dia - self.top)
+
+
+SEVERITY_SCALE = {"small": 0.0, "moderate": 0.5, "large": 1.0}
+
+
+def _lerp(lo, hi, severity):
+    return lo + (hi - lo) * SEVERITY_SCALE[severity]
+
+
+def render_image(patient, findings, image_size):
+    """The (image_size, image_size) float32 radiograph in [0, 1] of this patient with these findings."""
+    p, F = patient, findings
+    u, v = _grid(image_size)
+    mid = p.x0
+
+    # --- findings that move anatomy: volume loss pulls the hemidiaphragm up; cardiomegaly
+    # enlarges the heart, mostly towards the patient's left.
+    dia = {"right": p.diaphragm_right + p.y0, "left": p.diaphragm_left + p.y0}
+    heart_w, heart_h, heart_x = p.heart_w * p.width, p.heart_h, p.heart_x
+    if "atelectasis" in F:
+        f = F["atelectasis"]
+        lift = _lerp(0.12, 0.22, f["severity"]) * f["jitter"]
+        for side in sides_of(f["side"]):
+            dia[side] -= lift
+    if "cardiomegaly" in F:
+        f = F["cardiomegaly"]
+        grow = _lerp(1.35, 1.70, f["severity"]) * (1 + 0.3 * (f["jitter"] - 1))
+        heart_w, heart_h, heart_x = heart_w * grow, heart_h * (1 + 0.45 * (grow - 1)), heart_x + 0.25 * (grow - 1) * heart_w
+
+    lungs = {}
+    for side, s in SIDE_SIGN.items():
+        a = (p.lung_w_right if side == "right" else p.lung_w_left) * p.width
+        top, bottom = p.lung_top + p.y0, dia[side] + p.dome + 0.2
+        lungs[side] = _Lung(s, mid + s * 0.43 * p.width, (top + bottom) / 2, a, (bottom - top) / 2,
+                            top, dia[side], p.dome)
+
+    # --- normal anatomy
+    body = _ramp(1 - ((u - mid) / (0.92 * p.width)) ** 4 - ((v - 0.3) / 1.35) ** 4, 0.15)  # (H, W)
+    hy = p.diaphragm_left + p.y0 - 0.3 * heart_h  # the heart rests on the left hemidiaphragm
+    heart = _ellipse(u, v, mid + heart_x, hy, heart_w, heart_h)
+    mediastinum = np.maximum(
+        _ramp(mid + p.mediastinum_w - np.abs(u - mid)) * _ramp(hy - v),                   # superior
+        _ellipse(u, v, mid + 0.10, -0.33 + p.y0, 0.075, 0.07))                             # aortic knob
+    spine = _ramp(0.055 - np.abs(u - mid))
+    trachea = _ramp(0.03 - np.abs(u - mid)) * _ramp(-0.30 + p.y0 - v)
+    clavicles = np.maximum(_segment(u, v, (mid - 0.07, -0.68 + p.y0), (mid - 0.6 * p.width, -0.80 + p.y0), 0.035),
+                           _segment(u, v, (mid + 0.07, -0.68 + p.y0), (mid + 0.6 * p.width, -0.80 + p.y0), 0.035))
+    rib_wave = np.sin(2 * math.pi * (v - p.rib_curve * (u - mid) ** 2) / p.rib_spacing + p.rib_phase)
+    ribs = np.clip((rib_wave - 0.35) * 2.5, 0, 1)
+
+    hemi, lung_mask, air, vessels = {}, {}, {}, {}
+    rib_cage = np.zeros_like(u)
+    for side, L in lungs.items():
+        hemi[side] = _ellipse(u, v, L.cx, L.cy, L.a, L.b)  # the hemithorax, below the dome too
+        below_dome = L.dia + L.dome * ((u - L.cx) / L.a) ** 2  # the dome falls off laterally
+        lung_mask[side] = hemi[side] * _ramp(below_dome - v)
+        air[side] = lung_mask[side] * (1 - heart) * (1 - mediastinum)
+        rib_cage = np.maximum(rib_cage, hemi[side] * _ramp(below_dome + 0.08 - v, 0.1))
+        # vessels: streaks radiating from the hilum, thinning towards the periphery
+        hx, hyl = L.cx - L.s * 0.45 * L.a, L.top + 0.55 * (L.dia - L.top)
+        dx, dy = (u - hx) * L.s, v - hyl
+        theta, dist = np.arctan2(dy, dx), np.sqrt(dx * dx + dy * dy)
+        branches = np.clip(np.cos(p.vessel_freq * theta + 5.0 * dist + p.vessel_phase)
+                           * np.cos(1.7 * p.vessel_freq * theta - 9.0 * dist), 0, 1) ** 2
+        vessels[side] = branches * np.exp(-dist / 0.35)
+
+    D = 0.55 * body + 0.10 * spine * body + 0.10 * clavicles + 0.05 * ribs * rib_cage \
+        - 0.18 * trachea  # (H, W)
+
+    # --- findings that change the air in a lung: fluid replaces it, a pneumothorax adds some
+    extra = np.zeros_like(D)
+    if "pleural effusion" in F:
+        f = F["pleural effusion"]
+        for side in sides_of(f["side"]):
+            L = lungs[side]
+            h = _lerp(0.25, 0.55, f["severity"]) * f["jitter"] * (L.dia - L.top)
+            lateral = np.clip((u - L.cx) * L.s / L.a, 0, 1)
+            # the meniscus: fluid climbs the lateral chest wall, blunting the costophrenic angle
+            surface = L.dia + 0.5 * L.dome - h - (0.35 * h + 0.05) * lateral ** 2
+            fluid = hemi[side] * _ramp(v - surface)
+            air[side] = air[side] * (1 - fluid)
+            vessels[side] = vessels[side] * (1 - fluid)
+            extra += 0.04 * fluid * lung_mask[side]  # fluid is a little denser than tissue
+    if "pneumothorax" in F:
+        f = F["pneumothorax"]
+        for side in sides_of(f["side"]):
+            L = lungs[side]
+            k = _lerp(0.22, 0.55, f["severity"]) * f["jitter"]
+            # the lung collapses towards its hilum (medially and down), leaving air with no
+            # vessels at the apex and lateral edge, bounded by the thin visceral pleural line
+            ca, cb = L.a * (1 - 0.7 * k), L.b * (1 - 0.6 * k)
+            ccx, ccy = L.cx - L.s * 0.5 * k * L.a, L.cy + 0.5 * k * L.b
+            r = np.sqrt(((u - ccx) / ca) ** 2 + ((v - ccy) / cb) ** 2)
+            lung_side = air[side]
+            collapsed = _ramp((1 - r) * min(ca, cb))
+            gap = lung_side * (1 - collapsed)
+            vessels[side] = vessels[side] * collapsed
+            pleural_line = _ramp(0.018 - np.abs(1 - r) * min(ca, cb), 0.02) * hemi[side]
+            extra += -0.10 * gap + 0.18 * pleural_line * (lung_side > 0.3) + 0.04 * collapsed * lung_side
+
+    for side in lungs:
+        D += air[side] * (-0.42 + 0.08 * vessels[side])
+    D += extra
+
+    # --- opacities inside the lungs
+    if "consolidation" in F:
+        f = F["consolidation"]
+        sigma = _lerp(0.09, 0.12, f["severity"]) * f["jitter"]
+        spread = _lerp(0.10, 0.15, f["severity"])
+        for side in sides_of(f["side"]):
+            L = lungs[side]
+            cx, cy = L.at(f["x"], {"upper": 0.28, "middle": 0.55, "lower": 0.80}[f["zone"]])
+            patch = np.zeros_like(D)
+            for du, dv in f["blobs"]:
+                bx, by = cx + L.s * du * spread, cy + dv * spread
+                patch += np.exp(-((u - bx) ** 2 + (v - by) ** 2) / (2 * sigma ** 2))
+            D += 0.45 * np.clip(patch, 0, 1) * lung_mask[side]
+    if "atelectasis" in F:
+        f = F["atelectasis"]
+        half = _lerp(0.05, 0.08, f["severity"])
+        for side in sides_of(f["side"]):
+            L = lungs[side]
+            y = L.dia - 0.12 - f["band_y"]
+            # a plate-like (discoid) band across the lower lung, above the raised hemidiaphragm
+            p0, p1 = (L.cx + L.s * 0.75 * L.a, y - f["tilt"]), (L.cx - L.s * 0.25 * L.a, y + f["tilt"])
+            D += 0.42 * _segment(u, v, p0, p1, half) * lung_mask[side]
+    if "edema" in F:
+        f = F["edema"]
+        amp = _lerp(0.25, 0.40, f["severity"]) * f["jitter"]
+        for side, L in lungs.items():
+            # bat-wing: haze around the hila, fading to the periphery ...
+            hx, hyl = L.cx - L.s * 0.45 * L.a, L.top + 0.55 * (L.dia - L.top)
+            haze = np.exp(-(((u - hx) / 0.30) ** 2 + ((v - hyl) / 0.38) ** 2))
+            # ... and Kerley B lines: short horizontal lines at the lateral lung bases
+            lateral = np.clip(((u - L.cx) * L.s / L.a - 0.55) * 4, 0, 1)
+            kerley = np.clip((np.cos(2 * math.pi * v / 0.075) - 0.6) * 3, 0, 1) * lateral * _ramp(v - (L.dia - 0.35))
+            D += (amp * haze + 0.2 * kerley) * lung_mask[side]
+    if "nodule" in F:
+        f = F["nodule"]
+        L = lungs[f["side"]]
+        cx, cy = L.at(f["x"], {"upper": 0.25, "middle": 0.5, "lower": 0.72}[f["zone"]])
+        radius = 0.025 + 0.0017 * f["size_mm"]
+        D += 0.36 * _ramp(radius - np.sqrt((u - cx) ** 2 + (v - cy) ** 2), 0.03)
+    if "support device" in F:
+        D += 0.6 * _device(u, v, F["support device"], mid, p, lungs, hy)
+
+    # --- exposure: windowing, a detector curve, quantum noise
+    image = np.clip(p.brightness + p.contrast * D, 0, 1) ** p.gamma
+    noise = np.random.default_rng(p.noise_seed).standard_normal(image.shape, dtype=np.float32)
+    return np.clip(image + p.noise * noise, 0, 1).astype(np.float32)
+
+
+def _device(u, v, f, mid, p, lungs, heart_y):
+    """Mask of a radiopaque line or tube: thin, very bright, with a visible tip."""
+    carina = -0.28 + p.y0
+    kind, tip = f["device"], 0.03 * f["tip_cm"]
+    if kind == "endotracheal tube":
+        pts = [(mid, -1.1), (mid, carina - tip)]
+    elif kind == "enteric tube":  # down the oesophagus, through the diaphragm, into the stomach
+        dia = lungs["left"].dia
+        pts = [(mid - 0.01, -1.1), (mid + 0.02, dia + 0.05), (mid + 0.25, dia + 0.25)]
+    elif kind == "central venous catheter":  # from a jugular / subclavian vein into the SVC
+        s = SIDE_SIGN[f["side"]]
+        pts = [(mid + s * 0.55 * p.width, -0.88 + p.y0), (mid + s * 0.15, -0.62 + p.y0),
+               (mid - 0.06, carina + 0.05 + tip)]
+    else:  # pacemaker: a generator box in the chest wall, leads into the heart
+        s = SIDE_SIGN[f["side"]]
+        bx, by = mid + s * 0.55 * p.width, -0.62 + p.y0
+        box = _ramp(0.08 - np.abs(u - bx), 0.02) * _ramp(0.055 - np.abs(v - by), 0.02)
+        leads = _polyline(u, v, [(bx, by), (mid + s * 0.1, -0.55 + p.y0), (mid + 0.05, heart_y)], 0.018)
+        return np.maximum(box * 1.3, leads)
+    line = _polyline(u, v, pts, 0.022)
+    tip_mark = _ramp(0.035 - np.sqrt((u - pts[-1][0]) ** 2 + (v - pts[-1][1]) ** 2), 0.02)
+    return np.maximum(line, tip_mark)
+
+
+# -----------------------------------------------------------------------------
+# Reports. A report is written from the findings dict alone, from many paraphrases per statement,
+# so the text agrees with the image in finding, side and severity. Normal studies often get one
+# of three canonical reports, word for word, as real radiology departments' templates do: the
+# resulting duplicate reports are exactly what duplicate-aware positives are for.
+
+CANONICAL_NORMAL = [
+    "FINDINGS: The lungs are clear. Heart size is normal. No pleural effusion or pneumothorax. "
+    "IMPRESSION: No acute cardiopulmonary process.",
+    "FINDINGS: The cardiomediastinal silhouette is within normal limits. The lungs are clear without "
+    "focal consolidation, effusion or pneumothorax. IMPRESSION: No acute cardiopulmonary abnormality.",
+    "FINDINGS: No acute abnormality. IMPRESSION: Normal chest radiograph.",
+]
+P_CANONICAL = 0.7
+
+NORMAL_SENTENCES = [
+    ["The lungs are clear.", "Lungs are clear.", "The lungs are well expanded and clear.", "Clear lungs."],
+    ["Heart size is normal.", "The cardiomediastinal silhouette is within normal limits.",
+     "Normal heart size.", "The heart is normal in size."],
+    ["No pleural effusion or pneumothorax.", "There is no pleural effusion or pneumothorax.",
+     "No effusion or pneumothorax."],
+    ["No acute osseous abnormality.", "Osseous structures are unremarkable.", ""],
+]
+NORMAL_IMPRESSIONS = ["No acute cardiopulmonary process.", "No acute cardiopulmonary abnormality.",
+                      "Normal chest radiograph.", "No acute intrathoracic process."]
+
+# For an abnormal study, a few absent findings are stated as absent, as radiologists do.
+NEGATIONS = {
+    "pneumothorax": ["No pneumothorax.", "There is no pneumothorax."],
+    "pleural effusion": ["No pleural effusion.", "No effusion.", "There is no pleural effusion."],
+    "consolidation": ["No focal consolidation.", "No focal airspace consolidation."],
+    "cardiomegaly": ["Heart size is normal.", "The cardiac silhouette is normal in size."],
+    "edema": ["No pulmonary edema.", "No evidence of pulmonary edema."],
+}
+
+SEVERITY_WORDS = {  # per finding, how each severity grade is said
+    "cardiomegaly": {"small": ["mild"], "moderate": ["moderate"], "large": ["marked", "severe"]},
+    "edema": {"small": ["mild"], "moderate": ["moderate"], "large": ["severe"]},
+    "atelectasis": {"small": ["minimal", "subsegmental"], "moderate": ["mild"], "large": ["extensive"]},
+    "consolidation": {"small": ["patchy", "focal"], "moderate": ["confluent"], "large": ["dense", "extensive"]},
+    "default": {"small": ["small"], "moderate": ["moderate", "moderate-sized"], "large": ["large"]},
+}
+ADVERBS = {"small": ["mildly"], "moderate": ["moderately"], "large": ["markedly", "severely"]}
+
+# Paraphrases per finding. Fields: {sev} severity adjective, {adv} severity adverb, {side}
+# right / left / bilateral, {where} a lobe, {size} a measurement, {dev} the device's sentence.
+# Bilateral and unilateral wordings differ in number ("effusions"), hence separate lists.
+TEMPLATES = {
+    "cardiomegaly": [
+        "The heart is {adv} enlarged.", "{sev} cardiomegaly.", "There is {sev} cardiomegaly.",
+        "{sev} enlargement of the cardiac silhouette.", "The cardiac silhouette is {adv} enlarged.",
+        "Heart size is {adv} enlarged."],
+    "pleural effusion": [
+        "There is a {sev} {side} pleural effusion.", "{sev} {side} pleural effusion.",
+        "{sev} {side} effusion with blunting of the costophrenic angle.",
+        "A {sev} amount of fluid in the {side} pleural space.",
+        "{side} pleural effusion, {sev} in size.",
+        "Blunting of the {side} costophrenic angle compatible with a {sev} effusion."],
+    "pleural effusion/bilateral": [
+        "There are {sev} bilateral pleural effusions.", "{sev} bilateral pleural effusions.",
+        "{sev} pleural effusions on both sides.", "Bilateral {sev} effusions with blunting of the costophrenic angles.",
+        "A {sev} amount of fluid in both pleural spaces."],
+    "pneumothorax": [
+        "There is a {sev} {side} pneumothorax.", "{sev} {side} apical pneumothorax.",
+        "{side} pneumothorax, {sev} in size, with a visible pleural line.",
+        "A {sev} {side}-sided pneumothorax is present.",
+        "{side} pneumothorax measuring about {size} at the apex."],
+    "consolidation": [
+        "{sev} consolidation in the {where}.", "There is {sev} airspace consolidation in the {where}.",
+        "{where} consolidation.", "{sev} airspace opacity in the {where}, concerning for pneumonia.",
+        "Opacity in the {where} consistent with consolidation.",
+        "Consolidation involving the {where}."],
+    "atelectasis": [
+        "{sev} atelectasis at the {side} lung base.",
+        "{side} basilar atelectasis with elevation of the {side} hemidiaphragm.",
+        "There is {sev} atelectasis in the {side} lower lobe.", "Plate-like atelectasis at the {side} base.",
+        "Volume loss at the {side} base consistent with {sev} atelectasis."],
+    "atelectasis/bilateral": [
+        "{sev} bibasilar atelectasis.", "Bibasilar atelectasis.", "There is {sev} atelectasis at both lung bases.",
+        "Plate-like atelectasis at both bases.", "Bilateral basilar atelectasis."],
+    "edema": [
+        "{sev} pulmonary edema.", "There is {sev} interstitial edema with Kerley B lines.",
+        "{sev} pulmonary vascular congestion and interstitial edema.",
+        "Bilateral perihilar haziness consistent with {sev} pulmonary edema.",
+        "Findings of {sev} pulmonary edema."],
+    "nodule": [
+        "A {size} nodule in the {where}.", "There is a {size} {where} nodule.",
+        "Round nodular opacity in the {where}, measuring {size}.", "{size} pulmonary nodule in the {where}."],
+    "mass": [
+        "A {size} mass in the {where}.", "There is a large {where} mass.",
+        "{size} mass projecting over the {where}.", "Lobulated mass in the {where}, measuring {size}."],
+    "support device": ["{dev}"],
+}
+HEDGED = {  # uncertainty for weak findings; each still names the finding and its side
+    "cardiomegaly": ["Possible mild cardiomegaly.", "The cardiac silhouette may be mildly enlarged.",
+                     "Borderline cardiomegaly."],
+    "pleural effusion": ["Possible {sev} {side} pleural effusion.",
+                         "Blunting of the {side} costophrenic angle may represent a {sev} effusion.",
+                         "A {sev} {side} pleural effusion cannot be excluded."],
+    "pleural effusion/bilateral": ["Possible {sev} bilateral pleural effusions.",
+                                   "{sev} bilateral pleural effusions cannot be excluded."],
+    "pneumothorax": ["Possible tiny {side} apical pneumothorax.", "A {sev} {side} pneumothorax cannot be excluded."],
+    "consolidation": ["Possible early consolidation in the {where}.",
+                      "Subtle opacity in the {where}; pneumonia cannot be excluded."],
+    "atelectasis": ["Linear opacity at the {side} base, likely atelectasis.", "Possible {side} basilar atelectasis."],
+    "atelectasis/bilateral": ["Linear opacities at both bases, likely atelectasis.", "Possible bibasilar atelectasis."],
+    "edema": ["Possible mild interstitial edema.", "Mild vascular congestion; early edema cannot be excluded."],
+    "nodule": ["Possible small nodule in the {where}.", "A nodular opacity in the {where} cannot be excluded."],
+}
+IMPRESSIONS = {
+    "cardiomegaly": ["{sev} cardiomegaly.", "Cardiomegaly.", "Enlarged heart."],
+    "pleural effusion": ["{sev} {side} pleural effusion.", "{side} pleural effusion."],
+    "pleural effusion/bilateral": ["{sev} bilateral pleural effusions.", "Bilateral pleural effusions."],
+    "pneumothorax": ["{sev} {side} pneumothorax.", "{side} pneumothorax."],
+    "consolidation": ["{where} consolidation, likely pneumonia.", "{where} pneumonia.", "Consolidation in the {where}."],
+    "atelectasis": ["{side} basilar atelectasis.", "Atelectasis at the {side} base."],
+    "atelectasis/bilateral": ["Bibasilar atelectasis."],
+    "edema": ["{sev} pulmonary edema.", "Pulmonary edema."],
+    "nodule": ["{where} nodule; CT recommended for further evaluation.", "Pulmonary nodule in the {where}."],
+    "mass": ["{where} mass, further evaluation with CT recommended.", "{where} mass."],
+    "support device": ["{device} in satisfactory position.", "Support device in place."],
+}
+DEVICE_SENTENCES = {
+    "endotracheal tube": ["Endotracheal tube terminates {cm} cm above the carina.",
+                          "The endotracheal tube tip is {cm} cm above the carina.",
+                          "Endotracheal tube in standard position."],
+    "central venous catheter": ["{side} internal jugular central venous catheter with tip in the SVC.",
+                                "The tip of the {side} subclavian catheter projects over the superior vena cava.",
+                                "{side}-sided central venous catheter terminates in the SVC."],
+    "enteric tube": ["Enteric tube courses below the diaphragm.", "Nasogastric tube with tip in the stomach.",
+                     "The enteric tube tip projects over the stomach."],
+    "pacemaker": ["{side} chest wall pacemaker with leads projecting over the heart.",
+                  "{side}-sided pacemaker with leads in standard position.",
+                  "Cardiac pacemaker in the {side} chest wall."],
+}
+LOBES = {("right", "upper"): "right upper lobe", ("right", "middle"): "right middle lobe",
+         ("right", "lower"): "right lower lobe", ("left", "upper"): "left upper lobe",
+         ("left", "middle"): "left mid lung", ("left", "lower"): "left lower lobe",
+         ("bilateral", "upper"): "bilateral upper lobes", ("bilateral", "middle"): "bilateral mid lungs",
+         ("bilateral", "lower"): "both lower lobes"}
+
+
+def _pick(rng, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _sentence(text):
+    text = " ".join(text.split())  # an empty slot leaves a double space
+    return text[0].upper() + text[1:] if text else text
+
+
+def _fields(rng, name, f):
+    sev = f["severity"]
+    out = {"side": f["side"] or "", "where": "", "size": "", "sev": "", "adv": "", "dev": "", "device": "", "cm": ""}
+    if sev:
+        out["sev"] = _pick(rng, SEVERITY_WORDS.get(name, SEVERITY_WORDS["default"])[sev])
+        out["adv"] = _pick(rng, ADVERBS[sev])
+    if "zone" in f:
+        out["where"] = LOBES[(f["side"], f["zone"])]
+    if name == "nodule":
+        mm = f["size_mm"]
+        out["size"] = f"{mm} mm" if mm < 10 else f"{mm / 10:.1f} cm"
+    if name == "pneumothorax":
+        out["size"] = f"{int(round(10 * _lerp(0.22, 0.55, sev) * f['jitter'] * 4))} cm"
+    if name == "support device":
+        out["device"], out["cm"] = f["device"], f["tip_cm"]
+        out["dev"] = _pick(rng, DEVICE_SENTENCES[f["device"]]).format(**out)
+    return out
+
+
+def write_report(findings, rng):
+    """A 'FINDINGS: ... IMPRESSION: ...' report that states exactly the findings present."""
+    if not findings:
+        if rng.random() < P_CANONICAL:
+            return CANONICAL_NORMAL[int(rng.choice(3, p=[0.5, 0.3, 0.2]))]
+        body = [_pick(rng, options) for options in NORMAL_SENTENCES]
+        return "FINDINGS: " + " ".join(s for s in body if s) + " IMPRESSION: " + _pick(rng, NORMAL_IMPRESSIONS)
+
+    # support devices are reported first, as radiologists do; the rest in random order
+    names = sorted(findings, key=lambda n: (n != "support device", rng.random()))
+    said, impression = [], []
+    for name in names:
+        f = findings[name]
+        fields = _fields(rng, name, f)
+        key = "mass" if name == "nodule" and f["severity"] == "large" else name
+        if f["side"] == "bilateral" and f"{key}/bilateral" in TEMPLATES:
+            key = f"{key}/bilateral"
+        options = HEDGED.get(key, HEDGED.get(name)) if f["hedged"] else TEMPLATES[key]
+        said.append(_sentence(_pick(rng, options).format(**fields)))
+        if name != "support device" or rng.random() < 0.5:  # devices often go unmentioned here
+            ikey = key if key in IMPRESSIONS else name
+            lead = "Possible " if f["hedged"] else ""
+            text = _pick(rng, IMPRESSIONS[ikey]).format(**fields)
+            impression.append(_sentence(lead + (text[0].lower() + text[1:] if lead else text)))
+    absent = [n for n in NEGATIONS if n not in findings]
+    for i in rng.permutation(len(absent))[:int(rng.integers(0, 3))]:
+        said.append(_pick(rng, NEGATIONS[absent[i]]))
+    if not impression:
+        impression = ["No acute cardiopulmonary process."]
+    return "FINDINGS: " + " ".join(said) + " IMPRESSION: " + " ".join(impression)
+
+
+# -----------------------------------------------------------------------------
+# Studies and data sets
+
+
+@dataclass
+class Study:
+    image: np.ndarray   # (H, W) float32 in [0, 1]
+    report: str         # "FINDINGS: ... IMPRESSION: ..."
+    labels: np.ndarray  # (len(FINDINGS),) float32 multi-hot
+    findings: dict      # name -> {"side", "severity", "hedged", drawing parameters}
+    patient: Patient = field(default=None, repr=False)  # to redraw this patient with other findings
+
+
+def make_study(seed, index, image_size=64, only=None):
+    """Study number `index` of the split with this seed; `only` forces a single finding."""
+    stream = 0 if only is None else 1 + (FINDINGS.index(only) if only in FINDINGS else len(FINDINGS))
+    rng = np.random.default_rng([seed, stream, index])
+    patient = sample_patient(rng)
+    findings = sample_findings(rng, only)
+    report = write_report(findings, rng)
+    labels = np.array([name in findings for name in FINDINGS], dtype=np.float32)
+    return Study(render_image(patient, findings, image_size), report, labels, findings, patient)
+
+
+def _to_uint8(image):
+    return (image * 255 + 0.5).astype(np.uint8)
+
+
+def _render_one(job):
+    seed, index, image_size, only = job
+    s = make_study(seed, index, image_size, only)
+    return _to_uint8(s.image), s.report, s.labels
+
+
+def _worker_signals():
+    """A pool worker inherits its parent's signal handlers. train.py's Ctrl-C handler only sets a
+    flag, so a worker keeping it would ignore the SIGTERM the pool sends it on closing, and the
+    pool would wait for it forever. Workers get the default SIGTERM back and leave Ctrl-C
+    (which the terminal sends to the whole process group) to the parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _render_many(jobs, image_size, workers):
+    """Render (seed, index, only) jobs, in order; a process pool when workers > 1."""
+    jobs = [(seed, index, image_size, only) for seed, index, only in jobs]
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(jobs) >= 256:  # below that, starting processes costs more than it saves
+        with multiprocessing.get_context().Pool(workers, initializer=_worker_signals) as pool:
+            out = pool.map(_render_one, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+    else:
+        out = [_render_one(job) for job in jobs]
+    images = torch.from_numpy(np.stack([o[0] for o in out]))[:, None]  # (n, 1, H, W) uint8
+    return images, [o[1] for o in out], torch.from_numpy(np.stack([o[2] for o in out]))
+
+
+SPLIT_SEEDS = {"train": TRAIN_SEED, "retrieval": EVAL_SEED}
+
+
+def render_synthetic(split, n, image_size, workers=0):
+    """Items 0..n-1 of a split: {"images": uint8 (n, 1, H, W), "texts": [str], "labels": float (n, F)}.
+    The same for any number of workers: each item depends on (split seed, index) only."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {list(SPLIT_SEEDS)}, got {split!r}")
+    images, texts, labels = _render_many([(SPLIT_SEEDS[split], i, None) for i in range(n)], image_size, workers)
+    return {"images": images, "texts": texts, "labels": labels}
+
+
+def retrieval_set(n, image_size, workers=0):
+    """Held-out image-report pairs (evaluation seeds) for image <-> text Recall@k."""
+    return render_synthetic("retrieval", n, image_size, workers)
+
+
+def zero_shot_set(n_per_class, image_size, workers=0):
+    """CheXpert 5x200 style: n_per_class single-finding images of each ZERO_SHOT_CLASSES entry."""
+    jobs = [(EVAL_SEED, i, c) for c in ZERO_SHOT_CLASSES for i in range(n_per_class)]
+    images, texts, _ = _render_many(jobs, image_size, workers)
+    labels = torch.arange(len(ZERO_SHOT_CLASSES)).repeat_interleave(n_per_class)  # (5n,) long
+    return {"images": images, "labels": labels, "classes": list(ZERO_SHOT_CLASSES),
+            "prompts": {c: list(p) for c, p in CLASS_PROMPTS.items()}, "texts": texts}
+
+
+def load_or_render(split, n, image_size, cache_dir=None, workers=0):
+    """render_synthetic / zero_shot_set (split "zero_shot", n per class), cached as a .pt in cache_dir.
+    Rendering is cheap but not free (20k images at 64 px: several seconds per core); a cache makes
+    restarts and repeated runs instant. The key holds GENERATOR_VERSION so a changed generator
+    never serves stale pictures."""
+    render = lambda: zero_shot_set(n, image_size, workers) if split == "zero_shot" else \
+        render_synthetic(split, n, image_size, workers)  # noqa: E731
+    if cache_dir is None:
+        return render()
+    path = Path(cache_dir) / f"{split}-n{n}-s{image_size}-v{GENERATOR_VERSION}.pt"
+    if path.exists():
+        try:
+            data = torch.load(path, weights_only=True)
+            if split == "zero_shot":  # prompts are code, not data: always today's
+                data["classes"], data["prompts"] = list(ZERO_SHOT_CLASSES), {c: list(p) for c, p in CLASS_PROMPTS.items()}
+            return data
+        except Exception as e:  # a truncated file from a killed run: render again
+            print(f"data: cache {path} unreadable ({e}); rendering again", file=sys.stderr)
+    data = render()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)  # atomic: a concurrent reader (another DDP rank) never sees half a file
+    return data
+
+
+# -----------------------------------------------------------------------------
+# Exporting and looking at the data set
+
+
+def export_synthetic(out_dir, n, image_size=64):
+    """Write training items 0..n-1 as PNGs plus out_dir/manifest.csv; returns the manifest's path."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    data = render_synthetic("train", n, image_size)
+    csv_path = out_dir / "manifest.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "text", "labels", "split"])
+        for i in range(n):
+            rel = f"images/{i:06d}.png"
+            Image.fromarray(data["images"][i, 0].numpy(), "L").save(out_dir / rel)
+            names = [FINDINGS[j] for j in range(len(FINDINGS)) if data["labels"][i, j] > 0]
+            w.writerow([rel, data["texts"][i], ";".join(names), "train"])
+    return csv_path
+
+
+SHOW_CAPTION_H = 96  # px of text under each picture in the `show` grid
+
+
+def show_tile_size(image_size):
+    """(width, height) of one tile of the `show` grid."""
+    d = max(image_size, 192)
+    return d, d + SHOW_CAPTION_H
+
+
+def describe(findings):
+    if not findings:
+        return "normal"
+    parts = []
+    for name, f in findings.items():
+        grade = f.get("severity")  # said as the reports say it: "mild cardiomegaly", not "small"
+        grade = grade and SEVERITY_WORDS.get(name, SEVERITY_WORDS["default"])[grade][0]
+        words = [grade, f.get("side"), f.get("device", name)]
+        parts.append(" ".join(w for w in words if w) + ("?" if f.get("hedged") else ""))
+    return ", ".join(parts)
+
+
+def show(out, n=16, image_size=128):
+    """A grid of training studies, each with its findings and the start of its report."""
+    w, h = show_tile_size(image_size)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    canvas = Image.new("RGB", (cols * w, rows * h), (20, 20, 20))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for i in range(n):
+        s = make_study(TRAIN_SEED, i, image_size)
+        x, y = (i % cols) * w, (i // cols) * h
+        img = Image.fromarray(_to_uint8(s.image), "L").resize((w, w), Image.BICUBIC)
+        canvas.paste(img.convert("RGB"), (x, y))
+        # findings in yellow (the ground truth), then the start of the report in grey
+        head = textwrap.wrap(describe(s.findings), w // 6)[:2]
+        report = textwrap.wrap(s.report, w // 6)[:7 - len(head)]
+        for j, line in enumerate(head + report):
+            colour = (255, 210, 90) if j < len(head) else (220, 220, 220)
+            draw.text((x + 4, y + w + 2 + 13 * j), line, fill=colour, font=font)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return canvas.size

@@ -1,0 +1,276 @@
+"""Tests for synthetic.py: each pins a property the rest of the project relies on (fast: small images)."""
+
+import collections
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import synthetic  # noqa: E402
+from data import PAD_ID  # noqa: E402
+from synthetic import CLASS_PROMPTS, EVAL_SEED, FINDINGS, TRAIN_SEED, ZERO_SHOT_CLASSES  # noqa: E402
+
+S = 64  # image size for the tests
+
+
+# -----------------------------------------------------------------------------
+# The vocabulary others depend on
+
+
+def test_api_names_and_order():
+    assert FINDINGS[:8] == ["cardiomegaly", "pleural effusion", "pneumothorax", "consolidation",
+                            "atelectasis", "edema", "nodule", "support device"]
+    assert ZERO_SHOT_CLASSES == ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural effusion"]
+    assert set(CLASS_PROMPTS) == set(ZERO_SHOT_CLASSES)
+    assert all(len(set(p)) >= 3 for p in CLASS_PROMPTS.values())
+    assert PAD_ID == 0 and TRAIN_SEED != EVAL_SEED
+
+
+def _sentences(report):
+    body = re.sub(r"\b(FINDINGS|IMPRESSION):", " ", report)
+    return [s.strip() for s in re.split(r"(?<=[.])\s+", body) if s.strip()]
+
+
+def test_prompts_are_not_copies_of_report_sentences():
+    # zero-shot must test the concept, not a memorised template
+    said = {s.lower() for i in range(1500) for s in _sentences(synthetic.make_study(TRAIN_SEED, i, 16).report)}
+    copies = [p for ps in CLASS_PROMPTS.values() for p in ps if p.lower() in said]
+    assert not copies, copies
+
+
+# -----------------------------------------------------------------------------
+# Determinism and disjoint splits
+
+
+def test_study_is_a_function_of_seed_and_index():
+    a, b = synthetic.make_study(TRAIN_SEED, 5, S), synthetic.make_study(TRAIN_SEED, 5, S)
+    assert np.array_equal(a.image, b.image) and a.report == b.report and np.array_equal(a.labels, b.labels)
+    assert a.image.shape == (S, S) and a.image.dtype == np.float32 and 0 <= a.image.min() and a.image.max() <= 1
+    c = synthetic.make_study(TRAIN_SEED, 6, S)
+    assert not np.array_equal(a.image, c.image)
+    # `only` forces exactly one finding, with a stream of its own
+    d = synthetic.make_study(TRAIN_SEED, 5, S, only="edema")
+    assert list(d.findings) == ["edema"] and d.labels[FINDINGS.index("edema")] == 1 and d.labels.sum() == 1
+
+
+def test_workers_do_not_change_the_data():
+    one = synthetic.render_synthetic("train", 300, 24, workers=1)  # 300: above the pool threshold
+    two = synthetic.render_synthetic("train", 300, 24, workers=2)
+    assert torch.equal(one["images"], two["images"]) and one["texts"] == two["texts"]
+    assert torch.equal(one["labels"], two["labels"])
+    assert one["images"].shape == (300, 1, 24, 24) and one["images"].dtype == torch.uint8
+    assert one["labels"].shape == (300, len(FINDINGS)) and one["labels"].dtype == torch.float32
+
+
+def test_train_and_eval_items_never_coincide():
+    train = synthetic.render_synthetic("train", 200, 32, workers=1)
+    ret = synthetic.retrieval_set(200, 32, workers=1)
+    zs = synthetic.zero_shot_set(20, 32, workers=1)
+    key = lambda imgs: {bytes(x.numpy().tobytes()) for x in imgs}  # noqa: E731
+    assert not key(train["images"]) & key(ret["images"])
+    assert not key(train["images"]) & key(zs["images"])
+    assert not key(ret["images"]) & key(zs["images"])
+    # the same index in the two seed spaces is a different patient
+    assert synthetic.make_study(TRAIN_SEED, 0).patient != synthetic.make_study(EVAL_SEED, 0).patient
+
+
+# -----------------------------------------------------------------------------
+# The pictures: every finding changes the image where it should. The same patient (anatomy and
+# noise) is drawn with and without the finding, so the difference is the finding alone.
+
+
+def _with_and_without(name, index, **override):
+    st = synthetic.make_study(TRAIN_SEED, index, S, only=name)
+    f = {**st.findings[name], **override}
+    return synthetic.render_image(st.patient, {}, S), synthetic.render_image(st.patient, {name: f}, S), f
+
+
+def _halves(diff):
+    """Summed |change| on the image's left half and right half."""
+    a = np.abs(diff)
+    return a[:, :S // 2].sum(), a[:, S // 2:].sum()
+
+
+@pytest.mark.parametrize("name", ["pleural effusion", "pneumothorax", "consolidation", "atelectasis", "nodule"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_lateral_findings_change_the_stated_side(name, side):
+    # Radiological convention: the patient's right is on the image's left.
+    for i in range(6):
+        base, img, _ = _with_and_without(name, i, side=side)
+        image_left, image_right = _halves(img - base)
+        stated, other = (image_left, image_right) if side == "right" else (image_right, image_left)
+        assert stated > 0.5 and stated > 5 * other, (i, stated, other)
+
+
+def test_bilateral_findings_change_both_sides():
+    for name in ["pleural effusion", "consolidation", "atelectasis", "edema"]:
+        base, img, _ = _with_and_without(name, 0, side="bilateral")
+        left, right = _halves(img - base)
+        assert 0.33 < left / right < 3, (name, left, right)
+
+
+def test_cardiomegaly_widens_the_heart_towards_the_patients_left():
+    for i in range(6):
+        base, img, _ = _with_and_without("cardiomegaly", i)
+        d = img - base
+        # the heart replaces dark lung: the lower middle of the chest gets brighter ...
+        assert d[S // 2:int(0.8 * S), S // 4:3 * S // 4].mean() > 0.03
+        # ... mostly on the image's right, the patient's left, where the heart lies
+        left, right = _halves(d)
+        assert right > 1.3 * left
+
+
+def test_effusion_fills_the_base_not_the_apex():
+    base, img, _ = _with_and_without("pleural effusion", 1, side="right", severity="moderate")
+    d = (img - base)[:, :S // 2]
+    assert d[S // 2:].mean() > 0.05      # fluid: brighter lower zone
+    assert np.abs(d[:S // 4]).mean() < 0.005  # apex untouched
+
+
+def test_pneumothorax_darkens_the_lung():
+    base, img, _ = _with_and_without("pneumothorax", 2, side="left", severity="moderate")
+    d = (img - base)[:, S // 2:]
+    assert (d < -0.05).sum() > 30  # air without lung markings: darker pixels
+    assert (d > 0.05).sum() > 5    # and the bright visceral pleural line
+
+
+def test_small_findings_are_local_and_devices_are_bright_lines():
+    base, img, _ = _with_and_without("nodule", 0, severity="moderate")
+    changed = np.abs(img - base) > 0.05
+    assert 2 <= changed.sum() < 0.03 * S * S
+    for i in range(4):
+        base, img, f = _with_and_without("support device", i)
+        changed = (img - base) > 0.1
+        assert changed.sum() > 10 and changed.sum() < 0.15 * S * S, f["device"]
+
+
+@pytest.mark.parametrize("name", ["cardiomegaly", "pleural effusion", "pneumothorax", "consolidation",
+                                  "atelectasis", "edema", "nodule"])
+def test_severity_scales_the_change(name):
+    amount = []
+    for severity in ["small", "moderate", "large"]:
+        extra = {"size_mm": {"small": 6, "moderate": 15, "large": 45}[severity]} if name == "nodule" else {}
+        base, img, _ = _with_and_without(name, 3, severity=severity, jitter=1.0, **extra)
+        amount.append(np.abs(img - base).sum())
+    assert amount[0] < amount[1] < amount[2], amount
+
+
+# -----------------------------------------------------------------------------
+# The reports agree with the findings
+
+KEYWORDS = {  # how a report can say each finding (synonyms included)
+    "cardiomegaly": r"cardiomegaly|enlarged|enlargement",
+    "pleural effusion": r"effusion|pleural space",
+    "pneumothorax": r"pneumothora",
+    "consolidation": r"consolidat|airspace|pneumonia",
+    "atelectasis": r"atelecta",
+    "edema": r"edema|congestion",
+    "nodule": r"nodul|mass",
+    "support device": r"tube|catheter|pacemaker|device",
+}
+NEGATIVE = re.compile(r"\b(no|normal|clear|unremarkable|without)\b", re.I)
+
+
+def _mentioned(report):
+    """Findings named by the report's positive (not negated) sentences."""
+    positive = " ".join(s for s in _sentences(report) if not NEGATIVE.search(s)).lower()
+    return {name for name, pattern in KEYWORDS.items() if re.search(pattern, positive)}
+
+
+def test_reports_mention_exactly_the_present_findings():
+    hedged = 0
+    for i in range(400):
+        st = synthetic.make_study(TRAIN_SEED, i, 8)
+        assert st.report.startswith("FINDINGS: ") and " IMPRESSION: " in st.report
+        assert _mentioned(st.report) == set(st.findings), (st.findings, st.report)
+        assert {FINDINGS[j] for j in np.flatnonzero(st.labels)} == set(st.findings)
+        hedged += bool(re.search(r"possible|cannot be excluded|may represent", st.report, re.I))
+    assert hedged > 10  # uncertainty is voiced, for weak findings
+
+
+def test_report_sides_match_the_image_sides():
+    for name in ["pleural effusion", "pneumothorax", "consolidation", "atelectasis", "nodule", "support device"]:
+        for i in range(40):
+            st = synthetic.make_study(TRAIN_SEED, i, 8, only=name)
+            side, text = st.findings[name]["side"], st.report.lower()
+            if side in ("right", "left"):
+                other = "left" if side == "right" else "right"
+                assert re.search(rf"\b{side}\b", text) and not re.search(rf"\b{other}\b", text), text
+            elif side == "bilateral":
+                assert re.search(r"bilateral|both|bibasilar", text) and not re.search(r"\b(left|right)\b", text), text
+
+
+def test_severity_words_match():
+    words = {"small": r"\b(small|trace|mild|mildly|minimal|subsegmental|patchy|focal|tiny|borderline)\b",
+             "large": r"\b(large|marked|markedly|severe|severely|extensive|dense)\b"}
+    said = 0
+    for name in ["pleural effusion", "cardiomegaly", "edema", "atelectasis", "pneumothorax", "consolidation"]:
+        for i in range(30):
+            st = synthetic.make_study(TRAIN_SEED, i, 8, only=name)
+            sev = st.findings[name]["severity"]
+            other = {"small": "large", "large": "small"}.get(sev)
+            positive = " ".join(s for s in _sentences(st.report) if not NEGATIVE.search(s))
+            if other:  # a small finding is never called large, nor the reverse
+                assert not re.search(words[other], positive, re.I), (sev, st.report)
+                said += bool(re.search(words[sev], positive, re.I))
+    assert said > 60  # and most reports say how much (some paraphrases leave it out)
+
+
+def test_normal_studies_are_common_and_share_reports():
+    studies = [synthetic.make_study(TRAIN_SEED, i, 8) for i in range(300)]
+    normal = [s for s in studies if not s.findings]
+    assert 0.25 < len(normal) / len(studies) < 0.45
+    text, count = collections.Counter(s.report for s in studies).most_common(1)[0]
+    assert count >= 20 and text in synthetic.CANONICAL_NORMAL  # word-for-word duplicates exist
+    assert any(len(s.findings) >= 2 for s in studies)     # and multi-finding studies
+
+
+def test_eval_sets():
+    zs = synthetic.zero_shot_set(6, 32, workers=1)
+    assert zs["images"].shape == (30, 1, 32, 32) and zs["images"].dtype == torch.uint8
+    assert zs["labels"].dtype == torch.long and zs["labels"].tolist() == [c for c in range(5) for _ in range(6)]
+    assert zs["classes"] == ZERO_SHOT_CLASSES and zs["prompts"] == CLASS_PROMPTS
+    for text, label in zip(zs["texts"], zs["labels"]):
+        assert _mentioned(text) == {ZERO_SHOT_CLASSES[label]}  # single-finding studies
+    ret = synthetic.retrieval_set(10, 32, workers=1)
+    assert ret["images"].shape == (10, 1, 32, 32) and len(ret["texts"]) == 10 and ret["labels"].shape == (10, len(FINDINGS))
+
+
+def test_load_or_render_caches(tmp_path):
+    a = synthetic.load_or_render("retrieval", 12, 24, cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.pt"))
+    assert len(files) == 1 and f"v{synthetic.GENERATOR_VERSION}" in files[0].name
+    b = synthetic.load_or_render("retrieval", 12, 24, cache_dir=tmp_path)
+    assert torch.equal(a["images"], b["images"]) and a["texts"] == b["texts"]
+    z = synthetic.load_or_render("zero_shot", 2, 24, cache_dir=tmp_path)
+    assert z["prompts"] == CLASS_PROMPTS and z["labels"].shape == (10,)
+
+
+# -----------------------------------------------------------------------------
+# The rendering pool
+
+
+def test_render_pool_closes_under_train_py_signal_handler():
+    """train.py installs a Ctrl-C / SIGTERM handler that only sets a flag. Pool workers inherit it,
+    so without synthetic._worker_signals they ignore the SIGTERM the pool sends them on closing and
+    the final evaluation's rendering hangs forever. Rendering with two workers under that handler must
+    finish and give the same images as rendering in this process."""
+    code = ("import sys, torch; sys.path.insert(0, '.'); import synthetic, train\n"
+            "train.StopFlag()\n"
+            "a = synthetic.zero_shot_set(60, 16, workers=2)\n"      # 300 jobs: above the pool threshold
+            "b = synthetic.zero_shot_set(60, 16, workers=1)\n"
+            "assert torch.equal(a['images'], b['images']) and a['texts'] == b['texts']\n"
+            "print('closed')\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the rendering pool did not close: workers ignored its SIGTERM")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("closed")
