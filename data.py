@@ -112,7 +112,7 @@ def load_image(path, image_size, channels=1):
         if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
             a = np.asarray(im, dtype=np.float32)
             lo, hi = float(a.min()), float(a.max())
-            im = Image.fromarray(synthetic._to_uint8((a - lo) / max(hi - lo, 1e-6)), "L")
+            im = Image.fromarray(synthetic.to_uint8((a - lo) / max(hi - lo, 1e-6)), "L")
         im = im.convert("L" if channels == 1 else "RGB")
         if im.size != (image_size, image_size):
             im = ImageOps.fit(im, (image_size, image_size), Image.BICUBIC)

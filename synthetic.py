@@ -681,14 +681,15 @@ def make_study(seed, index, image_size=64, only=None):
     return Study(render_image(patient, findings, image_size), report, labels, findings, patient)
 
 
-def _to_uint8(image):
+def to_uint8(image):
+    """float array in [0, 1] -> uint8 (rounded), as images are stored and as manifests load."""
     return (image * 255 + 0.5).astype(np.uint8)
 
 
 def _render_one(job):
     seed, index, image_size, only = job
     s = make_study(seed, index, image_size, only)
-    return _to_uint8(s.image), s.report, s.labels
+    return to_uint8(s.image), s.report, s.labels
 
 
 def _worker_signals():
@@ -818,7 +819,7 @@ def show(out, n=16, image_size=128):
     for i in range(n):
         s = make_study(TRAIN_SEED, i, image_size)
         x, y = (i % cols) * w, (i // cols) * h
-        img = Image.fromarray(_to_uint8(s.image), "L").resize((w, w), Image.BICUBIC)
+        img = Image.fromarray(to_uint8(s.image), "L").resize((w, w), Image.BICUBIC)
         canvas.paste(img.convert("RGB"), (x, y))
         # findings in yellow (the ground truth), then the start of the report in grey
         head = textwrap.wrap(describe(s.findings), w // 6)[:2]
