@@ -471,6 +471,9 @@ def main(argv=None):
         log(evaluation.format_table(results))
         log(f"wrote {ckpt_path}, {tok_path}, {metrics_path} and eval.json")
     if ddp:
+        # Leave together: a rank that tore down its gloo connections while rank 0 was still
+        # evaluating aborted at exit now and then ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
     return exit_code
 
