@@ -28,6 +28,7 @@ class ModelConfig:
     image_size: int = 64      # square images; must be divisible by patch_size
     patch_size: int = 8
     stem: str = "conv"        # "conv": stride-2 3x3 convs (Xiao et al. 2021); "patch": one p x p conv
+    pool: str = "max"         # image representation: "max" over patch tokens, or ViT's "cls" token
     in_channels: int = 1      # 1 for grayscale radiographs, 3 for RGB
     vision_width: int = 128
     vision_layers: int = 4
@@ -46,6 +47,8 @@ class ModelConfig:
                              f"{self.patch_size}: pick an image size that is a multiple of it")
         if self.stem not in ("conv", "patch"):
             raise ValueError(f"stem must be 'conv' or 'patch', got {self.stem!r}")
+        if self.pool not in ("max", "cls"):
+            raise ValueError(f"pool must be 'max' or 'cls', got {self.pool!r}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ValueError(f"the conv stem halves the image log2(patch_size) times, so patch_size "
                              f"must be a power of two (got {self.patch_size}); or use stem='patch'")
@@ -146,21 +149,33 @@ class ConvStem(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT (Dosovitskiy et al. 2021): an (H/p, W/p) grid of patch tokens from the stem, a class
-    token, learned positions, pre-norm blocks; the class token's final state is the image
-    representation."""
+    """ViT (Dosovitskiy et al. 2021): an (H/p, W/p) grid of patch tokens from the stem, learned
+    positions, pre-norm blocks, then one vector per image:
+
+    - pool="max" (default): the maximum over the patch tokens' final states, channel by channel.
+      A finding occupies a few patches of a radiograph; a maximum keeps a channel that fires on
+      one patch as strong as if it fired everywhere, while an average (or a class token, which
+      attends about evenly to every patch at initialisation) dilutes it by the dozens of healthy
+      patches around it. The radiology version of
+      the idea is Wang et al. 2017 (ChestX-ray8), who pool CNN maps with a soft maximum
+      (log-sum-exp) for the same reason. On the synthetic set it is what lets the small findings
+      (atelectasis, consolidation, effusion) be learnt at all in a CPU budget: see README.
+    - pool="cls": ViT's and CLIP's class token, whose final state is the representation."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.patch_size = cfg.patch_size
+        self.pool = cfg.pool
         n_patches = (cfg.image_size // cfg.patch_size) ** 2
         if cfg.stem == "conv":
             self.patch_embed = ConvStem(cfg.in_channels, cfg.vision_width, cfg.patch_size)
         else:  # ViT's own: one strided convolution cuts and embeds the patches
             self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.vision_width, cfg.patch_size,
                                          cfg.patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.vision_width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n_patches, cfg.vision_width))
+        # only the class token pooling has a class token (an unused parameter would trip DDP)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.vision_width)) if cfg.pool == "cls" else None
+        n_tokens = n_patches + (cfg.pool == "cls")
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, cfg.vision_width))
         self.blocks = nn.ModuleList(Block(cfg.vision_width, cfg.vision_heads, cfg.mlp_ratio)
                                     for _ in range(cfg.vision_layers))
         self.ln_final = nn.LayerNorm(cfg.vision_width)
@@ -168,11 +183,15 @@ class VisionTransformer(nn.Module):
     def forward(self, images):
         x = self.patch_embed(images)                       # (B, W, H/p, W/p)
         x = x.flatten(2).transpose(1, 2)                   # (B, n_patches, W)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)    # (B, 1, W)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed    # (B, 1 + n_patches, W)
+        if self.pool == "cls":
+            cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, W)
+            x = torch.cat([cls, x], dim=1)                 # (B, 1 + n_patches, W)
+        x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.ln_final(x[:, 0])                      # (B, W)
+        if self.pool == "cls":
+            return self.ln_final(x[:, 0])                  # (B, W)
+        return self.ln_final(x).amax(dim=1)                # (B, W): the strongest patch, per channel
 
 
 class TextTransformer(nn.Module):
@@ -222,7 +241,8 @@ class DualEncoder(nn.Module):
         if isinstance(self.visual.patch_embed, ConvStem):
             self.visual.patch_embed.reset_parameters()   # normalised convs need He init, not 0.02
         for p in (self.visual.cls_token, self.visual.pos_embed, self.text.pos_embed):
-            nn.init.normal_(p, std=0.02)
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
 
     @staticmethod
     def _init_weights(module):

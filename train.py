@@ -58,6 +58,8 @@ def get_args(argv=None):
     a("--channels", type=int, default=1, choices=[1, 3], help="1 grayscale, 3 RGB")
     a("--stem", default="conv", choices=["conv", "patch"],
       help="ViT patch embedding: stride-2 convolutions, or ViT's single p x p convolution")
+    a("--pool", default="max", choices=["max", "cls"],
+      help="image vector: max over patch tokens (keeps small findings), or ViT's class token")
     a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
     # the optimisation
     a("--method", default="msd", choices=["msd", "clip"],
@@ -300,7 +302,7 @@ def main(argv=None):
             dist.barrier()                            # rank 0 wrote tokenizer.json
         tokenizer = data.load_tokenizer(tok_path)
     cfg = make_config(args.preset, image_size=args.image_size, in_channels=args.channels,
-                      stem=args.stem, vocab_size=tokenizer.get_vocab_size())
+                      stem=args.stem, pool=args.pool, vocab_size=tokenizer.get_vocab_size())
     tokens, _ = data.tokenize(tokenizer, train["texts"], cfg.context_length)   # (n, L)
     ids = data.report_ids(train["texts"])                                       # (n,)
     log(f"data: {n} pairs from {source}, {len(set(ids.tolist()))} distinct reports, vocabulary "

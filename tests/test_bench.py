@@ -118,7 +118,7 @@ def test_flop_counter_sees_every_matrix_product():
     from model import make_config
 
     cfg = make_config("tiny")
-    L_img = (cfg.image_size // cfg.patch_size) ** 2 + 1
+    L_img = (cfg.image_size // cfg.patch_size) ** 2 + (cfg.pool == "cls")  # + class token
 
     def layers(L, W, n):
         return n * (2 * L * W * 3 * W + 2 * L * W * W + 2 * 2 * L * W * 4 * W + 2 * 2 * L * L * W)
@@ -127,7 +127,7 @@ def test_flop_counter_sees_every_matrix_product():
     chans = [cfg.in_channels] + [cfg.vision_width >> (n_stages - i) for i in range(1, n_stages + 1)]
     stem = sum(2 * (cfg.image_size >> i) ** 2 * 9 * chans[i - 1] * chans[i]
                for i in range(1, n_stages + 1))
-    stem += 2 * (L_img - 1) * chans[-1] * cfg.vision_width
+    stem += 2 * (cfg.image_size // cfg.patch_size) ** 2 * chans[-1] * cfg.vision_width
     formula = stem + layers(L_img, cfg.vision_width, cfg.vision_layers) + \
         layers(cfg.context_length, cfg.text_width, cfg.text_layers)
     counted = bench.count_forward_flops(cfg)

@@ -90,6 +90,8 @@ def test_config_errors_name_the_values():
     with pytest.raises(ValueError, match=r"patch_size must be a power of two \(got 6\)"):
         tiny_config(image_size=36, patch_size=6)
     tiny_config(image_size=36, patch_size=6, stem="patch")   # one p x p convolution takes any p
+    with pytest.raises(ValueError, match="pool must be 'max' or 'cls', got 'mean'"):
+        tiny_config(pool="mean")
 
 
 @pytest.mark.parametrize("patch_size,stages", [(4, 2), (8, 3), (16, 4)])
@@ -109,6 +111,39 @@ def test_conv_stem_gives_the_patch_grid(patch_size, stages):
     assert not torch.allclose(stem(y)[:, :, 0, 0], out[:, :, 0, 0])
     patch = DualEncoder(tiny_config(image_size=64, patch_size=patch_size, stem="patch"))
     assert patch.visual.patch_embed(x).shape == out.shape
+
+
+def test_max_pool_is_the_channelwise_maximum_over_patches():
+    """pool="max": the image vector is, channel by channel, the largest final patch state; no
+    class token exists (DDP would reject a parameter that gets no gradient). The reference is
+    computed here from the module's parts."""
+    torch.manual_seed(0)
+    vit = DualEncoder(tiny_config(pool="max")).visual
+    assert vit.cls_token is None and vit.pos_embed.shape == (1, 16, 32)   # (32 / 8)^2 patches
+    images = torch.rand(2, 1, 32, 32)
+    x = vit.patch_embed(images).flatten(2).transpose(1, 2) + vit.pos_embed
+    for block in vit.blocks:
+        x = block(x)
+    states = vit.ln_final(x)                                            # (2, 16, 32)
+    torch.testing.assert_close(vit(images), states.max(dim=1).values)
+    # a bright spot in one patch raises channels there; the average of 16 would barely move
+    spot = images.clone()
+    spot[:, :, :8, :8] += 1.0
+    assert not torch.allclose(vit(spot), vit(images))
+
+
+def test_cls_pool_reads_the_class_token():
+    """pool="cls": ViT's class token, prepended before the positions are added; its final state
+    is the representation, so changing the class token's parameter changes every image vector."""
+    torch.manual_seed(0)
+    vit = DualEncoder(tiny_config(pool="cls")).visual
+    assert vit.cls_token.shape == (1, 1, 32) and vit.pos_embed.shape == (1, 17, 32)
+    images = torch.rand(2, 1, 32, 32)
+    x = vit.patch_embed(images).flatten(2).transpose(1, 2)
+    x = torch.cat([vit.cls_token.expand(2, -1, -1), x], dim=1) + vit.pos_embed
+    for block in vit.blocks:
+        x = block(x)
+    torch.testing.assert_close(vit(images), vit.ln_final(x[:, 0]))
 
 
 def test_presets_build_with_overrides():

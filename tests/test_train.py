@@ -91,14 +91,17 @@ def test_train_on_an_exported_manifest(tmp_path):
     assert load(out / "ckpt.pt")["step"] == 2
 
 
-def test_patch_stem_trains_and_its_checkpoint_evaluates(tmp_path):
-    """--stem patch: the checkpoint holds ViT's single p x p convolution, and eval.py rebuilds
-    that model from the saved config (a conv-stem model could not load these weights)."""
+def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_path):
+    """--stem patch --pool cls (ViT's own embedding and pooling): the checkpoint holds the single
+    p x p convolution and a class token, and eval.py rebuilds that model from the saved config
+    (the default conv-stem, max-pooled model could not load these weights)."""
     out = tmp_path / "patch"
-    run("train.py", "--out", str(out), *SMALL, "--stem", "patch", "--steps", "1", "--eval-every", "0")
+    run("train.py", "--out", str(out), *SMALL, "--stem", "patch", "--pool", "cls", "--steps", "1",
+        "--eval-every", "0")
     student = load(out / "ckpt.pt")["student"]
     assert student["visual.patch_embed.weight"].shape == (128, 1, 8, 8)   # tiny: width 128, p = 8
     assert not any(k.startswith("visual.patch_embed.layers") for k in student)
+    assert student["visual.cls_token"].shape == (1, 1, 128)
     run("eval.py", "--checkpoint", str(out), "--json", str(tmp_path / "r.json"), "--n-per-class", "4",
         "--n-retrieval", "10")
     assert set(json.loads((tmp_path / "r.json").read_text())) == {"zero_shot", "few_shot", "retrieval"}
