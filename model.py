@@ -156,10 +156,9 @@ class VisionTransformer(nn.Module):
       A finding occupies a few patches of a radiograph; a maximum keeps a channel that fires on
       one patch as strong as if it fired everywhere, while an average (or a class token, which
       attends about evenly to every patch at initialisation) dilutes it by the dozens of healthy
-      patches around it. The radiology version of
-      the idea is Wang et al. 2017 (ChestX-ray8), who pool CNN maps with a soft maximum
+      patches around it. Wang et al. 2017 (ChestX-ray8) pool CNN maps with a soft maximum
       (log-sum-exp) for the same reason. On the synthetic set it is what lets the small findings
-      (atelectasis, consolidation, effusion) be learnt at all in a CPU budget: see README.
+      (atelectasis, consolidation, effusion) be learnt within a CPU budget: see README.
     - pool="cls": ViT's and CLIP's class token, whose final state is the representation."""
 
     def __init__(self, cfg: ModelConfig):
