@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -392,21 +393,46 @@ def _first_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def read_checkpoint(ckpt_path, advice):
+    """torch.load a train.py checkpoint with weights_only=True: it holds tensors and plain values
+    only, so loading one from a stranger cannot run code. A file torch cannot read raises InputError
+    in one line naming it, what is wrong with it and `advice` (what to do). Torch's own message is
+    never passed on: for some files it advises reloading with weights_only=False, which would let
+    the file run code, and this project never suggests that."""
+    try:
+        return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except OSError as e:  # the file itself: a folder, no permission
+        raise InputError(f"cannot read checkpoint {ckpt_path}: {e.strerror or e}") from None
+    except Exception:  # torch raises many types for a bad file (RuntimeError, EOFError, KeyError, ...)
+        raise InputError(f"checkpoint {ckpt_path} {_what_is_wrong(ckpt_path)}: {advice}") from None
+
+
+def _what_is_wrong(ckpt_path):
+    """Why torch could not load the file, from its bytes. torch.save writes a zip archive; a zip
+    ends with its central directory, so a copy cut short or a save that filled the disk starts
+    like a checkpoint and lacks that end."""
+    with open(ckpt_path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "is empty"
+    if head != b"PK\x03\x04":
+        return "is not a checkpoint of this project (torch.save writes a zip archive; this is not one)"
+    if not zipfile.is_zipfile(ckpt_path):
+        return "is truncated (a copy cut short, or a disk that filled up while it was written)"
+    return ("is corrupted, or holds objects other than tensors and plain values (not a checkpoint "
+            "of this project)")
+
+
 def load_checkpoint(path, use_teacher=False, device="cpu"):
     """Rebuild the model saved by train.py. path: the run's folder or its ckpt.pt; the tokenizer is
-    tokenizer.json beside the .pt. Returns (model in eval mode on device, tokenizer, checkpoint).
-    weights_only=True: a checkpoint holds tensors and plain values only, so loading one from a
-    stranger cannot run code."""
+    tokenizer.json beside the .pt. Returns (model in eval mode on device, tokenizer, checkpoint)."""
     ckpt_path = os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path
     if not os.path.isfile(ckpt_path):
         raise InputError(f"checkpoint not found: {ckpt_path}")
     tokenizer_path = os.path.join(os.path.dirname(ckpt_path), "tokenizer.json")
     if not os.path.isfile(tokenizer_path):
         raise InputError(f"tokenizer not found: {tokenizer_path} (train.py writes it beside ckpt.pt)")
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, not a traceback
-        raise InputError(f"cannot read checkpoint {ckpt_path}: {_first_line(e)}")
+    ckpt = read_checkpoint(ckpt_path, "train it again, or give --checkpoint another run")
     key = "teacher" if use_teacher else "student"
     if not isinstance(ckpt, dict) or key not in ckpt or "model" not in ckpt.get("config", {}):
         raise InputError(f"{ckpt_path} is not a train.py checkpoint (no {key!r} weights or model config)")

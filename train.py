@@ -256,10 +256,21 @@ def main(argv=None):
         parser.error(f"{ckpt_path} exists: add --resume to continue it, or choose another --out")
     ckpt = None
     if args.resume:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = evaluation.read_checkpoint(ckpt_path, "delete it to start the run again from step "
+                                              "0, or use another --out")
+        except evaluation.InputError as e:
+            parser.error(f"--resume: {e}")
+        needed = {"student", "optimizer", "step", "rng", "config"}
+        if not (isinstance(ckpt, dict) and needed <= ckpt.keys()
+                and isinstance(ckpt["config"], dict) and "train" in ckpt["config"]):
+            parser.error(f"--resume: {ckpt_path} is not a train.py checkpoint (no training settings "
+                         f"or weights in it): delete it, or use another --out")
         saved = ckpt["config"]["train"]
+        # A default --queue-size is resolved from the training set below, then compared.
         changed = {k: (saved.get(k), v) for k, v in vars(args).items()
-                   if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
+                   if k not in RESUME_MAY_CHANGE and saved.get(k) != v
+                   and not (k == "queue_size" and v is None)}
         if changed:
             parser.error("--resume with different settings than the checkpoint: " +
                          ", ".join(f"--{k.replace('_', '-')} {old} (saved) vs {new}"

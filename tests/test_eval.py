@@ -292,6 +292,24 @@ def test_cli_missing_tokenizer_names_its_path(tmp_path, capsys):
     assert str(tmp_path / "tokenizer.json") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_cli_truncated_or_garbage_checkpoint_is_one_line_without_torch_advice(checkpoint, tmp_path,
+                                                                               capsys, damage):
+    """A copy cut short, or a file that is no checkpoint at all: one line naming the file and what
+    is wrong, and never torch's advice to reload with weights_only=False (which lets a file run
+    code)."""
+    good = (checkpoint / "ckpt.pt").read_bytes()
+    bad = tmp_path / "ckpt.pt"
+    bad.write_bytes(good[:len(good) // 2] if damage == "truncated" else os.urandom(len(good) // 2))
+    (tmp_path / "tokenizer.json").write_bytes((checkpoint / "tokenizer.json").read_bytes())
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--checkpoint", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert str(bad) in err and "weights_only" not in err
+    assert ("is truncated" if damage == "truncated" else "is not a checkpoint of this project") in err
+
+
 def write_class_manifest(folder, labels):
     """A few small random PNGs (not the model's size, so they are resized) and their manifest."""
     from PIL import Image
