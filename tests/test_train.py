@@ -76,7 +76,7 @@ def test_end_to_end_then_eval_json(reference_run, tmp_path):
     run("eval.py", "--checkpoint", str(out), "--json", str(out_json), "--n-per-class", "20",
         "--n-retrieval", "40")
     res = json.loads(out_json.read_text())
-    assert set(res) == {"zero_shot", "few_shot", "retrieval"}
+    assert set(res) == {"zero_shot", "few_shot", "retrieval", "evaluated_on"}
     assert set(res["retrieval"]) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
     values = [*res["zero_shot"].values(), *res["few_shot"].values(), *res["retrieval"].values()]
     assert all(0.0 <= v <= 1.0 for v in values)
@@ -104,7 +104,8 @@ def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_pat
     assert student["visual.cls_token"].shape == (1, 1, 128)
     run("eval.py", "--checkpoint", str(out), "--json", str(tmp_path / "r.json"), "--n-per-class", "4",
         "--n-retrieval", "10")
-    assert set(json.loads((tmp_path / "r.json").read_text())) == {"zero_shot", "few_shot", "retrieval"}
+    assert set(json.loads((tmp_path / "r.json").read_text())) == {"zero_shot", "few_shot", "retrieval",
+                                                                 "evaluated_on"}
 
 
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
