@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -287,23 +288,29 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
     zs: {"images", "labels", "classes", "prompts"} for zero-shot and few-shot (the output of
     synthetic.zero_shot_set or a class manifest); ret: {"images", "texts"} for retrieval. None renders
     the synthetic set (n_per_class images per class, n_retrieval pairs); False skips that part.
-    quick=True runs zero-shot alone, on 5 x QUICK_PER_CLASS synthetic images unless zs is given.
+    quick=True runs zero-shot alone, on 5 x QUICK_PER_CLASS synthetic images unless zs is given, or
+    retrieval alone when zs is False.
     A k-shot entry is left out when some class has k images or fewer (a small manifest).
+    results["evaluated_on"] says which data each part used: {"zero_shot": {"source", "images",
+    "classes"}, "retrieval": {"source", "pairs"}}, source "synthetic" or the manifest's path (a set
+    from read_benchmark carries it as zs["source"] / ret["source"]).
     log: a print-like function for progress messages (None: silent)."""
     log = log or (lambda *args: None)
-    results = {}
+    results, evaluated_on = {}, {}
     if zs is not False:
         if zs is None:
             n = min(n_per_class, QUICK_PER_CLASS) if quick else n_per_class
             log(f"rendering the synthetic zero-shot set ({n} images per class)...")
-            zs = _synthetic_zero_shot(n, image_size)
+            zs = {**_synthetic_zero_shot(n, image_size), "source": "synthetic"}
+        evaluated_on["zero_shot"] = {"source": zs.get("source"), "images": len(zs["labels"]),
+                                     "classes": list(zs["classes"])}
         log(f"evaluating zero-shot on {len(zs['labels'])} images, {len(zs['classes'])} classes...")
         features = embed_images(model, zs["images"], device, batch_size)               # (n, D)
         z = zero_shot(model, tokenizer, zs["images"], zs["labels"], zs["classes"], zs["prompts"],
                       device, batch_size, image_features=features)
         results["zero_shot"] = {"accuracy": z["accuracy"], "auc": z["auc"]}
         if quick:
-            return results
+            return {**results, "evaluated_on": evaluated_on}
         # k-shot needs k training images per class and at least one more to test on.
         counts = torch.bincount(torch.as_tensor(zs["labels"]))
         smallest = int(counts[counts > 0].min())
@@ -313,17 +320,16 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
                 f"only {smallest} images")
         log(f"evaluating few-shot linear probes (k = {feasible}, {len(seeds)} seeds each)...")
         results["few_shot"] = few_shot(features, zs["labels"], feasible, seeds)
-    if quick:
-        return results
     if ret is not False:
         if ret is None:
             log(f"rendering {n_retrieval} held-out synthetic image-report pairs...")
-            ret = _synthetic_retrieval(n_retrieval, image_size)
+            ret = {**_synthetic_retrieval(n_retrieval, image_size), "source": "synthetic"}
+        evaluated_on["retrieval"] = {"source": ret.get("source"), "pairs": len(ret["texts"])}
         log(f"evaluating retrieval on {len(ret['texts'])} pairs "
             f"({len(set(report_ids(ret['texts']).tolist()))} distinct reports)...")
         results["retrieval"] = retrieval(model, tokenizer, ret["images"], ret["texts"], device,
                                          batch_size)
-    return results
+    return {**results, "evaluated_on": evaluated_on}
 
 
 def format_table(results):
@@ -392,21 +398,46 @@ def _first_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def read_checkpoint(ckpt_path, advice):
+    """torch.load a train.py checkpoint with weights_only=True: it holds tensors and plain values
+    only, so loading one from a stranger cannot run code. A file torch cannot read raises InputError
+    in one line naming it, what is wrong with it and `advice` (what to do). Torch's own message is
+    never passed on: for some files it advises reloading with weights_only=False, which would let
+    the file run code, and this project never suggests that."""
+    try:
+        return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except OSError as e:  # the file itself: a folder, no permission
+        raise InputError(f"cannot read checkpoint {ckpt_path}: {e.strerror or e}") from None
+    except Exception:  # torch raises many types for a bad file (RuntimeError, EOFError, KeyError, ...)
+        raise InputError(f"checkpoint {ckpt_path} {_what_is_wrong(ckpt_path)}: {advice}") from None
+
+
+def _what_is_wrong(ckpt_path):
+    """Why torch could not load the file, from its bytes. torch.save writes a zip archive; a zip
+    ends with its central directory, so a copy cut short or a save that filled the disk starts
+    like a checkpoint and lacks that end."""
+    with open(ckpt_path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "is empty"
+    if head != b"PK\x03\x04":
+        return "is not a checkpoint of this project (torch.save writes a zip archive; this is not one)"
+    if not zipfile.is_zipfile(ckpt_path):
+        return "is truncated (a copy cut short, or a disk that filled up while it was written)"
+    return ("is corrupted, or holds objects other than tensors and plain values (not a checkpoint "
+            "of this project)")
+
+
 def load_checkpoint(path, use_teacher=False, device="cpu"):
     """Rebuild the model saved by train.py. path: the run's folder or its ckpt.pt; the tokenizer is
-    tokenizer.json beside the .pt. Returns (model in eval mode on device, tokenizer, checkpoint).
-    weights_only=True: a checkpoint holds tensors and plain values only, so loading one from a
-    stranger cannot run code."""
+    tokenizer.json beside the .pt. Returns (model in eval mode on device, tokenizer, checkpoint)."""
     ckpt_path = os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path
     if not os.path.isfile(ckpt_path):
         raise InputError(f"checkpoint not found: {ckpt_path}")
     tokenizer_path = os.path.join(os.path.dirname(ckpt_path), "tokenizer.json")
     if not os.path.isfile(tokenizer_path):
         raise InputError(f"tokenizer not found: {tokenizer_path} (train.py writes it beside ckpt.pt)")
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, not a traceback
-        raise InputError(f"cannot read checkpoint {ckpt_path}: {_first_line(e)}")
+    ckpt = read_checkpoint(ckpt_path, "train it again, or give --checkpoint another run")
     key = "teacher" if use_teacher else "student"
     if not isinstance(ckpt, dict) or key not in ckpt or "model" not in ckpt.get("config", {}):
         raise InputError(f"{ckpt_path} is not a train.py checkpoint (no {key!r} weights or model config)")
@@ -439,6 +470,48 @@ def read_prompts(path):
         raise InputError(f'{path} must map at least two class names to lists of prompts, '
                          f'like {{"Edema": ["pulmonary edema", ...], ...}}')
     return prompts
+
+
+def check_benchmark_options(eval_manifest, prompts, retrieval_manifest):
+    """The options naming the user's evaluation data (eval.py's and train.py's), checked before any
+    slow work so that a typo fails in a second. Returns the prompts read from the file, or None."""
+    if eval_manifest and not prompts:
+        raise InputError(f"--eval-manifest {eval_manifest} needs --prompts JSON "
+                         f"(the class prompts for zero-shot)")
+    if prompts and not eval_manifest:
+        raise InputError(f"--prompts {prompts} is only used with --eval-manifest")
+    for flag, path in (("--eval-manifest", eval_manifest), ("--retrieval-manifest", retrieval_manifest)):
+        if path and not os.path.isfile(path):
+            raise InputError(f"{flag} file not found: {path}")
+    return read_prompts(prompts) if prompts else None
+
+
+def read_benchmark(eval_manifest, prompts, retrieval_manifest, image_size, channels, log=print):
+    """(zs, ret) for evaluate() from the user's manifests, prompts as check_benchmark_options
+    returns them. Real data replaces the synthetic benchmark: when one manifest is given, the part
+    without one is False (skipped) rather than mixing real and synthetic numbers in one table. With
+    neither, both are None: the synthetic benchmark. Raises InputError or ManifestError."""
+    if not (eval_manifest or retrieval_manifest):
+        return None, None
+    zs, ret = False, False
+    if eval_manifest:
+        log(f"reading {eval_manifest}...")
+        m = read_class_manifest(eval_manifest, image_size, list(prompts), channels)
+        if len(set(m["labels"].tolist())) < 2:
+            raise InputError(f"{eval_manifest}: AUC-ROC needs images of at least two classes")
+        zs = {"images": m["images"], "labels": m["labels"], "classes": list(prompts),
+              "prompts": prompts, "source": eval_manifest}
+    if retrieval_manifest:
+        log(f"reading {retrieval_manifest}...")
+        m = read_pair_manifest(retrieval_manifest, image_size, channels)
+        keep = list(range(len(m["texts"])))
+        # Pairs the model trained on would flatter it: with a split column, the test rows only.
+        if m["splits"] is not None and "test" in m["splits"]:
+            keep = [i for i, split in enumerate(m["splits"]) if split == "test"]
+            log(f"using the {len(keep)} of {len(m['texts'])} pairs with split=test")
+        ret = {"images": m["images"][keep], "texts": [m["texts"][i] for i in keep],
+               "source": retrieval_manifest}
+    return zs, ret
 
 
 def parse_args(argv=None):
@@ -478,22 +551,13 @@ def parse_args(argv=None):
 def run(args):
     t0 = time.time()
     # Check every path before any slow work, so a typo fails in a second.
-    if args.eval_manifest and not args.prompts:
-        raise InputError(f"--eval-manifest {args.eval_manifest} needs --prompts JSON "
-                         f"(the class prompts for zero-shot)")
-    if args.prompts and not args.eval_manifest:
-        raise InputError(f"--prompts {args.prompts} is only used with --eval-manifest")
-    for flag, path in (("--eval-manifest", args.eval_manifest),
-                       ("--retrieval-manifest", args.retrieval_manifest)):
-        if path and not os.path.isfile(path):
-            raise InputError(f"{flag} file not found: {path}")
+    prompts = check_benchmark_options(args.eval_manifest, args.prompts, args.retrieval_manifest)
     if args.show and args.retrieval_manifest and not args.eval_manifest:
         raise InputError(f"--show {args.show} draws zero-shot predictions: it needs the synthetic "
                          f"set or --eval-manifest")
     for flag in ("batch_size", "n_per_class", "n_retrieval", "seeds"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    prompts = read_prompts(args.prompts) if args.prompts else None
 
     model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.use_teacher, args.device)
     cfg = model.cfg
@@ -501,31 +565,8 @@ def run(args):
           f"(step {ckpt.get('step', '?')}, {model.num_params() / 1e6:.2f}M parameters, "
           f"{cfg.image_size}px) on {args.device}")
 
-    # Real data replaces the synthetic benchmark; a part without a manifest is then skipped rather
-    # than mixing real and synthetic numbers in one table.
-    zs, ret = None, None
-    if args.eval_manifest or args.retrieval_manifest:
-        zs, ret = False, False
-    if args.eval_manifest:
-        print(f"reading {args.eval_manifest}...")
-        m = read_class_manifest(args.eval_manifest, cfg.image_size, list(prompts), cfg.in_channels)
-        if len(set(m["labels"].tolist())) < 2:
-            raise InputError(f"{args.eval_manifest}: AUC-ROC needs images of at least two classes")
-        zs = {"images": m["images"], "labels": m["labels"], "classes": list(prompts),
-              "prompts": prompts}
-    if args.retrieval_manifest:
-        print(f"reading {args.retrieval_manifest}...")
-        m = read_pair_manifest(args.retrieval_manifest, cfg.image_size, cfg.in_channels)
-        keep = list(range(len(m["texts"])))
-        # Pairs the model trained on would flatter it: with a split column, the test rows only.
-        if m["splits"] is not None and "test" in m["splits"]:
-            keep = [i for i, split in enumerate(m["splits"]) if split == "test"]
-            print(f"using the {len(keep)} of {len(m['texts'])} pairs with split=test")
-        ret = {"images": m["images"][keep], "texts": [m["texts"][i] for i in keep]}
-    if zs is None:
-        print(f"rendering {5 * args.n_per_class} synthetic zero-shot images...")
-        zs = _synthetic_zero_shot(args.n_per_class, cfg.image_size)
-
+    zs, ret = read_benchmark(args.eval_manifest, prompts, args.retrieval_manifest, cfg.image_size,
+                             cfg.in_channels)
     results = evaluate(model, tokenizer, args.device, cfg.image_size, zs=zs, ret=ret,
                        n_per_class=args.n_per_class, n_retrieval=args.n_retrieval,
                        seeds=tuple(range(args.seeds)), batch_size=args.batch_size, log=print)
@@ -539,6 +580,8 @@ def run(args):
             json.dump(results, f, indent=2)
         print(f"wrote {args.json}")
     if args.show:
+        if zs is None:   # evaluate rendered the synthetic set; the cache hands back the same one
+            zs = _synthetic_zero_shot(args.n_per_class, cfg.image_size)
         # Four images per class are enough to see what the model confuses; embed just those.
         pick = torch.cat([torch.nonzero(zs["labels"] == c).flatten()[:4]
                           for c in range(len(zs["classes"]))])

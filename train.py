@@ -38,7 +38,9 @@ from momentum import make_teacher, momentum_at
 # the numbers the run computes.
 RESUME_MAY_CHANGE = {"resume", "out", "save_every", "eval_every", "log_every", "device", "workers",
                      "data_cache", "grad_dump", "compile", "interrupt_at", "kill_at",
-                     "eval_per_class", "eval_retrieval"}
+                     "eval_per_class", "eval_retrieval", "eval_manifest", "prompts",
+                     "retrieval_manifest"}
+QUEUE_CAP = 2048   # the largest default queue (default_queue_size): the measured runs' K
 
 
 def get_args(argv=None):
@@ -79,7 +81,9 @@ def get_args(argv=None):
     a("--momentum", type=float, default=0.995, help="teacher EMA momentum m")
     a("--momentum-schedule", default="constant", choices=["constant", "cosine"],
       help="cosine: m rises to 1 over training (MoCo v3)")
-    a("--queue-size", type=int, default=2048, help="K, teacher features kept as extra negatives (0 = none)")
+    a("--queue-size", type=int, default=None,
+      help="K, teacher features kept as extra negatives (0 = none; default: the largest multiple of "
+           f"the window <= n/8 and <= {QUEUE_CAP} for n training pairs, 2048 on the synthetic set)")
     a("--duplicate-aware", action=argparse.BooleanOptionalAction, default=True,
       help="identical reports are all positives")
     # running
@@ -90,16 +94,33 @@ def get_args(argv=None):
     a("--compile", action="store_true", help="torch.compile the student (CUDA: faster after warm-up)")
     a("--resume", action="store_true", help="continue OUT/ckpt.pt exactly where it stopped")
     a("--save-every", type=int, default=200, help="write OUT/ckpt.pt every this many steps (and at the end)")
-    a("--eval-every", type=int, default=200, help="quick zero-shot evaluation every this many steps (0 = off)")
+    a("--eval-every", type=int, default=200, help="quick evaluation every this many steps (0 = off)")
     a("--log-every", type=int, default=10, help="print and log a metrics row every this many steps")
-    a("--eval-per-class", type=int, default=200, help="final benchmark: zero-shot images per class")
-    a("--eval-retrieval", type=int, default=1000, help="final benchmark: held-out retrieval pairs")
+    a("--eval-per-class", type=int, default=200, help="final synthetic benchmark: zero-shot images per class")
+    a("--eval-retrieval", type=int, default=1000, help="final synthetic benchmark: held-out retrieval pairs")
+    # evaluation on your own data (eval.py's options): replaces the synthetic benchmark
+    a("--eval-manifest", default=None, metavar="CSV",
+      help="quick checks and final zero-shot / few-shot on these images: columns image,label")
+    a("--prompts", default=None, metavar="JSON",
+      help='class prompts for --eval-manifest: {"class": ["prompt", ...], ...}')
+    a("--retrieval-manifest", default=None, metavar="CSV",
+      help="final retrieval (and the quick checks, without --eval-manifest) on these held-out "
+           "image,text pairs (with a split column: its test rows)")
     # debugging hooks the tests use; each sends this process a real signal at a chosen step
     a("--grad-dump", default=None, metavar="PATH",
       help="debugging: save the first step's gradients here (the tests compare torchrun with one process)")
     a("--interrupt-at", type=int, default=None, metavar="STEP", help="debugging: Ctrl-C after this step")
     a("--kill-at", type=int, default=None, metavar="STEP", help="debugging: SIGKILL after this step")
     args = p.parse_args(argv)
+    # float() accepts "nan" and "inf"; either would reach AdamW or the loss and fail far from here
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            p.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if args.lr <= 0:
+        p.error(f"--lr must be positive, got {args.lr}")
+    for name in ("weight_decay", "max_grad_norm"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.image_size is None:
         args.image_size = PRESETS[args.preset]["image_size"]
     return p, args
@@ -150,6 +171,24 @@ def window_indices(step, n, args, rank, world):
     epoch, w = divmod(step, per_epoch)
     start = (w * world + rank) * N
     return epoch_order(n, args.seed, epoch)[start:start + N]
+
+
+def default_queue_size(n, window, cap=QUEUE_CAP):
+    """--queue-size when it is not given, for n training pairs and a window of `window` pairs (N
+    times the ranks). METHOD.md: K a multiple of the window (each step's enqueue then fills whole
+    slots, never splitting a window across the wrap), and small relative to the data set (a queue
+    holding much of it holds the same reports many times, and stale features of pairs the student
+    sees again soon). So: the largest multiple of the window not above n / 8 nor `cap`; 0 (no
+    queue) when that is below one window. The synthetic set (20,000 pairs, window 128) gets 2048."""
+    return min(cap, n // 8) // window * window
+
+
+def unlabelled_prompt_classes(prompt_classes, label_names):
+    """The prompt classes that no training pair is labelled with (names compared without case, as
+    manifests compare them). Zero-shot on such a class tests transfer to a finding the labels never
+    name: worth knowing, not wrong."""
+    seen = {name.lower() for name in label_names}
+    return [c for c in prompt_classes if c.lower() not in seen]
 
 
 def peak_memory_mb(device):
@@ -244,8 +283,13 @@ def main(argv=None):
         parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
     if not 0 <= args.momentum <= 1:
         parser.error(f"--momentum must be in [0, 1], got {args.momentum}")
-    if args.queue_size < 0:
+    if args.queue_size is not None and args.queue_size < 0:
         parser.error(f"--queue-size must be >= 0, got {args.queue_size}")
+    try:   # the user's evaluation data: paths and prompts now, the images once the training set is in
+        prompts = evaluation.check_benchmark_options(args.eval_manifest, args.prompts,
+                                                     args.retrieval_manifest)
+    except evaluation.InputError as e:
+        parser.error(str(e))
     patch = PRESETS[args.preset]["patch_size"]
     if args.image_size % patch:
         parser.error(f"--image-size {args.image_size} is not divisible by the {args.preset} preset's "
@@ -256,10 +300,21 @@ def main(argv=None):
         parser.error(f"{ckpt_path} exists: add --resume to continue it, or choose another --out")
     ckpt = None
     if args.resume:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = evaluation.read_checkpoint(ckpt_path, "delete it to start the run again from step "
+                                              "0, or use another --out")
+        except evaluation.InputError as e:
+            parser.error(f"--resume: {e}")
+        needed = {"student", "optimizer", "step", "rng", "config"}
+        if not (isinstance(ckpt, dict) and needed <= ckpt.keys()
+                and isinstance(ckpt["config"], dict) and "train" in ckpt["config"]):
+            parser.error(f"--resume: {ckpt_path} is not a train.py checkpoint (no training settings "
+                         f"or weights in it): delete it, or use another --out")
         saved = ckpt["config"]["train"]
+        # A default --queue-size is resolved from the training set below, then compared.
         changed = {k: (saved.get(k), v) for k, v in vars(args).items()
-                   if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
+                   if k not in RESUME_MAY_CHANGE and saved.get(k) != v
+                   and not (k == "queue_size" and v is None)}
         if changed:
             parser.error("--resume with different settings than the checkpoint: " +
                          ", ".join(f"--{k.replace('_', '-')} {old} (saved) vs {new}"
@@ -288,6 +343,15 @@ def main(argv=None):
     if N * world > n:
         parser.error(f"the window ({world} rank(s) x {args.accum_steps} x {args.batch_size} = "
                      f"{N * world} pairs) is larger than the training set ({n} pairs)")
+    queue_from = ""
+    if args.queue_size is None:
+        # resolved here and saved resolved, so a --resume with the default compares numbers
+        args.queue_size = default_queue_size(n, N * world)
+        queue_from = f" (default: <= n/8 and {QUEUE_CAP}, a multiple of the window)"
+        if ckpt is not None and saved.get("queue_size") != args.queue_size:
+            parser.error(f"--resume: the checkpoint's queue holds {saved.get('queue_size')} "
+                         f"features, the default for this training set is {args.queue_size}: add "
+                         f"--queue-size {saved.get('queue_size')}")
     if args.method == "msd" and args.queue_size + N * world > n:
         parser.error(f"--queue-size {args.queue_size} plus the window {N * world} exceeds the "
                      f"training set ({n} pairs): the queue would hold copies of the current pairs "
@@ -307,6 +371,27 @@ def main(argv=None):
     ids = data.report_ids(train["texts"])                                       # (n,)
     log(f"data: {n} pairs from {source}, {len(set(ids.tolist()))} distinct reports, vocabulary "
         f"{cfg.vocab_size}, ready in {time.time() - t0:.1f}s", flush=True)
+
+    # ---- what to evaluate on: the user's sets, the synthetic benchmark (None), or nothing (False) ----
+    zs = ret = None
+    if args.eval_manifest or args.retrieval_manifest:
+        if master:                                    # rank 0 alone evaluates
+            try:
+                zs, ret = evaluation.read_benchmark(args.eval_manifest, prompts,
+                                                    args.retrieval_manifest, args.image_size,
+                                                    args.channels, log=log)
+            except (evaluation.InputError, data.ManifestError) as e:
+                parser.error(str(e))
+        if prompts and train.get("label_names"):
+            missing = unlabelled_prompt_classes(list(prompts), train["label_names"])
+            log(f"prompt classes no training report is labelled with: {missing}" if missing else
+                "every prompt class is among the training labels", flush=True)
+    elif args.train_manifest:
+        zs = ret = False
+        log("no --eval-manifest/--retrieval-manifest given: skipping evaluation on the synthetic "
+            "benchmark, which says nothing about your data (eval.py can evaluate ckpt.pt later)",
+            flush=True)
+    skip_eval = zs is False and ret is False
 
     # ---- model, teacher, queue, optimizer -------------------------------------------------------------
     student = DualEncoder(cfg).to(device)
@@ -389,7 +474,7 @@ def main(argv=None):
         f"{args.channels} channel(s) | device {device}, {precision}, {world} process(es)")
     log(f"method: {args.method} | micro-batch {args.batch_size} x {args.accum_steps} accumulation"
         f" x {world} rank(s) = {N * world} pairs per step" +
-        (f", queue {args.queue_size}, alpha {args.alpha} (warm-up {args.alpha_warmup} steps), "
+        (f", queue {args.queue_size}{queue_from}, alpha {args.alpha} (warm-up {args.alpha_warmup} steps), "
          f"momentum {args.momentum} ({args.momentum_schedule})" if args.method == "msd" else "") +
         f" | {args.steps} steps, {(args.steps - step) * N * world} samples to go", flush=True)
 
@@ -445,15 +530,23 @@ def main(argv=None):
                 f"{fmt_time(row['eta_s'])} left", flush=True)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        if master and args.eval_every and step % args.eval_every == 0 and step < args.steps:
+        if (master and args.eval_every and step % args.eval_every == 0 and step < args.steps
+                and not skip_eval):
             t_eval = time.time()
-            res = evaluation.evaluate(student, tokenizer, device, args.image_size, quick=True)
-            zs = res["zero_shot"]
-            log(f"step {step:5d} quick zero-shot: accuracy {zs['accuracy']:.3f}, AUC {zs['auc']:.3f}"
-                f" ({time.time() - t_eval:.1f}s)", flush=True)
+            res = evaluation.evaluate(student, tokenizer, device, args.image_size, zs=zs, ret=ret,
+                                      quick=True)
+            if "zero_shot" in res:
+                z = res["zero_shot"]
+                row = {"step": step, "zero_shot_accuracy": z["accuracy"], "zero_shot_auc": z["auc"]}
+                said = f"quick zero-shot: accuracy {z['accuracy']:.3f}, AUC {z['auc']:.3f}"
+            else:                                           # a --retrieval-manifest alone
+                r = res["retrieval"]
+                row = {"step": step, "retrieval_i2t_r1": r["i2t_r1"], "retrieval_t2i_r1": r["t2i_r1"]}
+                said = (f"quick retrieval: image->text R@1 {r['i2t_r1']:.3f}, "
+                        f"text->image R@1 {r['t2i_r1']:.3f}")
+            log(f"step {step:5d} {said} ({time.time() - t_eval:.1f}s)", flush=True)
             with open(metrics_path, "a") as f:
-                f.write(json.dumps({"step": step, "zero_shot_accuracy": zs["accuracy"],
-                                    "zero_shot_auc": zs["auc"]}) + "\n")
+                f.write(json.dumps(row) + "\n")
             t_start += time.time() - t_eval                 # keep evaluation out of the ETA
         if step % args.save_every == 0 or step == args.steps or stop.requested:
             checkpoint()
@@ -462,10 +555,15 @@ def main(argv=None):
             break
 
     # ---- the end: the full benchmark on the final model ------------------------------------------------
-    if master and exit_code == 0 and step == args.steps:
+    if master and exit_code == 0 and step == args.steps and skip_eval:
+        log(f"training done in {fmt_time(time.time() - t_start)}; not evaluated (no --eval-manifest/"
+            f"--retrieval-manifest given), so no eval.json: evaluate later with python eval.py "
+            f"--checkpoint {args.out} --eval-manifest CSV --prompts JSON --retrieval-manifest CSV")
+        log(f"wrote {ckpt_path}, {tok_path} and {metrics_path}")
+    elif master and exit_code == 0 and step == args.steps:
         log(f"training done in {fmt_time(time.time() - t_start)}; evaluating the final model...",
             flush=True)
-        results = evaluation.evaluate(student, tokenizer, device, args.image_size,
+        results = evaluation.evaluate(student, tokenizer, device, args.image_size, zs=zs, ret=ret,
                                       n_per_class=args.eval_per_class, n_retrieval=args.eval_retrieval,
                                       log=lambda s: log(s, flush=True))
         with open(os.path.join(args.out, "eval.json"), "w") as f:

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
 from data import tokenize, train_tokenizer  # noqa: E402
 from model import DualEncoder, make_config  # noqa: E402
-from synthetic import CLASS_PROMPTS, render_synthetic  # noqa: E402
+from synthetic import CLASS_PROMPTS, ZERO_SHOT_CLASSES, render_synthetic  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -215,6 +215,19 @@ def test_retrieval_directions_and_duplicate_reports(word_tokenizer):
     assert set(r) == {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
 
 
+def test_quick_evaluate_without_zero_shot_set_runs_retrieval(word_tokenizer):
+    """train.py's quick check with a --retrieval-manifest alone: evaluate(zs=False, quick=True)
+    returns the retrieval numbers of that set and says what they were measured on."""
+    texts = [CLASS_PROMPTS["edema"][0], CLASS_PROMPTS["atelectasis"][0], CLASS_PROMPTS["cardiomegaly"][0]]
+    e = torch.eye(3)
+    model = FakeModel(word_tokenizer, dict(zip(texts, e)), torch.stack([e[0], e[2], e[1]]))
+    ret = {"images": coded_images(3), "texts": texts, "source": "pairs.csv"}
+    res = ev.evaluate(model, word_tokenizer, "cpu", 4, zs=False, ret=ret, quick=True)
+    assert res == {"retrieval": ev.retrieval(model, word_tokenizer, ret["images"], texts, "cpu"),
+                   "evaluated_on": {"retrieval": {"source": "pairs.csv", "pairs": 3}}}
+    assert res["retrieval"]["i2t_r1"] == pytest.approx(1 / 3)   # images 1 and 2 swap their texts
+
+
 def test_embed_images_batches_and_restores_eval_mode():
     model = DualEncoder(make_config("tiny", image_size=16, patch_size=8, vision_width=32,
                                     vision_layers=1, vision_heads=2, text_width=32, text_layers=1,
@@ -254,7 +267,8 @@ def run_cli(*args):
 
 
 def check_json_structure(results, shots=("1", "2", "4", "8", "16")):
-    assert set(results) == {"zero_shot", "few_shot", "retrieval"}
+    assert set(results) == {"zero_shot", "few_shot", "retrieval", "evaluated_on"}
+    assert set(results.pop("evaluated_on")) == {"zero_shot", "retrieval"}
     assert set(results["zero_shot"]) == {"accuracy", "auc"}
     assert list(results["few_shot"]) == list(shots)
     assert set(results["retrieval"]) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
@@ -267,7 +281,11 @@ def test_cli_json_on_the_synthetic_benchmark(checkpoint, tmp_path):
     r = run_cli("--checkpoint", checkpoint / "ckpt.pt", "--use-teacher", "--json", out,
                 "--n-per-class", 20, "--n-retrieval", 30, "--seeds", 2, "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    check_json_structure(json.loads(out.read_text()))
+    results = json.loads(out.read_text())
+    assert results["evaluated_on"] == {
+        "zero_shot": {"source": "synthetic", "images": 5 * 20, "classes": list(ZERO_SHOT_CLASSES)},
+        "retrieval": {"source": "synthetic", "pairs": 30}}
+    check_json_structure(results)
     assert "zero-shot" in r.stdout and "Recall@10" in r.stdout   # the table was printed
 
 
@@ -290,6 +308,24 @@ def test_cli_missing_tokenizer_names_its_path(tmp_path, capsys):
         ev.main(["--checkpoint", str(tmp_path), "--device", "cpu"])
     assert exit_info.value.code == 2
     assert str(tmp_path / "tokenizer.json") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_cli_truncated_or_garbage_checkpoint_is_one_line_without_torch_advice(checkpoint, tmp_path,
+                                                                               capsys, damage):
+    """A copy cut short, or a file that is no checkpoint at all: one line naming the file and what
+    is wrong, and never torch's advice to reload with weights_only=False (which lets a file run
+    code)."""
+    good = (checkpoint / "ckpt.pt").read_bytes()
+    bad = tmp_path / "ckpt.pt"
+    bad.write_bytes(good[:len(good) // 2] if damage == "truncated" else os.urandom(len(good) // 2))
+    (tmp_path / "tokenizer.json").write_bytes((checkpoint / "tokenizer.json").read_bytes())
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--checkpoint", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert str(bad) in err and "weights_only" not in err
+    assert ("is truncated" if damage == "truncated" else "is not a checkpoint of this project") in err
 
 
 def write_class_manifest(folder, labels):
@@ -340,7 +376,12 @@ def test_cli_manifests_end_to_end(checkpoint, tmp_path):
     ev.main(["--checkpoint", str(checkpoint), "--eval-manifest", str(manifest),
              "--prompts", str(prompts), "--retrieval-manifest", str(pairs), "--json", str(out),
              "--show", str(grid), "--device", "cpu"])
-    check_json_structure(json.loads(out.read_text()), shots=("1", "2"))
+    results = json.loads(out.read_text())
+    # the numbers say what they were measured on: the user's classes and pairs, nothing synthetic
+    assert results["evaluated_on"] == {
+        "zero_shot": {"source": str(manifest), "images": 12, "classes": classes},
+        "retrieval": {"source": str(pairs), "pairs": 12}}
+    check_json_structure(results, shots=("1", "2"))
     from PIL import Image
     with Image.open(grid) as im:   # a row per class, 4 pictures per row
         assert im.size[0] == 4 * 160 and im.size[1] == 3 * (160 + 4 * 13 + 6)

@@ -1,6 +1,7 @@
 """train.py end to end: a short run, eval.py on its checkpoint, exact resume after Ctrl-C or a kill,
 torchrun against one process, a non-finite loss, and the start-up errors."""
 
+import csv
 import json
 import os
 import subprocess
@@ -8,6 +9,10 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
+
+import train
+from synthetic import ZERO_SHOT_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,6 +21,8 @@ SMALL = ["--image-size", "32", "--n-train", "512", "--batch-size", "8", "--accum
          "--queue-size", "64", "--steps", "6", "--warmup-steps", "2", "--alpha-warmup", "2",
          "--vocab-size", "300", "--log-every", "1", "--save-every", "2", "--eval-every", "3",
          "--eval-per-class", "10", "--eval-retrieval", "40", "--data-cache", "", "--workers", "1"]
+# SMALL with the default queue size, which 512 pairs and a window of 16 resolve to 64 (512 / 8)
+DEFAULT_QUEUE = SMALL[:SMALL.index("--queue-size")] + SMALL[SMALL.index("--queue-size") + 2:]
 
 
 def run(script, *args, check=True, env=None):
@@ -68,6 +75,10 @@ def test_end_to_end_then_eval_json(reference_run, tmp_path):
                 "elapsed_s", "eta_s"):
         assert key in rows[0], key
     assert any("zero_shot_accuracy" in r for r in rows)                   # the quick eval at step 3
+    # with no manifest, train.py's own table is the synthetic benchmark, and eval.json says so
+    assert json.loads((out / "eval.json").read_text())["evaluated_on"] == {
+        "zero_shot": {"source": "synthetic", "images": 5 * 10, "classes": ZERO_SHOT_CLASSES},
+        "retrieval": {"source": "synthetic", "pairs": 40}}
     ckpt = load(out / "ckpt.pt")
     assert ckpt["step"] == 6 and ckpt["samples_seen"] == 6 * 16
     assert len(ckpt["queue"]["ids"]) == 64 and int(ckpt["queue"]["filled"]) == 64
@@ -76,19 +87,99 @@ def test_end_to_end_then_eval_json(reference_run, tmp_path):
     run("eval.py", "--checkpoint", str(out), "--json", str(out_json), "--n-per-class", "20",
         "--n-retrieval", "40")
     res = json.loads(out_json.read_text())
-    assert set(res) == {"zero_shot", "few_shot", "retrieval"}
+    assert set(res) == {"zero_shot", "few_shot", "retrieval", "evaluated_on"}
     assert set(res["retrieval"]) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
     values = [*res["zero_shot"].values(), *res["few_shot"].values(), *res["retrieval"].values()]
     assert all(0.0 <= v <= 1.0 for v in values)
 
 
-def test_train_on_an_exported_manifest(tmp_path):
-    run("data.py", "export", "--out", str(tmp_path / "export"), "--n", "64", "--image-size", "32")
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """64 synthetic pairs written as 32 px PNGs and a manifest, as a user's data would be."""
+    folder = tmp_path_factory.mktemp("export")
+    run("data.py", "export", "--out", str(folder), "--n", "64", "--image-size", "32")
+    return folder
+
+
+def test_train_on_a_manifest_without_evaluation_sets_skips_the_synthetic_benchmark(exported, tmp_path):
     out = tmp_path / "run"
-    proc = run("train.py", "--out", str(out), "--train-manifest", str(tmp_path / "export" / "manifest.csv"),
-               *SMALL, "--queue-size", "16", "--steps", "2", "--eval-every", "0")
+    proc = run("train.py", "--out", str(out), "--train-manifest", str(exported / "manifest.csv"),
+               *SMALL, "--queue-size", "16", "--steps", "2", "--eval-every", "1")
     assert "64 pairs from" in proc.stdout
     assert load(out / "ckpt.pt")["step"] == 2
+    assert ("no --eval-manifest/--retrieval-manifest given: skipping evaluation on the synthetic "
+            "benchmark, which says nothing about your data") in proc.stdout
+    # no quick check at step 1, no final table, no eval.json: no synthetic number anywhere
+    assert "rendering" not in proc.stdout
+    assert "zero-shot" not in proc.stdout and "Recall@" not in proc.stdout
+    assert not (out / "eval.json").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("loss" in r for r in rows)
+
+
+def test_train_on_a_manifest_evaluates_on_the_users_sets(exported, tmp_path):
+    """--eval-manifest/--prompts/--retrieval-manifest feed the quick checks and the final table,
+    and eval.json names the user's classes and pairs, not the synthetic benchmark's."""
+    classes = ["fracture", "lung opacity", "no finding"]          # none of them synthetic
+    images = [f"images/{i:06d}.png" for i in range(12)]
+    (tmp_path / "classes.csv").write_text(
+        "image,label\n" + "".join(f"{exported / im},{classes[i % 3]}\n" for i, im in enumerate(images)))
+    (tmp_path / "prompts.json").write_text(json.dumps(
+        {"fracture": ["A rib fracture."], "lung opacity": ["An opacity in the lung."],
+         "no finding": ["No acute cardiopulmonary process.", "The lungs are clear."]}))
+    # retrieval pairs with a split column: only its 8 test rows are evaluated
+    with open(exported / "manifest.csv", newline="") as f:
+        pairs = list(csv.DictReader(f))[:12]
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "text", "split"])
+        w.writerows([exported / p["image"], p["text"], "test" if i < 8 else "train"]
+                    for i, p in enumerate(pairs))
+    out = tmp_path / "run"
+    proc = run("train.py", "--out", str(out), "--train-manifest", str(exported / "manifest.csv"),
+               *DEFAULT_QUEUE, "--steps", "2", "--eval-every", "1",
+               "--eval-manifest", str(tmp_path / "classes.csv"), "--prompts", str(tmp_path / "prompts.json"),
+               "--retrieval-manifest", str(tmp_path / "pairs.csv"))
+    # 64 pairs: 64 / 8 = 8 is below one window of 16, so the default is no queue
+    assert "queue 0 (default: <= n/8 and 2048, a multiple of the window)" in proc.stdout
+    assert "step     1 quick zero-shot" in proc.stdout
+    assert "evaluating zero-shot on 12 images, 3 classes" in proc.stdout
+    assert "rendering" not in proc.stdout and "skipping evaluation" not in proc.stdout
+    results = json.loads((out / "eval.json").read_text())
+    assert results["evaluated_on"] == {
+        "zero_shot": {"source": str(tmp_path / "classes.csv"), "images": 12, "classes": classes},
+        "retrieval": {"source": str(tmp_path / "pairs.csv"), "pairs": 8}}
+    assert set(results) == {"zero_shot", "few_shot", "retrieval", "evaluated_on"}
+    assert list(results["few_shot"]) == ["1", "2"]            # 4 images per class: k < 4 only
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if "zero_shot_accuracy" in r] == [1]
+
+
+def test_an_evaluation_label_without_prompts_is_refused_before_training(exported, tmp_path):
+    (tmp_path / "classes.csv").write_text(f"image,label\n{exported / 'images/000000.png'},fracture\n"
+                                          f"{exported / 'images/000001.png'},pneumothorax\n")
+    (tmp_path / "prompts.json").write_text(json.dumps({"fracture": ["A rib fracture."],
+                                                       "edema": ["Pulmonary edema."]}))
+    proc = run("train.py", "--out", str(tmp_path / "x"), "--train-manifest", str(exported / "manifest.csv"),
+               *SMALL, "--queue-size", "16", "--eval-manifest", str(tmp_path / "classes.csv"),
+               "--prompts", str(tmp_path / "prompts.json"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{tmp_path / 'classes.csv'}: row 2 (line 3), column 'label': unknown class 'pneumothorax'" in proc.stderr
+    assert not (tmp_path / "x" / "ckpt.pt").exists()
+
+
+def test_a_manifest_smaller_than_one_window_is_refused(tmp_path):
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        Image.fromarray(torch.full((20, 20), 40 * i, dtype=torch.uint8).numpy()).save(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "tiny.csv").write_text(
+        "image,text\n" + "".join(f"img/{i}.png,Report number {i}.\n" for i in range(3)))
+    proc = run("train.py", "--out", str(tmp_path / "x"), *DEFAULT_QUEUE,
+               "--train-manifest", str(tmp_path / "tiny.csv"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert ("the window (1 rank(s) x 2 x 8 = 16 pairs) is larger than the training set (3 pairs)"
+            in proc.stderr)
+    assert not (tmp_path / "x" / "ckpt.pt").exists()
 
 
 def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_path):
@@ -104,26 +195,32 @@ def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_pat
     assert student["visual.cls_token"].shape == (1, 1, 128)
     run("eval.py", "--checkpoint", str(out), "--json", str(tmp_path / "r.json"), "--n-per-class", "4",
         "--n-retrieval", "10")
-    assert set(json.loads((tmp_path / "r.json").read_text())) == {"zero_shot", "few_shot", "retrieval"}
+    assert set(json.loads((tmp_path / "r.json").read_text())) == {"zero_shot", "few_shot", "retrieval",
+                                                                 "evaluated_on"}
 
 
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
 def test_resume_is_exact(reference_run, tmp_path, how):
     """Ctrl-C after step 3 (saves at 3), or SIGKILL after step 3 (the periodic checkpoint is at 2):
-    resuming with the same command plus --resume ends bit for bit where the uninterrupted run did."""
+    resuming with the same command plus --resume ends bit for bit where the uninterrupted run did.
+    The Ctrl-C run leaves --queue-size to its default, which 512 pairs and a window of 16 resolve
+    to the reference's 64 and which is saved resolved: a resume with the default continues too."""
     ref, _ = reference_run
     out = tmp_path / how
-    first = run("train.py", "--out", str(out), *SMALL, f"--{how}-at", "3", check=False)
+    args = DEFAULT_QUEUE if how == "interrupt" else SMALL
+    first = run("train.py", "--out", str(out), *args, f"--{how}-at", "3", check=False)
     if how == "interrupt":
         assert first.returncode == 0, first.stderr
         assert "stop requested" in first.stdout and "--resume" in first.stdout
+        assert "queue 64 (default: <= n/8 and 2048, a multiple of the window)" in first.stdout
         assert load(out / "ckpt.pt")["step"] == 3
+        assert load(out / "ckpt.pt")["config"]["train"]["queue_size"] == 64
     else:
         assert first.returncode == -9
         assert load(out / "ckpt.pt")["step"] == 2
     # the same command plus --resume (a real kill does not strike twice: that flag is dropped)
     again = [f"--{how}-at", "3"] if how == "interrupt" else []
-    run("train.py", "--out", str(out), *SMALL, *again, "--resume")
+    run("train.py", "--out", str(out), *args, *again, "--resume")
     a, b = load(ref / "ckpt.pt"), load(out / "ckpt.pt")
     for key in ("student", "teacher", "queue", "optimizer", "step", "rng"):
         assert_same_tensors(a[key], b[key], key)
@@ -132,6 +229,76 @@ def test_resume_is_exact(reference_run, tmp_path, how):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows if "loss" in r] == [r["loss"] for r in ref_rows if "loss" in r]
+
+
+@pytest.mark.parametrize("n, window, expected", [
+    (20000, 128, 2048),   # the synthetic default: n / 8 = 2500, capped at 2048
+    (4000, 128, 384),     # n / 8 = 500: three windows
+    (1300, 128, 128),     # n / 8 = 162: one window
+    (1000, 128, 0),       # n / 8 = 125 is below one window: no queue
+    (512, 16, 64),
+    (100000, 96, 2016),   # a window that does not divide the cap: 21 x 96, the largest multiple below it
+])
+def test_default_queue_size(n, window, expected):
+    assert train.default_queue_size(n, window) == expected
+
+
+def test_default_queue_size_rule_and_default_run():
+    # the rule: a multiple of the window, at most n / 8 and 2048, and one more window would not be
+    for n in range(0, 30000, 37):
+        for window in (16, 100, 128, 256):
+            k = train.default_queue_size(n, window)
+            assert k % window == 0 and 0 <= k <= min(2048, n / 8) < k + window
+    # the default run (synthetic 20,000 pairs, 32 x 4) keeps the queue of 2048 it was measured with
+    _, args = train.get_args([])
+    assert args.queue_size is None
+    assert train.default_queue_size(args.n_train, args.batch_size * args.accum_steps) == 2048
+
+
+def test_unlabelled_prompt_classes():
+    assert train.unlabelled_prompt_classes(["Edema", "fracture", "No Finding"],
+                                           ["edema", "no finding", "cardiomegaly"]) == ["fracture"]
+    assert train.unlabelled_prompt_classes(["edema"], ["Edema"]) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--lr", "0"], "--lr must be positive, got 0.0"),
+    (["--lr=-1e-3"], "--lr must be positive, got -0.001"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
+    (["--weight-decay=-0.1"], "--weight-decay must be >= 0, got -0.1"),
+    (["--alpha", "nan"], "--alpha must be a finite number, got nan"),
+    (["--momentum", "inf"], "--momentum must be a finite number, got inf"),
+    (["--max-grad-norm=-inf"], "--max-grad-norm must be a finite number, got -inf"),
+    (["--max-grad-norm=-1"], "--max-grad-norm must be >= 0, got -1.0"),
+])
+def test_bad_numbers_are_parser_errors(extra, message, capsys):
+    """Checked while parsing, before any data or model exists (a traceback would surface here as an
+    exception other than SystemExit)."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.get_args(extra)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.strip().splitlines()[-1].endswith(f": error: {message}")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_resume_on_a_truncated_or_garbage_checkpoint_is_one_clear_line(reference_run, tmp_path, damage):
+    ref, _ = reference_run
+    good = (ref / "ckpt.pt").read_bytes()
+    out = tmp_path / damage
+    out.mkdir()
+    (out / "ckpt.pt").write_bytes(good[:len(good) // 2] if damage == "truncated"
+                                  else os.urandom(len(good) // 2))
+    (out / "tokenizer.json").write_bytes((ref / "tokenizer.json").read_bytes())
+    proc = run("train.py", "--out", str(out), *SMALL, "--resume", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    what = "is truncated" if damage == "truncated" else "is not a checkpoint of this project"
+    assert last.startswith(f"train.py: error: --resume: checkpoint {out / 'ckpt.pt'} {what}")
+    assert last.endswith("delete it to start the run again from step 0, or use another --out")
+    assert "weights_only" not in proc.stderr
 
 
 def test_torchrun_two_ranks_equal_one_process_with_twice_the_micro_batch(tmp_path):
@@ -172,6 +339,10 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     (["--batch-size", "400"], "is larger than the training set (512 pairs)"),
     (["--alpha", "1.5"], "--alpha must be in [0, 1], got 1.5"),
     (["--steps", "0"], "--steps must be positive, got 0"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--eval-manifest", "classes.csv"], "--eval-manifest classes.csv needs --prompts JSON"),
+    (["--prompts", "p.json"], "--prompts p.json is only used with --eval-manifest"),
+    (["--retrieval-manifest", "no-such.csv"], "--retrieval-manifest file not found: no-such.csv"),
 ])
 def test_start_up_errors(tmp_path, extra, message):
     proc = run("train.py", "--out", str(tmp_path / "x"), *SMALL, *extra, check=False)
