@@ -41,6 +41,21 @@ def _image(path, value=128, size=(24, 20)):
 
 
 # -----------------------------------------------------------------------------
+# Reading the distributed CSVs
+
+
+def test_iter_table_accepts_bom_crlf_quoted_newlines_and_gzip(tmp_path):
+    text = '\ufeffuid,findings,extra\r\n 1 ,"Clear.\r\nNo effusion.",x\r\n\r\n2,,y\r\n'
+    (tmp_path / "t.csv").write_bytes(text.encode("utf-8"))
+    (tmp_path / "t.csv.gz").write_bytes(gzip.compress(text.encode("utf-8")))
+    for name in ("t.csv", "t.csv.gz"):
+        rows = list(convert.iter_table(tmp_path / name, ["findings", "uid"]))
+        # (row, line, cells): the quoted line break is kept, the blank line skipped, cells stripped
+        assert rows == [(1, 3, {"findings": "Clear.\r\nNo effusion.", "uid": "1"}),
+                        (2, 5, {"findings": "", "uid": "2"})], name
+
+
+# -----------------------------------------------------------------------------
 # IU X-Ray
 
 
