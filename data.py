@@ -5,8 +5,8 @@ What every data source shares, in the order a reader meets them:
 
 1. Augmentation for radiographs (mild, and never a flip, which would swap the patient's sides).
 2. Duplicate-aware report ids: reports equal after normalisation get equal ids.
-3. Real data through a manifest (a CSV of image paths and texts), and a converter from the public
-   IU X-Ray (Open-I) CSVs.
+3. Real data through a manifest (a CSV of image paths and texts); convert.py writes manifests from
+   the public data sets (IU X-Ray, MIMIC-CXR-JPG, CheXpert).
 4. A WordPiece tokenizer trained on the reports, and `tokenize` to padded id tensors.
 
 The procedural data set that `python train.py` uses by default is synthetic.py; its findings
@@ -14,7 +14,6 @@ are the labels a manifest may name. The command line covers both:
 
     python data.py show --out samples.png            # look at synthetic studies
     python data.py export --out DIR --n N            # the synthetic set as PNGs + manifest.csv
-    python data.py iu-xray --reports ... --out M.csv # IU X-Ray (Open-I) -> a manifest
 """
 
 import argparse
@@ -198,52 +197,6 @@ def read_class_manifest(csv_path, image_size, classes, channels=1):
     return {"images": images, "labels": labels, "classes": list(classes)}
 
 
-def convert_iu_xray(reports_csv, projections_csv, images_dir, out_csv):
-    """IU X-Ray (Open-I) -> a pair manifest of its frontal images. indiana_reports.csv has uid,
-    findings, impression (and MeSH, Problems, ...); indiana_projections.csv has uid, filename,
-    projection ("Frontal" / "Lateral"). Text = "FINDINGS: ... IMPRESSION: ...". Reports with
-    neither section, and images not found, are skipped and counted aloud.
-    Returns the number of rows written."""
-    out_csv, images_dir = Path(out_csv), Path(images_dir)
-    f, reader = _open_csv(reports_csv, ["uid", "findings", "impression"])
-    with f:
-        reports = {}
-        for row in reader:
-            parts = [f"{name.upper()}: {(row[name] or '').strip()}" for name in ("findings", "impression")
-                     if (row[name] or "").strip()]
-            reports[row["uid"].strip()] = " ".join(parts)
-    f, reader = _open_csv(projections_csv, ["uid", "filename", "projection"])
-    with f:
-        projections = [{k: (v or "").strip() for k, v in row.items()} for row in reader]
-    if not images_dir.is_dir():
-        raise ManifestError(f"{images_dir}: images folder not found")
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    written, no_report, no_image = 0, 0, 0
-    empty = {uid for uid, text in reports.items() if not text}
-    with open(out_csv, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "text"])
-        for row in projections:
-            if row["projection"].lower() != "frontal":
-                continue
-            uid = row["uid"]
-            if uid not in reports:
-                no_report += 1
-                continue
-            if not reports[uid]:
-                continue  # counted once per report in `empty`
-            path = images_dir / row["filename"]
-            if not path.is_file():
-                no_image += 1
-                continue
-            w.writerow([os.path.relpath(path.resolve(), out_csv.parent.resolve()), reports[uid]])
-            written += 1
-    print(f"iu-xray: wrote {written} frontal image-report pairs to {out_csv}; skipped "
-          f"{len(empty)} reports with empty findings and impression, {no_report} frontal images "
-          f"with no report, {no_image} images not found in {images_dir}")
-    return written
-
-
 # -----------------------------------------------------------------------------
 # Tokenizer: WordPiece (BERT's) trained on the reports in seconds. Radiology reports have a small,
 # repetitive vocabulary, so a few thousand pieces cover them whole words at a time.
@@ -310,7 +263,7 @@ def tokenize(tokenizer, texts, context_length):
 
 
 # -----------------------------------------------------------------------------
-# Command line: show, export, iu-xray
+# Command line: show, export
 
 
 def main(argv=None):
@@ -324,11 +277,6 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--n", type=int, required=True, help="number of items")
     p.add_argument("--image-size", type=int, default=64, help="render size in px")
-    p = sub.add_parser("iu-xray", help="IU X-Ray (Open-I) CSVs -> a manifest of frontal images")
-    p.add_argument("--reports", required=True, help="indiana_reports.csv")
-    p.add_argument("--projections", required=True, help="indiana_projections.csv")
-    p.add_argument("--images", required=True, help="folder holding the images named in projections")
-    p.add_argument("--out", required=True, help="manifest CSV to write")
     args = parser.parse_args(argv)
     if args.command in ("show", "export"):
         if args.n < 1:
@@ -342,8 +290,6 @@ def main(argv=None):
         elif args.command == "export":
             path = synthetic.export_synthetic(args.out, args.n, args.image_size)
             print(f"wrote {args.n} images and {path}")
-        else:
-            convert_iu_xray(args.reports, args.projections, args.images, args.out)
     except (ManifestError, OSError, ValueError) as e:  # user mistakes: one line, no traceback
         print(f"data.py {args.command}: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -190,35 +190,6 @@ def test_class_manifest(tmp_path):
         data.read_class_manifest(bad, 16, classes)
 
 
-def test_convert_iu_xray_on_a_fake(tmp_path, capsys):
-    images = tmp_path / "images"
-    images.mkdir()
-    header = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings", "impression"]
-    _write_csv(tmp_path / "indiana_reports.csv", header, [
-        ["1", "normal", "normal", "Xray Chest PA and Lateral", "", "", "The lungs are clear.", "Normal chest."],
-        ["2", "Cardiomegaly", "Cardiomegaly", "", "", "", "", "Cardiomegaly."],
-        ["3", "", "", "", "", "", "", ""],  # nothing to learn from: skipped, and counted
-        ["4", "", "", "", "", "", "Small left effusion.", ""]])
-    proj = [["1", "1_IM-0001-4001.dcm.png", "Frontal"], ["1", "1_IM-0001-3001.dcm.png", "Lateral"],
-            ["2", "2_IM-0652-1001.dcm.png", "Frontal"], ["2", "2_IM-0652-2001.dcm.png", "Lateral"],
-            ["3", "3_IM-1384-1001.dcm.png", "Frontal"], ["4", "4_IM-2000-1001.dcm.png", "Frontal"]]
-    _write_csv(tmp_path / "indiana_projections.csv", ["uid", "filename", "projection"], proj)
-    for _, name, _ in proj:
-        _png(images / name)
-    out = tmp_path / "out" / "manifest.csv"
-    n = data.convert_iu_xray(tmp_path / "indiana_reports.csv", tmp_path / "indiana_projections.csv", images, out)
-    assert n == 3
-    assert "skipped 1 reports with empty findings and impression" in capsys.readouterr().out
-    with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["text"] for r in rows] == ["FINDINGS: The lungs are clear. IMPRESSION: Normal chest.",
-                                        "IMPRESSION: Cardiomegaly.", "FINDINGS: Small left effusion."]
-    assert [Path(r["image"]).name for r in rows] == ["1_IM-0001-4001.dcm.png", "2_IM-0652-1001.dcm.png",
-                                                     "4_IM-2000-1001.dcm.png"]
-    m = data.read_pair_manifest(out, 16)  # the converter's output is a valid manifest
-    assert m["images"].shape == (3, 1, 16, 16)
-
-
 # -----------------------------------------------------------------------------
 # Command line
 
@@ -241,8 +212,8 @@ def test_cli_show_and_export(tmp_path):
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file where the export folder should go")
     with pytest.raises(SystemExit) as e:
-        data.main(["iu-xray", "--reports", str(tmp_path / "nope.csv"), "--projections", "p.csv",
-                   "--images", ".", "--out", str(tmp_path / "m.csv")])
+        data.main(["export", "--out", str(tmp_path / "taken"), "--n", "2", "--image-size", "16"])
     err = capsys.readouterr().err
-    assert e.value.code == 1 and "nope.csv" in err and len(err.strip().splitlines()) == 1
+    assert e.value.code == 1 and "taken" in err and len(err.strip().splitlines()) == 1
