@@ -11,6 +11,11 @@ distilled into the student. The teacher is never trained by gradients: only this
 MoCo v3 raises m from its base value to 1 along a half cosine, so the teacher moves quickly
 while the student changes fast and freezes towards the end.
 
+How far the teacher trails is best read as a half-life: after h steps of EMA a weight's old value
+counts for m^h, so m = 0.5^(1/h). The usual m = 0.995 is a half-life of 138 steps: a quarter of a
+600-step run, a trifle of a 100,000-step one. `momentum_for_half_life` picks m from a half-life
+given as a fraction of the run, so the teacher's lag scales with the run instead of being fixed.
+
 Depends on torch and the standard library only.
 """
 
@@ -49,6 +54,14 @@ def ema_update(teacher: nn.Module, student: nn.Module, m: float) -> None:
             t.lerp_(s, 1.0 - m)
         else:
             t.copy_(s)
+
+
+def momentum_for_half_life(fraction: float, total_steps: int) -> float:
+    """The m whose EMA halves an old weight's share in `fraction` of `total_steps` optimizer steps:
+    m = 0.5^(1 / (fraction · total_steps)). E.g. 0.05 of 600 steps: a 30-step half-life, m ≈ 0.977."""
+    if not (fraction > 0 and total_steps > 0):
+        raise ValueError(f"half-life fraction and total steps must be positive, got {fraction}, {total_steps}")
+    return 0.5 ** (1.0 / (fraction * total_steps))
 
 
 def momentum_at(step: int, total_steps: int, base: float = 0.995, schedule: str = "constant") -> float:

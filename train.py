@@ -32,7 +32,7 @@ import synthetic
 from accumulate import NonFiniteLossError, clip_step, msd_step, unwrap
 from loss import FeatureQueue
 from model import PAD_ID, PRESETS, DualEncoder, make_config
-from momentum import make_teacher, momentum_at
+from momentum import make_teacher, momentum_at, momentum_for_half_life
 
 # Options that may differ between a run and its --resume: they change what is logged or saved, never
 # the numbers the run computes.
@@ -81,9 +81,15 @@ def get_args(argv=None):
     a("--momentum", type=float, default=0.995, help="teacher EMA momentum m")
     a("--momentum-schedule", default="constant", choices=["constant", "cosine"],
       help="cosine: m rises to 1 over training (MoCo v3)")
+    a("--momentum-half-life", type=float, default=None, metavar="FRACTION",
+      help="set m from the teacher's half-life as a fraction of the run, m = 0.5^(1/(FRACTION*steps)), "
+           "so its lag scales with the run (replaces --momentum; 0.995 is 0.23 of 600 steps)")
     a("--queue-size", type=int, default=None,
       help="K, teacher features kept as extra negatives (0 = none; default: the largest multiple of "
            f"the window <= n/8 and <= {QUEUE_CAP} for n training pairs, 2048 on the synthetic set)")
+    a("--queue-start", type=int, default=0, metavar="STEP",
+      help="the queue fills and joins the bank from this step on; before it, the window's negatives "
+           "only, while the teacher's features are still near-copies (SwAV starts its queue late)")
     a("--duplicate-aware", action=argparse.BooleanOptionalAction, default=True,
       help="identical reports are all positives")
     # running
@@ -285,6 +291,12 @@ def main(argv=None):
         parser.error(f"--momentum must be in [0, 1], got {args.momentum}")
     if args.queue_size is not None and args.queue_size < 0:
         parser.error(f"--queue-size must be >= 0, got {args.queue_size}")
+    if args.queue_start < 0:
+        parser.error(f"--queue-start must be >= 0, got {args.queue_start}")
+    if args.momentum_half_life is not None and not 0 < args.momentum_half_life < math.inf:
+        parser.error(f"--momentum-half-life must be a positive fraction of the run, got {args.momentum_half_life}")
+    base_m = (momentum_for_half_life(args.momentum_half_life, args.steps)
+              if args.momentum_half_life is not None else args.momentum)
     try:   # the user's evaluation data: paths and prompts now, the images once the training set is in
         prompts = evaluation.check_benchmark_options(args.eval_manifest, args.prompts,
                                                      args.retrieval_manifest)
@@ -397,6 +409,7 @@ def main(argv=None):
     student = DualEncoder(cfg).to(device)
     teacher = make_teacher(student) if args.method == "msd" else None
     queue = FeatureQueue(args.queue_size, cfg.embed_dim).to(device) if args.method == "msd" else None
+    no_queue = FeatureQueue(0, cfg.embed_dim).to(device)   # the bank before --queue-start: window only
     autocast, scaler, precision = pick_precision(args, device)
     optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.lr,
                                   betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda")
@@ -472,11 +485,16 @@ def main(argv=None):
     n_params = student.num_params()
     log(f"model: {args.preset} preset, {n_params / 1e6:.2f}M parameters, {args.image_size} px, "
         f"{args.channels} channel(s) | device {device}, {precision}, {world} process(es)")
-    log(f"method: {args.method} | micro-batch {args.batch_size} x {args.accum_steps} accumulation"
-        f" x {world} rank(s) = {N * world} pairs per step" +
-        (f", queue {args.queue_size}{queue_from}, alpha {args.alpha} (warm-up {args.alpha_warmup} steps), "
-         f"momentum {args.momentum} ({args.momentum_schedule})" if args.method == "msd" else "") +
-        f" | {args.steps} steps, {(args.steps - step) * N * world} samples to go", flush=True)
+    method_line = f"method: {args.method} | micro-batch {args.batch_size} x {args.accum_steps} accumulation" \
+                  f" x {world} rank(s) = {N * world} pairs per step"
+    if args.method == "msd":
+        method_line += (f", queue {args.queue_size}{queue_from}" +
+                        (f" from step {args.queue_start}" if args.queue_start else "") +
+                        f", alpha {args.alpha} (warm-up {args.alpha_warmup} steps), momentum {base_m:.4g}"
+                        f" ({args.momentum_schedule}" +
+                        (f", half-life {args.momentum_half_life:g} of the run" if args.momentum_half_life else "")
+                        + ")")
+    log(f"{method_line} | {args.steps} steps, {(args.steps - step) * N * world} samples to go", flush=True)
 
     # ---- the loop -------------------------------------------------------------------------------------
     stop = StopFlag()
@@ -484,14 +502,15 @@ def main(argv=None):
     exit_code = 0
     while step < args.steps:
         lr, alpha = lr_at(step, args), alpha_at(step, args)
-        m = momentum_at(step, args.steps, args.momentum, args.momentum_schedule)
+        m = momentum_at(step, args.steps, base_m, args.momentum_schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         t = time.time()
         batches = micro_batches()
         try:
             if args.method == "msd":
-                loss = msd_step(model, teacher, queue, optimizer, batches, alpha=alpha, momentum=m,
+                bank_queue = queue if step >= args.queue_start else no_queue
+                loss = msd_step(model, teacher, bank_queue, optimizer, batches, alpha=alpha, momentum=m,
                                 duplicate_aware=args.duplicate_aware, autocast=autocast,
                                 scaler=scaler, max_grad_norm=args.max_grad_norm)
             else:

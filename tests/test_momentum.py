@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from momentum import ema_update, make_teacher, momentum_at
+from momentum import ema_update, make_teacher, momentum_at, momentum_for_half_life
 
 
 class Net(nn.Module):
@@ -92,3 +92,20 @@ def test_schedules():
     assert momentum_at(25, 100, 0.9, "cosine") == pytest.approx(1 - 0.1 * (math.cos(math.pi / 4) + 1) / 2)
     with pytest.raises(ValueError, match="unknown momentum schedule 'linear'"):
         momentum_at(0, 10, 0.99, "linear")
+
+
+def test_half_life_momentum_halves_an_old_weight_in_that_share_of_the_run():
+    m = momentum_for_half_life(0.05, 600)            # a 30-step half-life
+    assert m ** 30 == pytest.approx(0.5, rel=1e-12)
+    assert momentum_for_half_life(0.23, 600) == pytest.approx(0.995, abs=1e-4)   # the usual m
+    # an EMA run for the half-life leaves exactly half of the old value
+    teacher, student = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        teacher.weight.fill_(1.0)
+        student.weight.fill_(0.0)
+    for _ in range(30):
+        ema_update(teacher, student, m)
+    assert teacher.weight.item() == pytest.approx(0.5, rel=1e-6)
+    for bad in [(0, 600), (-0.1, 600), (0.1, 0)]:
+        with pytest.raises(ValueError, match="must be positive"):
+            momentum_for_half_life(*bad)

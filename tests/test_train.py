@@ -343,6 +343,8 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     (["--eval-manifest", "classes.csv"], "--eval-manifest classes.csv needs --prompts JSON"),
     (["--prompts", "p.json"], "--prompts p.json is only used with --eval-manifest"),
     (["--retrieval-manifest", "no-such.csv"], "--retrieval-manifest file not found: no-such.csv"),
+    (["--queue-start", "-1"], "--queue-start must be >= 0, got -1"),
+    (["--momentum-half-life", "0"], "--momentum-half-life must be a positive fraction of the run, got 0.0"),
 ])
 def test_start_up_errors(tmp_path, extra, message):
     proc = run("train.py", "--out", str(tmp_path / "x"), *SMALL, *extra, check=False)
@@ -366,3 +368,16 @@ def test_bad_manifest_is_refused_before_training(tmp_path):
     assert proc.returncode == 2
     assert "bad.csv" in proc.stderr and "text" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x" / "ckpt.pt").exists()
+
+
+def test_queue_start_and_momentum_half_life(tmp_path):
+    """--queue-start 3: the queue stays empty (and out of the bank) for steps 0-2, so after 4 steps
+    it holds one window, not four; --momentum-half-life 0.5 of 4 steps: m = 0.5^(1/2) every step."""
+    out = tmp_path / "remedies"
+    proc = run("train.py", "--out", str(out), *SMALL, "--steps", "4", "--eval-every", "0",
+               "--queue-start", "3", "--momentum-half-life", "0.5")
+    assert "queue 64 from step 3" in proc.stdout and "half-life 0.5 of the run" in proc.stdout
+    queue = load(out / "ckpt.pt")["queue"]
+    assert int(queue["filled"]) == 16 and int(queue["ptr"]) == 16          # one window of 2 x 8
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["momentum"] for r in rows if "loss" in r] == [pytest.approx(0.5 ** 0.5, rel=1e-12)] * 4
