@@ -1,21 +1,24 @@
-"""What momentum self-distillation buys: six training arms, the same samples seen, the same seeds.
+"""What momentum self-distillation buys: seven training arms, the same samples seen, the same seeds.
 
     python ablation.py --dry-run          # the exact train.py commands, nothing run
-    python ablation.py                    # 6 arms x seeds 0,1: about 45 min on 2 idle CPU cores
+    python ablation.py                    # 7 arms x seeds 0,1: about half an hour on 2 idle CPU cores
     python ablation.py --only e,b --seeds 0,1,2 --extra="--image-size 32"
 
 With a micro-batch of b pairs, k micro-batches per window and S optimizer steps:
 
-    a  CLIP, batch b              --method clip --batch-size b   --accum-steps 1   S·k steps
-    b  CLIP, batch k·b            --method clip --batch-size k·b --accum-steps 1   S steps
-    c  CLIP, naive accumulation   --method clip --batch-size b   --accum-steps k   S steps
+    a  CLIP, batch b              --method clip       --batch-size b   --accum-steps 1   S·k steps
+    b  CLIP, batch k·b            --method clip       --batch-size k·b --accum-steps 1   S steps
+    c  CLIP, naive accumulation   --method clip-naive --batch-size b   --accum-steps k   S steps
     d  queue + teacher, alpha 0   --method msd --alpha 0 --batch-size b --accum-steps k   S steps
-    e  MSD, k×b                   --method msd --batch-size b   --accum-steps k   S steps
-    f  MSD, no accumulation       --method msd --batch-size b   --accum-steps 1   S·k steps
+    e  MSD, k×b                   --method msd        --batch-size b   --accum-steps k   S steps
+    f  MSD, no accumulation       --method msd        --batch-size b   --accum-steps 1   S·k steps
+    g  CLIP exact k×b             --method clip       --batch-size b   --accum-steps k   S steps
 
 so every arm sees S·k·b samples. (b) is what MSD tries to match without the memory; (a) and (c)
-are what a small card gives you without it; (d) separates the bigger bank (queue and window) from
-the distillation (alpha); (f) separates the window from the queue. Learning-rate and alpha warm-ups
+are what a small card gives you naively; (g) is (b)'s exact gradient at the memory of b, for one
+more student forward (accumulate.clip_step's feature cache), the fair baseline for (e) at the
+same cost; (d) separates the bigger bank (queue and window) from the distillation (alpha); (f)
+separates the window from the queue. Learning-rate and alpha warm-ups
 and the teacher's EMA are counted in optimizer steps by train.py, so they are scaled with each
 arm's steps: every arm warms up, and averages its teacher, over the same number of samples.
 
@@ -43,10 +46,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ARMS = {
     "a": ("CLIP, batch b", "clip", False, False, True, False),
     "b": ("CLIP, batch k·b", "clip", True, False, False, False),
-    "c": ("CLIP, naive accumulation k×b", "clip", False, True, False, False),
+    "c": ("CLIP, naive accumulation k×b", "clip-naive", False, True, False, False),
     "d": ("queue + teacher, alpha 0, k×b", "msd", False, True, False, True),
     "e": ("MSD, k×b", "msd", False, True, False, False),
     "f": ("MSD, b, no accumulation", "msd", False, False, True, False),
+    "g": ("CLIP exact k×b (feature cache)", "clip", False, True, False, False),
 }
 
 # train.py options this script sets itself: passing them through --extra would break the
@@ -194,7 +198,7 @@ def parse_args(argv=None):
     a("--batch-size", type=int, default=16, help="micro-batch b")
     a("--accum-steps", type=int, default=8, help="k: micro-batches per window (window k·b)")
     a("--steps", type=int, default=200,
-      help="S: optimizer steps of the k×b arms (b, c, d, e); arms a and f take S·k")
+      help="S: optimizer steps of the k×b arms (b, c, d, e, g); arms a and f take S·k")
     a("--warmup-steps", type=int, default=None,
       help="learning-rate warm-up in steps of the k×b arms, scaled by k for a and f (default S/6, as train.py: 100 of 600)")
     a("--alpha-warmup", type=int, default=None,

@@ -1,4 +1,4 @@
-"""One optimizer step over a window of k micro-batches: METHOD.md's steps 1-6.
+"""One optimizer step over a window of k micro-batches: METHOD.md's steps 1-6, and CLIP's.
 
 A small GPU holds a micro-batch of b pairs; the contrastive batch we want is N = k · b (and the
 queue adds K more negatives). `msd_step` gets there without ever holding N student activations:
@@ -25,6 +25,18 @@ world · N entries; rank r's rows find their positives at offset r · N. Each ra
 its own N; the gradient all-reduce averages the ranks, which makes the whole thing the loss of
 one batch of world · N rows. The same gathered window feeds the queue, so all ranks keep the
 same queue.
+
+The CLIP baselines reach beyond a micro-batch two other ways. The three side by side (forwards
+counted per sample; a backward costs about two forwards):
+
+  clip_naive_step  naive accumulation: k separate CLIP losses, b − 1 negatives per row, one-hot
+                   targets; 1 forward + backward; the memory of b.
+  clip_step        the feature cache (GradCache): the exact gradient of CLIP at batch N,
+                   N − 1 negatives per row, one-hot targets; 2 forwards (one without gradient)
+                   + backward; the memory of b plus N x D features.
+  msd_step         N + K − 1 negatives (window and queue), the teacher's soft targets; 1 student
+                   forward + backward and 1 teacher forward; the memory of b, N x D features and
+                   a teacher copy of the weights.
 
 Depends on torch and the standard library (and the sibling concept files) only.
 """
@@ -139,13 +151,13 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
     return total
 
 
-def clip_step(model, optimizer, micro_batches, *, autocast=contextlib.nullcontext, scaler=None,
-              max_grad_norm: float | None = None) -> torch.Tensor:
-    """The baselines: plain CLIP (one micro-batch), or CLIP with naive gradient accumulation.
+def clip_naive_step(model, optimizer, micro_batches, *, autocast=contextlib.nullcontext, scaler=None,
+                    max_grad_norm: float | None = None) -> torch.Tensor:
+    """Plain CLIP on one micro-batch, or CLIP with NAIVE gradient accumulation over k of them.
 
     Naive accumulation averages k independent CLIP losses: each row sees only the b − 1
-    negatives of its own micro-batch, so the contrastive batch stays b whatever k is. That is
-    the problem MSD's window-wide bank solves. Returns the mean micro-batch loss."""
+    negatives of its own micro-batch, so the contrastive batch stays b whatever k is. Under DDP
+    each rank's micro-batches stay on their own too. Returns the mean micro-batch loss."""
     optimizer.zero_grad(set_to_none=True)
     k = len(micro_batches)
     losses = []
@@ -159,5 +171,88 @@ def clip_step(model, optimizer, micro_batches, *, autocast=contextlib.nullcontex
             (scaler.scale(loss_j) if scaler is not None else loss_j).backward()
         losses.append(loss_j.detach())
     total = torch.stack(losses).sum()
+    _optimizer_step(model, optimizer, total, scaler, max_grad_norm)
+    return total
+
+
+def clip_step(model, optimizer, micro_batches, *, autocast=contextlib.nullcontext, scaler=None,
+              max_grad_norm: float | None = None) -> torch.Tensor:
+    """CLIP over the WHOLE window of k micro-batches (and every rank): the exact gradient of CLIP
+    at batch N = k · b, with the activation memory of a micro-batch of b.
+
+    The feature cache of GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch
+    Size under Memory Limited Setup") and open_clip's --accum-freq:
+      1. a forward of every micro-batch WITHOUT gradient caches the window's features, I and T
+         (N, D) (all-gathered under DDP: world · N rows, no gradient);
+      2. per micro-batch j: its features again, now with gradient, put in place of its cached
+         rows; CLIP's symmetric InfoNCE over the whole window; backward.
+    CLIP's loss couples every row with every other (each softmax runs over the whole window), so
+    it cannot be split into per-row pieces as MSD's loss against a frozen bank can. But its
+    gradient can: by the chain rule, dL/dθ = Σ_j (dL/dF_j) (dF_j/dθ), where F_j are micro-batch
+    j's features, and dL/dF_j needs only the VALUES of the other rows, which the cache holds.
+    Each backward in step 2 adds exactly one term of that sum. So nothing is divided by k: every
+    micro-batch's loss is the whole window's loss L, differentiated through one part of it.
+
+    What it costs: one more student forward per sample (about 4/3 of CLIP's compute, like MSD's
+    teacher forward), the N x D cache, and the (world · N)² logits once per micro-batch.
+
+    What it assumes: the forward in step 2 computes exactly the features cached in step 1. With
+    dropout, stochastic depth, random token masking (anything random in the model), or a
+    different autocast, train/eval mode or batch composition between the two, the rows put in
+    place would not be the cached ones: the sum of the backward passes would then be the gradient
+    of no single loss, and the returned loss would not be that of the batch. (GradCache's fix for
+    random layers: save the RNG state before each cache forward, restore it before the second.)
+    model.py's encoders have no random layers and no batch statistics.
+
+    Under DDP the loss is the one of a batch of world · N rows, identical on every rank; rank r
+    differentiates it through its own rows (at offset r · N of the gathered cache) only, so each
+    rank multiplies its loss by world before DDP's all-reduce averages the ranks. One all-reduce
+    per optimizer step: no_sync on every micro-batch but the last.
+
+    With one micro-batch in one process there is nothing to cache: plain CLIP, one forward.
+    Returns the window's loss (a detached scalar), the one a single batch of world · N gives."""
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if len(micro_batches) == 1 and not distributed:
+        return clip_naive_step(model, optimizer, micro_batches, autocast=autocast, scaler=scaler,
+                               max_grad_norm=max_grad_norm)
+    world = dist.get_world_size() if distributed else 1
+    optimizer.zero_grad(set_to_none=True)
+    sizes = [mb[0].shape[0] for mb in micro_batches]
+
+    # 1. The cache: every micro-batch through the same model and autocast as step 2, no gradient.
+    with torch.no_grad(), autocast():
+        feats = [model(images, tokens) for images, tokens, _ in micro_batches]
+    c_img, offset = gather_window(torch.cat([upcast(f[0]) for f in feats]))   # (world·N, D)
+    c_txt, _ = gather_window(torch.cat([upcast(f[1]) for f in feats]))        # (world·N, D)
+    del feats
+
+    # 2. One micro-batch at a time with gradient, its rows live among the cached ones.
+    #
+    # The logit_scale trap: s = exp(logit_scale) multiplies the logits of the whole window in
+    # every micro-batch's loss, so if each loss_j let gradient flow into s, logit_scale would
+    # receive the full dL/ds once per micro-batch: k times too much (a plain implementation of
+    # the cache, open_clip's --accum-freq among them, does this). Its gradient, unlike the
+    # encoders', is not split over micro-batches: s is one number that touches every logit.
+    # So s is detached in every loss_j, and dL/ds is added exactly once, from the loss of the
+    # cached window with s live. It goes into the LAST backward, because DDP's synchronised
+    # backward must see every parameter, logit_scale included. Under DDP every rank adds the
+    # same dL/ds and the all-reduce averages them: once, so that term is not multiplied by world.
+    start = 0
+    for j, (images, tokens, _) in enumerate(micro_batches):
+        last = j == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast():
+                img, txt, s = model(images, tokens)
+            a, z = offset + start, offset + start + sizes[j]      # this micro-batch's rows
+            all_img = torch.cat([c_img[:a], upcast(img), c_img[z:]])   # (world·N, D), b rows live
+            all_txt = torch.cat([c_txt[:a], upcast(txt), c_txt[z:]])
+            loss_j = world * clip_loss(all_img, all_txt, s.detach())
+            if last:
+                window_loss = clip_loss(c_img, c_txt, s)     # cached features: only s is live
+                loss_j = loss_j + window_loss
+            (scaler.scale(loss_j) if scaler is not None else loss_j).backward()
+        start += sizes[j]
+    total = window_loss.detach()
     _optimizer_step(model, optimizer, total, scaler, max_grad_norm)
     return total

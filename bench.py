@@ -1,14 +1,16 @@
-"""What momentum self-distillation costs: time per sample and peak memory against plain CLIP.
+"""What momentum self-distillation and exact CLIP accumulation cost: time and memory against plain CLIP.
 
     python bench.py                                        # CPU: tiny preset, b = 32, k = 1..16
     python bench.py --device cuda --preset small --batch-size 64 --compile   # a GPU (bf16 autocast)
 
-For a micro-batch of b pairs and each k in --ks, four ways to take one optimizer step:
+For a micro-batch of b pairs and each k in --ks, five ways to take one optimizer step (the
+--one kind, then the accumulate.py step; train.py's --method in brackets):
 
-    CLIP, batch b         clip_step on one batch of b           (b - 1 negatives per row)
-    CLIP, batch k*b       clip_step on one batch of k*b         (k*b - 1; needs k times the memory)
-    naive accumulation    clip_step on k micro-batches of b     (still b - 1: the problem MSD solves)
-    MSD                   msd_step on k micro-batches of b      (k*b + K - 1 against a queue of K)
+    clip        CLIP, batch b       clip_step on one batch of b        (b - 1 negatives per row)
+    clip        CLIP, batch k*b     clip_step on one batch of k*b      (k*b - 1; k times the memory)
+    clip-naive  naive accumulation  clip_naive_step on k x b           (still b - 1)   [clip-naive]
+    clip-exact  exact accumulation  clip_step on k x b, feature cache  (k*b - 1)       [clip]
+    msd         MSD                 msd_step on k x b                  (k*b + K - 1)   [msd]
 
 Each configuration runs in a fresh process (this file re-invoked with --one CONFIG_JSON), because
 on the CPU the only honest peak memory is the process's high-water resident size, which never
@@ -20,6 +22,10 @@ The ratios the method promises (METHOD.md), each against a baseline from the sam
     for a student forward + backward that costs about 3 forwards);
   - MSD peak memory at k = 16 / at k = 1: about 1 (only N x D teacher features grow with k);
   - CLIP peak memory at batch k*b / MSD peak memory at k micro-batches of b: grows with k.
+And those of exact CLIP accumulation (GradCache's feature cache), against the same baselines:
+  - its time per sample / CLIP's at batch b: about 4/3 for k > 1 (one extra student forward
+    without gradient); 1 at k = 1, where clip_step is plain CLIP;
+  - its peak memory / CLIP's at batch k*b: falls with k (one micro-batch of activations).
 Then the input pipeline (rendering, augmentation) against what the model consumes, and on CUDA
 the model FLOP utilisation (MFU, as nanoGPT logs it): achieved FLOP/s over the card's peak.
 """
@@ -45,7 +51,8 @@ PEAK_TFLOPS_BF16 = [
 
 METHODS = {  # kind -> how the table names it
     "clip": "CLIP, batch k·b",
-    "accum": "naive accumulation k×b",
+    "clip-naive": "CLIP naive accumulation k×b",
+    "clip-exact": "CLIP exact k×b (feature cache)",
     "msd": "MSD k×b",
 }
 
@@ -74,8 +81,10 @@ def negatives_per_row(kind, b, k, queue_size):
     """How many other texts (or images) each row is contrasted with."""
     if kind == "clip":
         return k * b - 1
-    if kind == "accum":
+    if kind == "clip-naive":
         return b - 1
+    if kind == "clip-exact":
+        return k * b - 1
     return k * b + queue_size - 1
 
 
@@ -92,20 +101,27 @@ def find(rows, kind, k):
 
 
 def compute_ratios(rows, ks):
-    """The three ratios, per k, each against a baseline from the same run.
+    """The ratios, per k, each against a baseline from the same run.
 
-    msd_time_vs_clip_b:  MSD ms/sample at k  /  CLIP ms/sample at batch b (k = 1)
-    msd_mem_vs_k1:       MSD peak memory at k  /  MSD peak memory at k = 1
-    clip_kb_mem_vs_msd:  CLIP peak memory at batch k·b  /  MSD peak memory at k micro-batches of b
+    msd_time_vs_clip_b:    MSD ms/sample at k  /  CLIP ms/sample at batch b (k = 1)
+    msd_mem_vs_k1:         MSD peak memory at k  /  MSD peak memory at k = 1
+    clip_kb_mem_vs_msd:    CLIP peak memory at batch k·b  /  MSD peak memory at k micro-batches of b
+    exact_time_vs_clip_b:  exact CLIP accumulation ms/sample at k  /  CLIP ms/sample at batch b
+    exact_mem_vs_clip_kb:  exact CLIP accumulation peak memory at k  /  CLIP peak memory at batch k·b
     Missing measurements give None."""
     clip_b, msd_1 = find(rows, "clip", 1), find(rows, "msd", 1)
-    out = {"msd_time_vs_clip_b": {}, "msd_mem_vs_k1": {}, "clip_kb_mem_vs_msd": {}}
+    out = {"msd_time_vs_clip_b": {}, "msd_mem_vs_k1": {}, "clip_kb_mem_vs_msd": {},
+           "exact_time_vs_clip_b": {}, "exact_mem_vs_clip_kb": {}}
     for k in ks:
-        msd, clip_kb = find(rows, "msd", k), find(rows, "clip", k)
+        msd, clip_kb, exact = find(rows, "msd", k), find(rows, "clip", k), find(rows, "clip-exact", k)
         out["msd_time_vs_clip_b"][str(k)] = ratio(msd and msd["ms_per_sample"],
                                                   clip_b and clip_b["ms_per_sample"])
         out["msd_mem_vs_k1"][str(k)] = ratio(msd and msd["peak_mb"], msd_1 and msd_1["peak_mb"])
         out["clip_kb_mem_vs_msd"][str(k)] = ratio(clip_kb and clip_kb["peak_mb"], msd and msd["peak_mb"])
+        out["exact_time_vs_clip_b"][str(k)] = ratio(exact and exact["ms_per_sample"],
+                                                    clip_b and clip_b["ms_per_sample"])
+        out["exact_mem_vs_clip_kb"][str(k)] = ratio(exact and exact["peak_mb"],
+                                                    clip_kb and clip_kb["peak_mb"])
     return out
 
 
@@ -122,13 +138,15 @@ def peak_tflops_for(device_name, precision, override=None):
     return None
 
 
-def flop_figures(kind, forward_flops_per_sample, samples_per_s, peak_tflops):
+def flop_figures(kind, forward_flops_per_sample, samples_per_s, peak_tflops, k=1):
     """Training FLOPs per sample ≈ 3 forwards for the student (forward + backward, whose two
-    matrix products per layer cost twice the forward) plus 1 teacher forward in MSD; achieved
-    TFLOP/s and MFU = achieved / peak (None without a peak)."""
+    matrix products per layer cost twice the forward) plus 1 teacher forward in MSD, or 1
+    no-gradient student forward in exact CLIP accumulation (k > 1; at k = 1 it is plain CLIP);
+    achieved TFLOP/s and MFU = achieved / peak (None without a peak)."""
     if not forward_flops_per_sample:
         return None, None
-    per_sample = forward_flops_per_sample * (4 if kind == "msd" else 3)
+    extra_forward = kind == "msd" or (kind == "clip-exact" and k > 1)
+    per_sample = forward_flops_per_sample * (4 if extra_forward else 3)
     achieved = per_sample * samples_per_s / 1e12
     return achieved, (achieved / peak_tflops if peak_tflops else None)
 
@@ -149,7 +167,7 @@ def format_table(rows, ratios, ks, b, queue_size, memory_note=""):
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     clip_b = find(rows, "clip", 1)
-    for kind in ("clip", "accum", "msd"):
+    for kind in ("clip", "clip-naive", "clip-exact", "msd"):
         for r in sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["k"]):
             name = label(kind, r["k"])
             shape = f"1 × {r['k'] * b}" if kind == "clip" else f"{r['k']} × {b}"
@@ -163,12 +181,15 @@ def format_table(rows, ratios, ks, b, queue_size, memory_note=""):
                          f"| {r['samples_per_s']:.0f} | {r['peak_mb']:.0f} | {fmt(vs)} "
                          f"| {fmt(r.get('achieved_tflops'), 3)} | {mfu} |")
     lines += ["", "| k | window N = k·b | MSD time / CLIP b time | MSD memory / MSD at k=1 "
-              "| CLIP k·b memory / MSD k×b memory |", "|---:|---:|---:|---:|---:|"]
+              "| CLIP k·b memory / MSD k×b memory | exact time / CLIP b time "
+              "| exact memory / CLIP k·b memory |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for k in ks:
         key = str(k)
         lines.append(f"| {k} | {k * b} | {fmt(ratios['msd_time_vs_clip_b'].get(key))} "
                      f"| {fmt(ratios['msd_mem_vs_k1'].get(key))} "
-                     f"| {fmt(ratios['clip_kb_mem_vs_msd'].get(key))} |")
+                     f"| {fmt(ratios['clip_kb_mem_vs_msd'].get(key))} "
+                     f"| {fmt(ratios['exact_time_vs_clip_b'].get(key))} "
+                     f"| {fmt(ratios['exact_mem_vs_clip_kb'].get(key))} |")
     if memory_note:
         lines += ["", memory_note]
     return "\n".join(lines)
@@ -314,7 +335,7 @@ def measure_step(cfg):
     """Warm-up steps, then `repeats` timed optimizer steps of one configuration, and the peak
     memory: {"times": [s, ...], "peak_mb", "base_mb", ...} or {"oom": True}."""
     torch, device, autocast, precision, model_cfg = _setup(cfg)
-    from accumulate import clip_step, msd_step
+    from accumulate import clip_naive_step, clip_step, msd_step
     from loss import FeatureQueue
     from model import DualEncoder
     from momentum import make_teacher
@@ -335,7 +356,8 @@ def measure_step(cfg):
         mbs = [random_batch(torch, 2, model_cfg, device, gen) for _ in range(2)]
         msd_step(throwaway, make_teacher(throwaway), FeatureQueue(4, model_cfg.embed_dim), opt,
                  mbs, alpha=0.4, momentum=0.995, autocast=autocast)
-        clip_step(throwaway, opt, mbs, autocast=autocast)
+        clip_step(throwaway, opt, mbs, autocast=autocast)           # the feature cache
+        clip_naive_step(throwaway, opt, mbs, autocast=autocast)
         del throwaway, opt, mbs
         base_mb = reset_peak_rss()
     torch.manual_seed(cfg["seed"])
@@ -360,9 +382,10 @@ def measure_step(cfg):
             step = lambda: msd_step(model, teacher, queue, optimizer, micro_batches, alpha=0.4,  # noqa: E731
                                     momentum=0.995, duplicate_aware=True, autocast=autocast,
                                     scaler=scaler, max_grad_norm=1.0)
-        else:
-            step = lambda: clip_step(model, optimizer, micro_batches, autocast=autocast,  # noqa: E731
-                                     scaler=scaler, max_grad_norm=1.0)
+        else:   # CLIP on one batch, naive accumulation, or exact accumulation with the cache
+            step_fn = clip_step if kind == "clip-exact" else clip_naive_step
+            step = lambda: step_fn(model, optimizer, micro_batches, autocast=autocast,  # noqa: E731
+                                   scaler=scaler, max_grad_norm=1.0)
 
         def timed():
             if cuda:
@@ -525,7 +548,8 @@ def main(argv=None):
           f"forward | b = {b}, k = {ks}, queue {args.queue_size} | median of {args.repeats} steps "
           f"after {args.warmup} warm-up", flush=True)
 
-    plan = [("clip", k) for k in ks] + [("accum", k) for k in ks if k > 1] + [("msd", k) for k in ks]
+    plan = ([("clip", k) for k in ks] + [("clip-naive", k) for k in ks if k > 1] +
+            [("clip-exact", k) for k in ks] + [("msd", k) for k in ks])
     rows, clip_oom = [], False
     for i, (kind, k) in enumerate(plan):
         row = {"kind": kind, "k": k, "b": b}
@@ -546,7 +570,7 @@ def main(argv=None):
                 row.update(status="ok", **summarise(res["times"], samples), times=res["times"],
                            warmup_times=res["warmup_times"], peak_mb=res["peak_mb"],
                            base_mb=res["base_mb"], process_peak_mb=res["process_peak_mb"])
-                row["achieved_tflops"], row["mfu"] = flop_figures(kind, fwd, row["samples_per_s"], peak)
+                row["achieved_tflops"], row["mfu"] = flop_figures(kind, fwd, row["samples_per_s"], peak, k)
         if row["status"] == "ok":
             what = f"{row['ms_per_sample']:.4g} ms/sample, {row['peak_mb']:.0f} MB ({time.time() - t:.0f} s)"
         else:
@@ -586,6 +610,13 @@ def main(argv=None):
         f"memory at k={kmax} is {fmt(ratios['msd_mem_vs_k1'].get(kmax))}x that at k=1 while the "
         f"contrastive batch grows {ks[-1]}x; CLIP at batch {ks[-1] * b} needs "
         f"{fmt(ratios['clip_kb_mem_vs_msd'].get(kmax))}x MSD's memory at {kmax} x {b}.")
+    k_cache = str(next((k for k in ks if k > 1), ks[-1]))    # the smallest k that uses the cache
+    headline += (
+        f"\nExact CLIP accumulation (feature cache) costs "
+        f"{fmt(ratios['exact_time_vs_clip_b'].get(k_cache))}x the time per sample of CLIP at the same "
+        f"b (k={k_cache}; {fmt(ratios['exact_time_vs_clip_b'].get(kmax))}x at k={kmax}) and "
+        f"{fmt(ratios['exact_mem_vs_clip_kb'].get(kmax))}x the memory of CLIP at batch "
+        f"{ks[-1] * b}, for the same gradient.")
     print("\n" + table + "\n\n" + headline + ("\n" + verdict if verdict else ""))
 
     if args.json:

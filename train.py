@@ -29,7 +29,7 @@ import torch.distributed as dist
 import data
 import eval as evaluation
 import synthetic
-from accumulate import NonFiniteLossError, clip_step, msd_step, unwrap
+from accumulate import NonFiniteLossError, clip_naive_step, clip_step, msd_step, unwrap
 from loss import FeatureQueue
 from model import PAD_ID, PRESETS, DualEncoder, make_config
 from momentum import make_teacher, momentum_at, momentum_for_half_life
@@ -64,8 +64,11 @@ def get_args(argv=None):
       help="image vector: max over patch tokens (keeps small findings), or ViT's class token")
     a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
     # the optimisation
-    a("--method", default="msd", choices=["msd", "clip"],
-      help="msd: momentum self-distillation; clip: plain CLIP / naive accumulation (ablation)")
+    a("--method", default="msd", choices=["msd", "clip", "clip-naive"],
+      help="msd: momentum self-distillation. The baselines: clip: CLIP over the whole window, with "
+           "--accum-steps > 1 the EXACT gradient of CLIP at batch k*b (a feature cache: one more "
+           "student forward, without gradient); clip-naive: CLIP per micro-batch, gradients "
+           "accumulated (b-1 negatives per row whatever k)")
     a("--steps", type=int, default=600, help="optimizer steps")
     a("--batch-size", type=int, default=32, help="micro-batch b: what fits in memory at once")
     a("--accum-steps", type=int, default=4, help="k micro-batches per optimizer step: window N = k*b")
@@ -323,6 +326,16 @@ def main(argv=None):
             parser.error(f"--resume: {ckpt_path} is not a train.py checkpoint (no training settings "
                          f"or weights in it): delete it, or use another --out")
         saved = ckpt["config"]["train"]
+        # Before clip_step had its feature cache, --method clip over several micro-batches or
+        # ranks was naive accumulation; its checkpoints lack the "clip_accumulation" entry.
+        if saved.get("method") == "clip" and "clip_accumulation" not in ckpt["config"] and (
+                saved.get("accum_steps", 1) > 1 or len(ckpt["rng"]["torch"]) > 1):
+            saved = {**saved, "method": "clip-naive"}        # what that run computed
+            if args.method != "clip-naive":
+                parser.error(f"--resume: {ckpt_path} was trained by an older train.py whose "
+                             f"--method clip was naive accumulation (b-1 negatives per row); "
+                             f"--method clip is now exact over the window. To continue it as it "
+                             f"was trained, pass --method clip-naive")
         # A default --queue-size is resolved from the training set below, then compared.
         changed = {k: (saved.get(k), v) for k, v in vars(args).items()
                    if k not in RESUME_MAY_CHANGE and saved.get(k) != v
@@ -464,7 +477,8 @@ def main(argv=None):
                 "step": step,
                 "samples_seen": step * N * world,
                 "rng": rng,
-                "config": {"model": dataclasses.asdict(cfg), "train": vars(args)},
+                "config": {"model": dataclasses.asdict(cfg), "train": vars(args),
+                           "clip_accumulation": "exact"},     # what --method clip means here
             }, ckpt_path)
 
     def micro_batches():
@@ -485,8 +499,15 @@ def main(argv=None):
     n_params = student.num_params()
     log(f"model: {args.preset} preset, {n_params / 1e6:.2f}M parameters, {args.image_size} px, "
         f"{args.channels} channel(s) | device {device}, {precision}, {world} process(es)")
-    method_line = f"method: {args.method} | micro-batch {args.batch_size} x {args.accum_steps} accumulation" \
-                  f" x {world} rank(s) = {N * world} pairs per step"
+    exact = args.accum_steps > 1 or world > 1            # --method clip needs its feature cache
+    what = {"msd": "momentum self-distillation",
+            "clip": (f"exact accumulation over the window (feature cache), {N * world - 1} negatives "
+                     f"per row, 2 student forwards per sample" if exact
+                     else f"plain CLIP, {N - 1} negatives per row"),
+            "clip-naive": ("naive accumulation" if args.accum_steps > 1 else "plain CLIP") +
+                          f", each micro-batch alone: {args.batch_size - 1} negatives per row"}[args.method]
+    method_line = (f"method: {args.method}: {what} | micro-batch {args.batch_size} x {args.accum_steps}"
+                   f" accumulation x {world} rank(s) = {N * world} pairs per step")
     if args.method == "msd":
         method_line += (f", queue {args.queue_size}{queue_from}" +
                         (f" from step {args.queue_start}" if args.queue_start else "") +
@@ -513,9 +534,10 @@ def main(argv=None):
                 loss = msd_step(model, teacher, bank_queue, optimizer, batches, alpha=alpha, momentum=m,
                                 duplicate_aware=args.duplicate_aware, autocast=autocast,
                                 scaler=scaler, max_grad_norm=args.max_grad_norm)
-            else:
-                loss = clip_step(model, optimizer, batches, autocast=autocast, scaler=scaler,
-                                 max_grad_norm=args.max_grad_norm)
+            else:   # clip: exact over the window (feature cache); clip-naive: per micro-batch
+                step_fn = clip_step if args.method == "clip" else clip_naive_step
+                loss = step_fn(model, optimizer, batches, autocast=autocast, scaler=scaler,
+                               max_grad_norm=args.max_grad_norm)
         except NonFiniteLossError as e:
             log(f"error: {e} at step {step}. Stopping; the last good checkpoint is "
                 f"{ckpt_path if os.path.exists(ckpt_path) else '(none was written yet)'}. "

@@ -1,4 +1,5 @@
-"""accumulate.py: k micro-batches of b give the gradients, loss, teacher and queue of one batch of k·b."""
+"""accumulate.py: k micro-batches of b give the gradients, loss, teacher and queue of one batch of k·b,
+for MSD and for CLIP with the feature cache; naive CLIP accumulation is the mean of k small batches."""
 
 import copy
 import os
@@ -9,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from accumulate import NonFiniteLossError, clip_step, msd_step
+from accumulate import NonFiniteLossError, clip_naive_step, clip_step, msd_step
 from loss import FeatureQueue, clip_loss, msd_loss, positive_matrix, soft_targets
 from model import DualEncoder, ModelConfig
 from momentum import make_teacher
@@ -163,13 +164,13 @@ def test_non_finite_loss_raises_before_the_step():
     assert len(queue) == 5
 
 
-def test_clip_step_naive_accumulation_is_the_mean_of_micro_batch_losses():
+def test_clip_naive_step_is_the_mean_of_micro_batch_losses():
     torch.manual_seed(0)
     student = DualEncoder(ModelConfig(**CFG)).double()
     ref = copy.deepcopy(student)
     images, tokens, ids = data(8)
     opt = torch.optim.SGD(student.parameters(), lr=0.0)
-    loss = clip_step(student, opt, split(images, tokens, ids, 2))
+    loss = clip_naive_step(student, opt, split(images, tokens, ids, 2))
     total = 0
     for x, t, _ in split(images, tokens, ids, 2):
         i, tx, s = ref(x, t)
@@ -180,33 +181,103 @@ def test_clip_step_naive_accumulation_is_the_mean_of_micro_batch_losses():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-14, msg=n)
 
 
-# ---- DDP: two ranks of b equal one process with 2b (gloo on the CPU) ----
+# ---- CLIP with the feature cache: k micro-batches of b are CLIP at batch k·b ----
 
-def _ddp_worker(rank, world, port, out_dir, k):
+def run_clip(k, n=8, scaler=None, step=clip_step):
+    student = setup()[0]                                  # float64, logit_scale 2.5
+    opt = torch.optim.SGD(student.parameters(), lr=0.0)
+    loss = step(student, opt, split(*data(n), k), scaler=scaler)
+    return loss, {name: p.grad.clone() for name, p in student.named_parameters()}
+
+
+def clip_reference(n=8):
+    """CLIP's loss on one batch of all n pairs, and its gradients."""
+    student = setup()[0]
+    images, tokens, _ = data(n)
+    img, txt, s = student(images, tokens)
+    loss = clip_loss(img, txt, s)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in student.named_parameters()}
+    return loss.detach(), grads, (img.detach(), txt.detach(), s.detach())
+
+
+def test_clip_feature_cache_equals_one_batch_of_k_b():
+    want_loss, want_grads, _ = clip_reference()
+    for k in (1, 2, 4, 8):
+        loss, grads = run_clip(k)
+        assert_grads_equal(grads, want_grads)             # every parameter, logit_scale included
+        torch.testing.assert_close(loss, want_loss, rtol=1e-10, atol=0)
+    # and naive accumulation is not that batch (else the test above could not tell them apart)
+    _, naive = run_clip(2, step=clip_naive_step)
+    assert not torch.allclose(naive["image_proj.weight"], want_grads["image_proj.weight"], rtol=1e-3)
+
+
+def test_clip_feature_cache_counts_the_logit_scale_gradient_once():
+    """logit_scale touches every logit of every micro-batch's window loss: letting each of the k
+    backward passes carry dL/ds gives k times the gradient. Against the derivative written out:
+    with cosines z = I Tᵀ, dL/ds = ½ (mean_i Σ_c softmax_row(s z)_ic z_ic − z_ii)
+    + ½ (the same over columns), and d/dlogit_scale = s · dL/ds."""
+    _, _, (img, txt, s) = clip_reference()
+    z = img @ txt.T                                                        # (8, 8)
+    diag = z.diagonal()
+    d_rows = ((F.softmax(s * z, dim=1) * z).sum(1) - diag).mean()
+    d_cols = ((F.softmax(s * z, dim=0) * z).sum(0) - diag).mean()
+    want = s * (d_rows + d_cols) / 2
+    assert want.abs() > 0.05                                # large enough to see a factor k
+    for k in (2, 8):
+        got = run_clip(k)[1]["logit_scale"]
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=0, msg=f"k = {k}: {got / want:.3f}x")
+
+
+def test_clip_feature_cache_with_a_grad_scaler_gives_the_same_gradients():
+    _, want = run_clip(4)
+    _, got = run_clip(4, scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 12))
+    assert_grads_equal(got, want, rtol=1e-12)
+
+
+# ---- DDP: two ranks of b equal one process with 2b (gloo on the CPU) ----
+# One spawn of two gloo ranks runs every DDP case (starting the processes is most of the time);
+# each rank saves what it computed, and the tests below compare that with one process.
+
+def _ddp_worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    student, teacher, queue = setup()
-    model = torch.nn.parallel.DistributedDataParallel(student)
     images, tokens, ids = data(16)
     # the global window is items 0..15; rank r takes its own contiguous half, in k micro-batches
     mine = slice(rank * 8, rank * 8 + 8)
+    out = {}
+    student, teacher, queue = setup()
+    model = torch.nn.parallel.DistributedDataParallel(student)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss = msd_step(model, teacher, queue, opt, split(images[mine], tokens[mine], ids[mine], k),
+    loss = msd_step(model, teacher, queue, opt, split(images[mine], tokens[mine], ids[mine], 2),
                     alpha=0.4, momentum=0.9)
-    torch.save({"grads": {n: p.grad for n, p in student.named_parameters()}, "loss": loss,
-                "queue": queue.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    out["msd"] = {"grads": {n: p.grad for n, p in student.named_parameters()}, "loss": loss,
+                  "queue": queue.state_dict()}
+    for k in (1, 2):      # CLIP: one micro-batch (the cache is only the gather), and two (no_sync)
+        student = setup()[0]
+        model = torch.nn.parallel.DistributedDataParallel(student)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        loss = clip_step(model, opt, split(images[mine], tokens[mine], ids[mine], k))
+        out[f"clip{k}"] = {"grads": {n: p.grad for n, p in student.named_parameters()}, "loss": loss}
+    torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
-def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path):
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory):
     import socket
+    out = tmp_path_factory.mktemp("ddp")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), 2), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(ddp_ranks):
     want = run(4, n=16)   # one process, the whole window of 16 in 4 micro-batches of 4
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    r0, r1 = (r["msd"] for r in ddp_ranks)
     # DDP averages the ranks' gradients; each rank normalised by its own N = 8, so the mean equals
     # the one-process gradient normalised by 16.
     assert_grads_equal(r0["grads"], want["grads"])
@@ -215,3 +286,13 @@ def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path):
     for key, value in want["queue"].state_dict().items():   # every rank holds the same queue
         torch.testing.assert_close(r0["queue"][key], value, rtol=0, atol=1e-14)
         torch.testing.assert_close(r1["queue"][key], value, rtol=0, atol=1e-14)
+
+
+def test_ddp_clip_feature_cache_equals_one_process_with_the_whole_window(ddp_ranks):
+    """Two ranks of 8 pairs each (in 1 or 2 micro-batches): CLIP at batch 16, on every rank."""
+    want_loss, want_grads, _ = clip_reference(16)
+    for rank, got in enumerate(ddp_ranks):
+        for k in (1, 2):
+            assert_grads_equal(got[f"clip{k}"]["grads"], want_grads)
+            torch.testing.assert_close(got[f"clip{k}"]["loss"], want_loss, rtol=1e-10, atol=0,
+                                       msg=f"rank {rank}, k = {k}")

@@ -39,7 +39,8 @@ def test_summarise_takes_the_median_step_per_sample():
 
 def test_negatives_per_row():
     assert bench.negatives_per_row("clip", b=32, k=4, queue_size=2048) == 127
-    assert bench.negatives_per_row("accum", b=32, k=4, queue_size=2048) == 31   # still b - 1
+    assert bench.negatives_per_row("clip-naive", b=32, k=4, queue_size=2048) == 31   # still b - 1
+    assert bench.negatives_per_row("clip-exact", b=32, k=4, queue_size=2048) == 127  # the window's
     assert bench.negatives_per_row("msd", b=32, k=4, queue_size=2048) == 128 + 2048 - 1
 
 
@@ -48,7 +49,9 @@ def hand_made_rows():
                                   "ms_per_sample": ms, "samples_per_s": 1000 / ms, "peak_mb": mb}
     return [ok("clip", 1, 10.0, 100.0), ok("clip", 2, 9.0, 180.0),
             {"kind": "clip", "k": 4, "b": 32, "status": "OOM"},
-            ok("accum", 2, 10.5, 104.0), ok("accum", 4, 10.5, 106.0),
+            ok("clip-naive", 2, 10.5, 104.0), ok("clip-naive", 4, 10.5, 106.0),
+            ok("clip-exact", 1, 10.0, 101.0), ok("clip-exact", 2, 13.0, 115.0),
+            ok("clip-exact", 4, 12.5, 125.0),
             ok("msd", 1, 13.0, 110.0), ok("msd", 2, 13.5, 120.0), ok("msd", 4, 14.0, 132.0)]
 
 
@@ -59,12 +62,17 @@ def test_ratios_against_baselines_of_the_same_run():
     assert r["clip_kb_mem_vs_msd"]["1"] == pytest.approx(100 / 110)
     assert r["clip_kb_mem_vs_msd"]["2"] == pytest.approx(1.5)
     assert r["clip_kb_mem_vs_msd"]["4"] is None                      # CLIP at 4·b ran out of memory
+    assert r["exact_time_vs_clip_b"] == pytest.approx({"1": 1.0, "2": 1.3, "4": 1.25})
+    assert r["exact_mem_vs_clip_kb"]["1"] == pytest.approx(1.01)
+    assert r["exact_mem_vs_clip_kb"]["2"] == pytest.approx(115 / 180)
+    assert r["exact_mem_vs_clip_kb"]["4"] is None
 
 
 def test_ratios_without_a_baseline_are_none():
     rows = [r for r in hand_made_rows() if not (r["kind"] == "clip" and r["k"] == 1)]
     r = bench.compute_ratios(rows, [1, 2])
     assert r["msd_time_vs_clip_b"] == {"1": None, "2": None}
+    assert r["exact_time_vs_clip_b"] == {"1": None, "2": None}
     assert r["msd_mem_vs_k1"]["2"] == pytest.approx(120 / 110)
 
 
@@ -75,10 +83,11 @@ def test_markdown_table_holds_the_numbers():
     lines = table.splitlines()
     assert "| CLIP, batch b | 1 × 32 | 31 | 10 | 100 | 100 | 1.00 |" in table
     assert "| CLIP, batch k·b | 1 × 128 | 127 | OOM |" in table
-    assert "| naive accumulation k×b | 4 × 32 | 31 | 10.5 | 95 | 106 | 1.05 |" in table
+    assert "| CLIP naive accumulation k×b | 4 × 32 | 31 | 10.5 | 95 | 106 | 1.05 |" in table
+    assert "| CLIP exact k×b (feature cache) | 2 × 32 | 63 | 13 | 77 | 115 | 1.30 |" in table
     assert "| MSD k×b | 4 × 32 | 2175 | 14 | 71 | 132 | 1.40 |" in table
-    assert "| 4 | 128 | 1.40 | 1.20 | – |" in lines                   # the ratios per k
-    assert "| 2 | 64 | 1.35 | 1.09 | 1.50 |" in lines
+    assert "| 4 | 128 | 1.40 | 1.20 | – | 1.25 | – |" in lines       # the ratios per k
+    assert "| 2 | 64 | 1.35 | 1.09 | 1.50 | 1.30 | 0.64 |" in lines
     assert lines[-1] == "a note"
     # every row of the first table has as many cells as its header
     first = lines[:lines.index("")]
@@ -96,11 +105,14 @@ def test_peak_tflops_lookup():
     assert bench.peak_tflops_for(None, "fp32", override=50.0) == 50.0
 
 
-def test_flops_are_three_forwards_for_clip_and_four_for_msd():
+def test_flops_are_three_forwards_for_clip_and_four_for_msd_and_the_feature_cache():
     achieved, mfu = bench.flop_figures("clip", 1e9, samples_per_s=1000, peak_tflops=10)
     assert achieved == pytest.approx(3.0) and mfu == pytest.approx(0.3)
     achieved, mfu = bench.flop_figures("msd", 1e9, samples_per_s=1000, peak_tflops=None)
     assert achieved == pytest.approx(4.0) and mfu is None
+    assert bench.flop_figures("clip-exact", 1e9, 1000, None, k=4)[0] == pytest.approx(4.0)
+    assert bench.flop_figures("clip-exact", 1e9, 1000, None, k=1)[0] == pytest.approx(3.0)  # no cache
+    assert bench.flop_figures("clip-naive", 1e9, 1000, None, k=4)[0] == pytest.approx(3.0)
 
 
 def test_input_verdict():
@@ -138,15 +150,16 @@ def test_flop_counter_sees_every_matrix_product():
 # -----------------------------------------------------------------------------
 # bench.py: one real measurement in a fresh process
 
-def test_one_configuration_reports_time_and_memory():
-    cfg = {"kind": "msd", "preset": "tiny", "image_size": 32, "b": 4, "k": 2, "repeats": 1,
+@pytest.mark.parametrize("kind", ["msd", "clip-exact"])
+def test_one_configuration_reports_time_and_memory(kind):
+    cfg = {"kind": kind, "preset": "tiny", "image_size": 32, "b": 4, "k": 2, "repeats": 1,
            "warmup": 0, "queue_size": 16, "device": "cpu"}
     proc = run("bench.py", "--one", json.dumps(cfg))
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["bench_one"] and not out["oom"]
     assert len(out["times"]) == 1 and out["times"][0] > 0
     assert out["peak_mb"] > 0 and out["process_peak_mb"] >= out["peak_mb"]
-    assert out["config"]["k"] == 2 and out["config"]["b"] == 4
+    assert out["config"]["k"] == 2 and out["config"]["b"] == 4 and out["config"]["kind"] == kind
 
 
 # -----------------------------------------------------------------------------
@@ -156,14 +169,14 @@ def option(cmd, name):
     return cmd[cmd.index(name) + 1] if name in cmd else None
 
 
-def test_dry_run_six_arms_per_seed_with_the_same_samples():
+def test_dry_run_seven_arms_per_seed_with_the_same_samples():
     proc = run("ablation.py", "--dry-run", "--seeds", "0,1", "--batch-size", "8",
                "--accum-steps", "4", "--steps", "30", "--extra=--image-size 32")
     cmds = [shlex.split(line) for line in proc.stdout.splitlines() if "train.py" in line]
-    assert len(cmds) == 12
+    assert len(cmds) == 14
     for seed in (0, 1):
         arms = [c for c in cmds if option(c, "--seed") == str(seed)]
-        assert len(arms) == 6
+        assert len(arms) == 7
         samples = {int(option(c, "--steps")) * int(option(c, "--batch-size")) *
                    int(option(c, "--accum-steps")) for c in arms}
         assert samples == {30 * 4 * 8}
@@ -179,7 +192,13 @@ def test_dry_run_six_arms_per_seed_with_the_same_samples():
         assert sum(option(c, "--alpha") == "0" for c in arms) == 1       # arm d only
         assert all(option(c, "--eval-every") == "0" and option(c, "--image-size") == "32" for c in arms)
     outs = [option(c, "--out") for c in cmds]
-    assert len(set(outs)) == 12
+    assert len(set(outs)) == 14
+    # the three CLIP arms at k×b: one batch of k·b, naive accumulation, exact accumulation
+    by_arm = {os.path.basename(option(c, "--out")): c for c in cmds}
+    shape = lambda c: (option(c, "--method"), option(c, "--batch-size"), option(c, "--accum-steps"))  # noqa: E731
+    assert shape(by_arm["b-seed0"]) == ("clip", "32", "1")
+    assert shape(by_arm["c-seed0"]) == ("clip-naive", "8", "4")
+    assert shape(by_arm["g-seed0"]) == ("clip", "8", "4")
 
 
 def test_extra_may_not_change_what_the_arms_compare():

@@ -4,6 +4,7 @@ torchrun against one process, a non-finite loss, and the start-up errors."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -381,3 +382,55 @@ def test_queue_start_and_momentum_half_life(tmp_path):
     assert int(queue["filled"]) == 16 and int(queue["ptr"]) == 16          # one window of 2 x 8
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["momentum"] for r in rows if "loss" in r] == [pytest.approx(0.5 ** 0.5, rel=1e-12)] * 4
+
+
+# ---- --method clip over k micro-batches: exact accumulation with the feature cache ----------------
+
+CLIP4 = [*SMALL, "--method", "clip", "--accum-steps", "4", "--steps", "4", "--eval-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def exact_clip_runs(tmp_path_factory):
+    """--method clip --accum-steps 4 left alone for 4 steps, and the same run stopped by Ctrl-C
+    after step 2 (a copy of its step-2 folder is kept for the resume-refusal test)."""
+    root = tmp_path_factory.mktemp("clip")
+    proc = run("train.py", "--out", str(root / "ref"), *CLIP4)
+    run("train.py", "--out", str(root / "cut"), *CLIP4, "--interrupt-at", "2")
+    shutil.copytree(root / "cut", root / "at2")
+    return root, proc
+
+
+def test_exact_clip_accumulation_trains_and_resumes_exactly(exact_clip_runs):
+    root, proc = exact_clip_runs
+    assert ("method: clip: exact accumulation over the window (feature cache), 31 negatives per "
+            "row, 2 student forwards per sample") in proc.stdout
+    assert load(root / "cut" / "ckpt.pt")["step"] == 2
+    run("train.py", "--out", str(root / "cut"), *CLIP4, "--resume")
+    a, b = load(root / "ref" / "ckpt.pt"), load(root / "cut" / "ckpt.pt")
+    assert a["step"] == 4 and a["teacher"] is None and a["config"]["clip_accumulation"] == "exact"
+    for key in ("student", "optimizer", "step", "rng"):
+        assert_same_tensors(a[key], b[key], key)
+    losses = [[json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
+              for r in (root / "ref", root / "cut")]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+def test_resume_refuses_a_changed_method_and_an_old_naive_clip_checkpoint(exact_clip_runs):
+    root, _ = exact_clip_runs
+    at2 = root / "at2"
+    proc = run("train.py", "--out", str(at2), *CLIP4, "--method", "clip-naive", "--resume", check=False)
+    assert proc.returncode == 2 and "--method clip (saved) vs clip-naive" in proc.stderr
+    # A checkpoint of the older train.py, whose --method clip with k > 1 was naive accumulation,
+    # has no "clip_accumulation" entry: it may not continue under the exact meaning...
+    ckpt = load(at2 / "ckpt.pt")
+    del ckpt["config"]["clip_accumulation"]
+    torch.save(ckpt, at2 / "ckpt.pt")
+    proc = run("train.py", "--out", str(at2), *CLIP4, "--resume", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "whose --method clip was naive accumulation" in proc.stderr
+    assert "pass --method clip-naive" in proc.stderr
+    # ... but continues as it was trained with --method clip-naive, and says so from then on
+    proc = run("train.py", "--out", str(at2), *CLIP4, "--method", "clip-naive", "--resume")
+    assert "method: clip-naive: naive accumulation, each micro-batch alone: 7 negatives" in proc.stdout
+    ckpt = load(at2 / "ckpt.pt")
+    assert ckpt["step"] == 4 and ckpt["config"]["train"]["method"] == "clip-naive"
