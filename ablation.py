@@ -1,10 +1,11 @@
-"""What momentum self-distillation buys: seven training arms, the same samples seen, the same seeds.
+"""When is momentum self-distillation worth it? Training arms at the same samples, seeds and memory.
 
-    python ablation.py --dry-run          # the exact train.py commands, nothing run
-    python ablation.py                    # 7 arms x seeds 0,1: about half an hour on 2 idle CPU cores
-    python ablation.py --only e,b --seeds 0,1,2 --extra="--image-size 32"
+    python ablation.py --dry-run                   # the exact train.py commands, nothing run
+    python ablation.py --only a,g,e --seeds 0,1,2  # the arms that carry the claim: ~25 min per run-seed
+    python ablation.py                             # every arm, seeds 0,1 (hours on 2 CPU cores)
 
-With a micro-batch of b pairs, k micro-batches per window and S optimizer steps:
+With a micro-batch of b pairs (what the card holds), k micro-batches per window and S optimizer
+steps (defaults: the default run's 32, 4 and 600, so every arm sees its 76,800 samples):
 
     a  CLIP, batch b              --method clip       --batch-size b   --accum-steps 1   S·k steps
     b  CLIP, batch k·b            --method clip       --batch-size k·b --accum-steps 1   S steps
@@ -14,26 +15,39 @@ With a micro-batch of b pairs, k micro-batches per window and S optimizer steps:
     f  MSD, no accumulation       --method msd        --batch-size b   --accum-steps 1   S·k steps
     g  CLIP exact k×b             --method clip       --batch-size b   --accum-steps k   S steps
 
-so every arm sees S·k·b samples. (b) is what MSD tries to match without the memory; (a) and (c)
-are what a small card gives you naively; (g) is (b)'s exact gradient at the memory of b, for one
-more student forward (accumulate.clip_step's feature cache), the fair baseline for (e) at the
-same cost; (d) separates the bigger bank (queue and window) from the distillation (alpha); (f)
-separates the window from the queue. Learning-rate and alpha warm-ups
-and the teacher's EMA are counted in optimizer steps by train.py, so they are scaled with each
-arm's steps: every arm warms up, and averages its teacher, over the same number of samples.
+(b) is what MSD tries to match without the memory; (a) and (c) are what a small card gives you
+naively; (g) is (b)'s exact gradient at the memory of b, for one more student forward
+(accumulate.clip_step's feature cache), the fair baseline for (e) at about the same cost; (d)
+separates the bigger bank (queue and window) from the distillation (alpha); (f) separates the
+window from the queue. Then MSD k×b with one remedy each for its short-run weaknesses:
+
+    q  the queue joins the bank after the warm-up (--queue-start S/6; SwAV, Caron et al. 2020)
+    h  the teacher's half-life a twentieth of the run (--momentum-half-life 0.05)
+    m  MoCo v3's momentum, a cosine from 0.99 to 1 (--momentum-schedule cosine, Chen et al. 2021)
+    w  alpha warmed up over half the run (--alpha-warmup S/2; ALBEF warms up over its first epoch)
+
+Learning-rate and alpha warm-ups and the teacher's EMA are counted in optimizer steps by
+train.py, so they are scaled with each arm's steps: every arm warms up, and averages its teacher,
+over the same number of samples. The arms with a teacher are evaluated twice: the student, and the
+teacher's EMA weights (`eval.py --use-teacher`), a weight average that is free at the end of a run.
 
 Each run is exactly what a user would type (`python train.py ...` in a subprocess) and writes
-results/ablation/ARM-seedN/{eval.json, metrics.jsonl, train.log}; runs whose eval.json exists are
-skipped and interrupted ones continue with --resume, so the script can be run again after a stop.
-Then one markdown table, mean ± half the range over seeds, and results/ablation.json.
+results/ablation/ARM-seedN/{eval.json, eval_teacher.json, metrics.jsonl, train.log}. Every finished
+run's numbers go at once into the JSON report (by default docs/results/ablation.json, which is
+small and committed), with its command, commit and machine; a run already in the report or with an
+eval.json is skipped, an interrupted one continues with --resume. So the ablation can be spread over
+many sessions, on machines that keep nothing but the repository. Then one markdown table, mean ±
+standard deviation over seeds.
 
 This file imports neither torch nor the project: on Linux a child's peak resident size (what
 train.py logs as peak_mem_mb on the CPU) starts from its parent's, so the parent stays small.
 """
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import shlex
 import statistics
 import subprocess
@@ -42,16 +56,24 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# arm -> (description, method, micro-batch is k·b?, accum-steps is k?, steps are S·k?, alpha 0?)
+# arm -> (description, method, micro-batch is k·b?, accum-steps is k?, steps are S·k?, options)
+# Options may name "S/6" or "S/2": replaced by that share of the arm's own steps.
 ARMS = {
-    "a": ("CLIP, batch b", "clip", False, False, True, False),
-    "b": ("CLIP, batch k·b", "clip", True, False, False, False),
-    "c": ("CLIP, naive accumulation k×b", "clip-naive", False, True, False, False),
-    "d": ("queue + teacher, alpha 0, k×b", "msd", False, True, False, True),
-    "e": ("MSD, k×b", "msd", False, True, False, False),
-    "f": ("MSD, b, no accumulation", "msd", False, False, True, False),
-    "g": ("CLIP exact k×b (feature cache)", "clip", False, True, False, False),
+    "a": ("CLIP, batch b", "clip", False, False, True, ()),
+    "b": ("CLIP, batch k·b", "clip", True, False, False, ()),
+    "c": ("CLIP, naive accumulation k×b", "clip-naive", False, True, False, ()),
+    "d": ("queue + teacher, alpha 0, k×b", "msd", False, True, False, ("--alpha", "0")),
+    "e": ("MSD, k×b", "msd", False, True, False, ()),
+    "f": ("MSD, b, no accumulation", "msd", False, False, True, ()),
+    "g": ("CLIP exact k×b (feature cache)", "clip", False, True, False, ()),
+    "q": ("MSD k×b, queue from the warm-up's end", "msd", False, True, False, ("--queue-start", "S/6")),
+    "h": ("MSD k×b, teacher half-life 0.05 of the run", "msd", False, True, False,
+          ("--momentum-half-life", "0.05")),
+    "m": ("MSD k×b, momentum cosine from 0.99", "msd", False, True, False,
+          ("--momentum-schedule", "cosine", "--momentum", "0.99")),
+    "w": ("MSD k×b, alpha warm-up half the run", "msd", False, True, False, ("--alpha-warmup", "S/2")),
 }
+MAIN_ARMS = "a,b,c,d,e,f,g"
 
 # train.py options this script sets itself: passing them through --extra would break the
 # comparison (different samples seen, seeds or warm-ups between arms), so it refuses them.
@@ -80,141 +102,197 @@ METRICS = [
 def arm_settings(arm, b, k, steps):
     """train.py's method, micro-batch, accumulation and steps for one arm, and the factor its
     step-counted warm-ups are scaled by (k for the arms that take k times more, smaller steps)."""
-    _, method, big_batch, accumulate, more_steps, alpha0 = ARMS[arm]
+    _, method, big_batch, accumulate, more_steps, options = ARMS[arm]
+    steps = steps * k if more_steps else steps
+    shares = {"S/6": str(round(steps / 6)), "S/2": str(round(steps / 2))}
     return {"method": method, "batch_size": k * b if big_batch else b,
-            "accum_steps": k if accumulate else 1, "steps": steps * k if more_steps else steps,
-            "scale": k if more_steps else 1, "alpha0": alpha0}
+            "accum_steps": k if accumulate else 1, "steps": steps,
+            "scale": k if more_steps else 1, "options": [shares.get(o, o) for o in options]}
 
 
 def samples_seen(s):
     return s["steps"] * s["batch_size"] * s["accum_steps"]
 
 
+def has_teacher(arm):
+    return ARMS[arm][1] == "msd"
+
+
 def train_command(arm, seed, args, python=sys.executable):
-    """The train.py command line of one run, as a list."""
+    """The train.py command line of one run, as a list. An arm's own options replace the common
+    ones of the same name (arm m's --momentum 0.99), so each option appears once."""
     s = arm_settings(arm, args.batch_size, args.accum_steps, args.steps)
-    cmd = [python, os.path.relpath(os.path.join(HERE, "train.py")),
-           "--method", s["method"], "--batch-size", str(s["batch_size"]),
-           "--accum-steps", str(s["accum_steps"]), "--steps", str(s["steps"]),
-           "--warmup-steps", str(args.warmup_steps * s["scale"]),
-           "--n-train", str(args.n_train), "--eval-every", "0", "--seed", str(seed),
-           "--out", run_dir(args.out_dir, arm, seed)]
+    opts = {"--method": s["method"], "--batch-size": str(s["batch_size"]),
+            "--accum-steps": str(s["accum_steps"]), "--steps": str(s["steps"]),
+            "--warmup-steps": str(args.warmup_steps * s["scale"]),
+            "--n-train": str(args.n_train), "--eval-every": "0", "--seed": str(seed),
+            "--out": run_dir(args.out_dir, arm, seed)}
     if s["method"] == "msd":
         # The teacher's EMA, like the warm-ups, is counted in steps: m per step over k times more
         # steps becomes m^(1/k), so the teacher averages over the same number of samples.
-        cmd += ["--alpha-warmup", str(args.alpha_warmup * s["scale"]),
-                "--momentum", f"{args.momentum ** (1 / s['scale']):.6g}"]
-    if s["alpha0"]:
-        cmd += ["--alpha", "0"]
-    elif s["method"] == "msd" and args.alpha is not None:
-        cmd += ["--alpha", str(args.alpha)]
+        opts["--alpha-warmup"] = str(args.alpha_warmup * s["scale"])
+        opts["--momentum"] = f"{args.momentum ** (1 / s['scale']):.6g}"
+        if args.alpha is not None:
+            opts["--alpha"] = str(args.alpha)
+    opts.update(zip(s["options"][::2], s["options"][1::2]))
+    cmd = [python, os.path.relpath(os.path.join(HERE, "train.py"))]
+    for name, value in opts.items():
+        cmd += [name, value]
     return cmd + shlex.split(args.extra)
+
+
+def teacher_command(arm, seed, args, python=sys.executable):
+    """eval.py on the run's checkpoint with the teacher's weights, the same benchmark as train.py's."""
+    out = run_dir(args.out_dir, arm, seed)
+    return [python, os.path.relpath(os.path.join(HERE, "eval.py")), "--checkpoint", out,
+            "--use-teacher", "--json", os.path.join(out, "eval_teacher.json")]
 
 
 def run_dir(out_dir, arm, seed):
     return os.path.join(out_dir, f"{arm}-seed{seed}")
 
 
-def mean_spread(values):
-    """(mean, half the range) of the values that are not None; (None, None) when there are none.
-    Half the range rather than a standard deviation: with 2 seeds it is the distance from the mean
-    to either run, which is what a reader can check against the per-seed numbers."""
+def mean_std(values):
+    """(mean, sample standard deviation) of the values that are not None; the deviation is None
+    for a single value, and both are None when there are none."""
     values = [v for v in values if v is not None]
     if not values:
         return None, None
-    return statistics.fmean(values), (max(values) - min(values)) / 2
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def fmt_mean_spread(values, digits=3):
-    mean, spread = mean_spread(values)
+def fmt_mean_std(values, digits=3):
+    mean, std = mean_std(values)
     if mean is None:
         return "–"
-    if len([v for v in values if v is not None]) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def summarise_run(eval_results, metrics_rows):
-    """One run's numbers for the table, from eval.json and the rows of metrics.jsonl."""
-    zs = eval_results.get("zero_shot", {})
-    fs = eval_results.get("few_shot", {})
-    ret = eval_results.get("retrieval", {})
+def summarise_run(eval_results, metrics_rows, teacher_results=None):
+    """One run's numbers for the table, from eval.json, the rows of metrics.jsonl and, for the
+    arms with a teacher, eval_teacher.json (its metrics prefixed "teacher_")."""
+    def metrics(res):
+        zs, fs, ret = res.get("zero_shot", {}), res.get("few_shot", {}), res.get("retrieval", {})
+        return {"zero_shot_accuracy": zs.get("accuracy"), "zero_shot_auc": zs.get("auc"),
+                "few_shot_1": fs.get("1"), "few_shot_16": fs.get("16"),
+                "i2t_r1": ret.get("i2t_r1"), "i2t_r10": ret.get("i2t_r10"),
+                "t2i_r1": ret.get("t2i_r1"), "t2i_r10": ret.get("t2i_r10")}
     train_rows = [r for r in metrics_rows if "peak_mem_mb" in r]
-    return {"zero_shot_accuracy": zs.get("accuracy"), "zero_shot_auc": zs.get("auc"),
-            "few_shot_1": fs.get("1"), "few_shot_16": fs.get("16"),
-            "i2t_r1": ret.get("i2t_r1"), "i2t_r10": ret.get("i2t_r10"),
-            "t2i_r1": ret.get("t2i_r1"), "t2i_r10": ret.get("t2i_r10"),
-            "peak_mem_mb": max((r["peak_mem_mb"] for r in train_rows), default=None),
-            "train_min": train_rows[-1]["elapsed_s"] / 60 if train_rows else None}
+    out = {**metrics(eval_results),
+           "peak_mem_mb": max((r["peak_mem_mb"] for r in train_rows), default=None),
+           "train_min": train_rows[-1]["elapsed_s"] / 60 if train_rows else None}
+    if teacher_results is not None:
+        out.update({f"teacher_{key}": v for key, v in metrics(teacher_results).items()})
+    return out
 
 
 def aggregate(runs):
-    """{arm: {seed: summary}} -> {arm: {metric: {"mean", "spread", "n"}}}."""
+    """{arm: {seed: summary}} -> {arm: {metric: {"mean", "std", "n"}}}, teacher metrics included."""
     out = {}
     for arm, by_seed in runs.items():
+        keys = sorted({key for s in by_seed.values() for key in s})
         out[arm] = {}
-        for _, key, _ in METRICS:
+        for key in keys:
             values = [s[key] for s in by_seed.values() if s.get(key) is not None]
-            mean, spread = mean_spread(values)
-            out[arm][key] = {"mean": mean, "spread": spread, "n": len(values)}
+            mean, std = mean_std(values)
+            out[arm][key] = {"mean": mean, "std": std, "n": len(values)}
     return out
 
 
 def format_table(runs, arms, b, k):
-    """One markdown table: a row per arm, mean ± half the range over the seeds that finished."""
+    """One markdown table: a row per arm (and one for its teacher), mean ± std over its seeds."""
     head = ["arm", "what", "micro-batch × k", "seeds"] + [h for h, _, _ in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * len(METRICS)]
     for arm in arms:
         s = arm_settings(arm, b, k, 1)
         by_seed = runs.get(arm, {})
-        cells = [arm, ARMS[arm][0], f"{s['batch_size']} × {s['accum_steps']}", str(len(by_seed))]
-        cells += [fmt_mean_spread([r.get(key) for r in by_seed.values()], digits)
-                  for _, key, digits in METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
+        shape = f"{s['batch_size']} × {s['accum_steps']}"
+        rows = [(arm, ARMS[arm][0], "")]
+        if has_teacher(arm):
+            rows.append((f"{arm} (teacher)", "its EMA weights", "teacher_"))
+        for name, what, prefix in rows:
+            cells = [name, what, shape, str(len(by_seed))]
+            for _, key, digits in METRICS:
+                own = key in ("peak_mem_mb", "train_min")     # the run's, the same for its teacher
+                values = [r.get(key if own else prefix + key) for r in by_seed.values()]
+                cells.append(fmt_mean_std(values, digits) if not (own and prefix) else "")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def compare(runs, x, y, key="zero_shot_accuracy"):
+    """Arm x against arm y on one metric: (difference of means, the larger of the two standard
+    deviations, whether the difference exceeds it). None when either arm has fewer than 2 seeds."""
+    (mx, sx), (my, sy) = (mean_std([r.get(key) for r in runs.get(a, {}).values()]) for a in (x, y))
+    if sx is None or sy is None:
+        return None
+    spread = max(sx, sy)
+    return mx - my, spread, abs(mx - my) > spread
 
 
 # -----------------------------------------------------------------------------
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_run(out):
     """A finished run's summary, or None when its eval.json is not there yet."""
-    eval_path = os.path.join(out, "eval.json")
-    if not os.path.exists(eval_path):
+    if not os.path.exists(os.path.join(out, "eval.json")):
         return None
-    with open(eval_path) as f:
-        results = json.load(f)
     rows = []
     metrics_path = os.path.join(out, "metrics.jsonl")
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
-    return summarise_run(results, rows)
+    teacher_path = os.path.join(out, "eval_teacher.json")
+    teacher = read_json(teacher_path) if os.path.exists(teacher_path) else None
+    return summarise_run(read_json(os.path.join(out, "eval.json")), rows, teacher)
+
+
+def machine():
+    """What the numbers were measured on: CPU model and cores (or the GPU train.py logged)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--batch-size", type=int, default=16, help="micro-batch b")
-    a("--accum-steps", type=int, default=8, help="k: micro-batches per window (window k·b)")
-    a("--steps", type=int, default=200,
-      help="S: optimizer steps of the k×b arms (b, c, d, e, g); arms a and f take S·k")
+    a("--batch-size", type=int, default=32, help="micro-batch b")
+    a("--accum-steps", type=int, default=4, help="k: micro-batches per window (window k·b)")
+    a("--steps", type=int, default=600,
+      help="S: optimizer steps of the k×b arms; arms a and f take S·k")
     a("--warmup-steps", type=int, default=None,
       help="learning-rate warm-up in steps of the k×b arms, scaled by k for a and f (default S/6, as train.py: 100 of 600)")
     a("--alpha-warmup", type=int, default=None,
       help="alpha warm-up in steps of the k×b arms, scaled by k for a and f (default S/6)")
     a("--alpha", type=float, default=None,
-      help="alpha of the MSD arms e and f (default: train.py's); arm d always has 0")
-    a("--momentum", type=float, default=0.99,
-      help="teacher EMA momentum per step of the k×b arms; m^(1/k) for arm f. Below train.py's "
-           "0.995 because the runs are short: 0.995^200 leaves 37%% of the random initial "
-           "weights in the teacher, 0.99^200 13%%")
+      help="alpha of the MSD arms (default: train.py's); arm d always has 0")
+    a("--momentum", type=float, default=0.995,
+      help="teacher EMA momentum per step of the k×b arms (train.py's); m^(1/k) for arm f")
     a("--n-train", type=int, default=20000, help="synthetic training pairs (train.py --n-train)")
     a("--seeds", default="0,1", help="comma-separated seeds; every arm runs every seed")
-    a("--only", default=",".join(ARMS), help="comma-separated arms to run, of " + ",".join(ARMS))
+    a("--only", default=MAIN_ARMS, help="comma-separated arms to run, of " + ",".join(ARMS))
     a("--extra", default="", help='more train.py options for every run, e.g. --extra="--image-size 32"')
-    a("--out-dir", default="results/ablation", help="one folder per run: ARM-seedN")
-    a("--json", default="results/ablation.json", help="where to write every number")
+    a("--out-dir", default="results/ablation", help="one folder per run: ARM-seedN (not committed)")
+    a("--json", default="docs/results/ablation.json",
+      help="the report: every finished run's numbers, command, commit and machine; runs in it are skipped")
     a("--dry-run", action="store_true", help="print the commands and the samples per arm; run nothing")
     args = p.parse_args(argv)
     if min(args.batch_size, args.accum_steps, args.steps, args.n_train) <= 0:
@@ -238,74 +316,112 @@ def parse_args(argv=None):
     return p, args
 
 
+def write_report(path, args, report):
+    """Rewrite the report with every run recorded so far (also those of other --only / --seeds)."""
+    runs = {}
+    for key, rec in report["records"].items():
+        arm, seed = key.rsplit("-seed", 1)
+        runs.setdefault(arm, {})[int(seed)] = rec["summary"]
+    arms = [a for a in ARMS if a in runs]
+    report["aggregate"] = aggregate(runs)
+    report["table"] = format_table(runs, arms, args.batch_size, args.accum_steps)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)                      # never a torn report, even when killed mid-write
+    return runs
+
+
 def main(argv=None):
     _, args = parse_args(argv)
     b, k = args.batch_size, args.accum_steps
+    settings = {key: v for key, v in vars(args).items() if key not in ("dry_run", "only", "seeds", "json")}
     print(f"ablation: micro-batch b = {b}, k = {k} (window {k * b}), S = {args.steps} steps, "
           f"warm-ups {args.warmup_steps} (lr) and {args.alpha_warmup} (alpha) steps and momentum "
           f"{args.momentum} at k×b (scaled for the S·k-step arms), "
           f"seeds {args.seeds}, n-train {args.n_train}" + (f", extra: {args.extra}" if args.extra else ""))
     for arm in args.only:
         s = arm_settings(arm, b, k, args.steps)
-        print(f"  {arm}  {ARMS[arm][0]:<30} {s['steps']:>6} steps x {s['batch_size']:>4} x "
+        print(f"  {arm}  {ARMS[arm][0]:<44} {s['steps']:>6} steps x {s['batch_size']:>4} x "
               f"{s['accum_steps']:>2} = {samples_seen(s)} samples")
     jobs = [(arm, seed) for seed in args.seeds for arm in args.only]
 
     if args.dry_run:
         for arm, seed in jobs:
             print(shlex.join(train_command(arm, seed, args)))
+            if has_teacher(arm):
+                print(shlex.join(teacher_command(arm, seed, args)))
         return 0
 
+    report = {"settings": settings, "records": {}}
+    if args.json and os.path.exists(args.json):
+        report = read_json(args.json)
+        if report.get("settings") != settings:
+            print(f"error: {args.json} holds runs with other settings ({report.get('settings')}); "
+                  f"give another --json", file=sys.stderr)
+            return 2
     failed = []
     for i, (arm, seed) in enumerate(jobs):
-        out = run_dir(args.out_dir, arm, seed)
+        key, out = f"{arm}-seed{seed}", run_dir(args.out_dir, arm, seed)
         tag = f"[{i + 1}/{len(jobs)}] {arm} seed {seed}"
+        if key in report["records"]:
+            print(f"{tag}: skipped, in {args.json} already (measured at commit "
+                  f"{report['records'][key]['commit']})")
+            continue
+        t = time.time()
         if os.path.exists(os.path.join(out, "eval.json")):
             print(f"{tag}: skipped, {out}/eval.json exists (delete the folder to run it again)")
-            continue
-        cmd = train_command(arm, seed, args)
-        if os.path.exists(os.path.join(out, "ckpt.pt")):
-            cmd.append("--resume")        # interrupted earlier: continue where it stopped
-            print(f"{tag}: continuing the interrupted run in {out} (its train time counts only "
-                  f"from the restart)")
-        os.makedirs(out, exist_ok=True)
-        log_path = os.path.join(out, "train.log")
-        print(f"{tag}: {shlex.join(cmd)}\n    log: {log_path}", flush=True)
-        t = time.time()
-        with open(log_path, "a") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        else:
+            cmd = train_command(arm, seed, args)
+            if os.path.exists(os.path.join(out, "ckpt.pt")):
+                cmd.append("--resume")        # interrupted earlier: continue where it stopped
+                print(f"{tag}: continuing the interrupted run in {out} (its train time counts only "
+                      f"from the restart)")
+            os.makedirs(out, exist_ok=True)
+            log_path = os.path.join(out, "train.log")
+            print(f"{tag}: {shlex.join(cmd)}\n    log: {log_path}", flush=True)
+            with open(log_path, "a") as log:
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+            if rc != 0 or not os.path.exists(os.path.join(out, "eval.json")):
+                with open(log_path) as f:
+                    tail = "".join(f.readlines()[-5:])
+                why = f"exit {rc}" if rc != 0 else "stopped before writing eval.json"
+                print(f"{tag}: FAILED ({why}) after {(time.time() - t) / 60:.1f} min; last lines "
+                      f"of {log_path}:\n{tail}", flush=True)
+                failed.append(key)
+                continue
+        if has_teacher(arm) and not os.path.exists(os.path.join(out, "eval_teacher.json")):
+            cmd = teacher_command(arm, seed, args)
+            with open(os.path.join(out, "eval_teacher.log"), "w") as log:
+                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                    print(f"{tag}: FAILED to evaluate the teacher ({shlex.join(cmd)}; see "
+                          f"{out}/eval_teacher.log)", flush=True)
+                    failed.append(key)
+                    continue
         summary = read_run(out)
-        if rc != 0 or summary is None:
-            with open(log_path) as f:
-                tail = "".join(f.readlines()[-5:])
-            why = f"exit {rc}" if rc != 0 else "stopped before writing eval.json"
-            print(f"{tag}: FAILED ({why}) after {(time.time() - t) / 60:.1f} min; last lines "
-                  f"of {log_path}:\n{tail}", flush=True)
-            failed.append(f"{arm}-seed{seed}")
-            continue
+        report["records"][key] = {"summary": summary, "command": shlex.join(train_command(arm, seed, args)),
+                                  "commit": commit(), "machine": machine(),
+                                  "date": datetime.date.today().isoformat()}
+        if args.json:
+            write_report(args.json, args, report)
+        teacher = (f", teacher {summary['teacher_zero_shot_accuracy']:.3f}"
+                   if summary.get("teacher_zero_shot_accuracy") is not None else "")
         print(f"{tag}: done in {(time.time() - t) / 60:.1f} min: zero-shot accuracy "
-              f"{summary['zero_shot_accuracy']:.3f}, AUC {summary['zero_shot_auc']:.3f}", flush=True)
+              f"{summary['zero_shot_accuracy']:.3f}{teacher}, AUC {summary['zero_shot_auc']:.3f}", flush=True)
 
-    runs = {}
-    for arm, seed in jobs:
-        summary = read_run(run_dir(args.out_dir, arm, seed))
-        if summary is not None:
-            runs.setdefault(arm, {})[seed] = summary
-    table = format_table(runs, args.only, b, k)
-    print(f"\nmean ± half the range over seeds {args.seeds}; micro-batch b = {b}, k = {k}, "
+    runs = write_report(args.json, args, report) if args.json else {}
+    print(f"\nmean ± standard deviation over the seeds recorded; micro-batch b = {b}, k = {k}, "
           f"{args.steps * k * b} samples per arm; peak MB: train.py's peak memory (CPU: resident size "
-          f"of the process; CUDA: max allocated); train min: training only, final evaluation excluded\n")
-    print(table)
+          f"of the process; CUDA: max allocated); train min: training only, evaluation excluded\n")
+    print(report.get("table", ""))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        settings = {key: v for key, v in vars(args).items() if key != "dry_run"}
-        with open(args.json, "w") as f:
-            json.dump({"settings": settings, "command": sys.argv,
-                       "commands": {f"{arm}-seed{seed}": shlex.join(train_command(arm, seed, args))
-                                    for arm, seed in jobs},
-                       "runs": {arm: {str(s): v for s, v in by.items()} for arm, by in runs.items()},
-                       "aggregate": aggregate(runs), "table": table}, f, indent=1)
         print(f"\nwrote {args.json}")
+        for x, y in (("e", "g"), ("e", "a"), ("g", "a"), ("e", "b")):
+            c = compare(runs, x, y)
+            if c is not None:
+                print(f"zero-shot accuracy {x} - {y}: {c[0]:+.3f} "
+                      f"({'beyond' if c[2] else 'within'} the larger standard deviation, {c[1]:.3f})")
     if failed:
         print(f"failed: {', '.join(failed)} (see their train.log)")
         return 1

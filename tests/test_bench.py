@@ -169,14 +169,20 @@ def option(cmd, name):
     return cmd[cmd.index(name) + 1] if name in cmd else None
 
 
-def test_dry_run_seven_arms_per_seed_with_the_same_samples():
+def test_dry_run_every_arm_sees_the_same_samples_warm_ups_and_teacher_horizon():
     proc = run("ablation.py", "--dry-run", "--seeds", "0,1", "--batch-size", "8",
-               "--accum-steps", "4", "--steps", "30", "--extra=--image-size 32")
-    cmds = [shlex.split(line) for line in proc.stdout.splitlines() if "train.py" in line]
-    assert len(cmds) == 14
+               "--accum-steps", "4", "--steps", "30", "--only", ",".join(ablation.ARMS),
+               "--extra=--image-size 32")
+    lines = [shlex.split(line) for line in proc.stdout.splitlines() if ".py" in line and "--" in line]
+    cmds = [c for c in lines if c[1].endswith("train.py")]
+    n_arms = len(ablation.ARMS)
+    assert len(cmds) == 2 * n_arms
     for seed in (0, 1):
         arms = [c for c in cmds if option(c, "--seed") == str(seed)]
-        assert len(arms) == 7
+        assert len(arms) == n_arms
+        for c in arms:                                   # every option once: no silent override
+            names = [t for t in c if t.startswith("--")]
+            assert len(names) == len(set(names)), c
         samples = {int(option(c, "--steps")) * int(option(c, "--batch-size")) *
                    int(option(c, "--accum-steps")) for c in arms}
         assert samples == {30 * 4 * 8}
@@ -184,21 +190,33 @@ def test_dry_run_seven_arms_per_seed_with_the_same_samples():
         warm = {int(option(c, "--warmup-steps")) * int(option(c, "--batch-size")) *
                 int(option(c, "--accum-steps")) for c in arms}
         assert len(warm) == 1
-        msd = [c for c in arms if option(c, "--method") == "msd"]
-        assert len(msd) == 3
-        # the teacher averages over the same number of samples: m^steps is the same
-        horizons = {round(float(option(c, "--momentum")) ** int(option(c, "--steps")), 4) for c in msd}
+        by_arm = {os.path.basename(option(c, "--out")).split("-")[0]: c for c in arms}
+        # the teacher averages over the same number of samples: m^steps is the same (arms d, e, f)
+        horizons = {round(float(option(by_arm[a], "--momentum")) ** int(option(by_arm[a], "--steps")), 4)
+                    for a in "def"}
         assert len(horizons) == 1
-        assert sum(option(c, "--alpha") == "0" for c in arms) == 1       # arm d only
+        assert [a for a in by_arm if option(by_arm[a], "--alpha") == "0"] == ["d"]
         assert all(option(c, "--eval-every") == "0" and option(c, "--image-size") == "32" for c in arms)
-    outs = [option(c, "--out") for c in cmds]
-    assert len(set(outs)) == 14
+        # the remedies: each differs from arm e by its own options only
+        assert option(by_arm["q"], "--queue-start") == "5"                  # S/6 of 30 steps
+        assert option(by_arm["h"], "--momentum-half-life") == "0.05"
+        assert (option(by_arm["m"], "--momentum-schedule"), option(by_arm["m"], "--momentum")) == ("cosine", "0.99")
+        assert option(by_arm["w"], "--alpha-warmup") == "15"                # S/2
+        for arm in "qhmw":
+            differ = {n for n in set(by_arm[arm]) | set(by_arm["e"]) if n.startswith("--")
+                      and option(by_arm[arm], n) != option(by_arm["e"], n)}
+            assert differ == {"--out"} | set(ablation.ARMS[arm][5][::2]), arm
     # the three CLIP arms at k×b: one batch of k·b, naive accumulation, exact accumulation
-    by_arm = {os.path.basename(option(c, "--out")): c for c in cmds}
+    by_run = {os.path.basename(option(c, "--out")): c for c in cmds}
     shape = lambda c: (option(c, "--method"), option(c, "--batch-size"), option(c, "--accum-steps"))  # noqa: E731
-    assert shape(by_arm["b-seed0"]) == ("clip", "32", "1")
-    assert shape(by_arm["c-seed0"]) == ("clip-naive", "8", "4")
-    assert shape(by_arm["g-seed0"]) == ("clip", "8", "4")
+    assert shape(by_run["b-seed0"]) == ("clip", "32", "1")
+    assert shape(by_run["c-seed0"]) == ("clip-naive", "8", "4")
+    assert shape(by_run["g-seed0"]) == ("clip", "8", "4")
+    # the arms with a teacher are evaluated with its weights too, on their own checkpoint
+    teachers = [c for c in lines if c[1].endswith("eval.py")]
+    assert {option(c, "--checkpoint") for c in teachers} == \
+        {option(c, "--out") for c in cmds if option(c, "--method") == "msd"}
+    assert all("--use-teacher" in c for c in teachers)
 
 
 def test_extra_may_not_change_what_the_arms_compare():
@@ -206,14 +224,15 @@ def test_extra_may_not_change_what_the_arms_compare():
     assert proc.returncode == 2 and "--steps" in proc.stderr
 
 
-def test_mean_spread_and_format():
-    assert ablation.mean_spread([0.5, 0.7]) == pytest.approx((0.6, 0.1))
-    assert ablation.mean_spread([None, 0.4]) == pytest.approx((0.4, 0.0))
-    assert ablation.mean_spread([]) == (None, None)
-    assert ablation.fmt_mean_spread([0.5, 0.7]) == "0.600 ± 0.100"
-    assert ablation.fmt_mean_spread([0.5]) == "0.500"
-    assert ablation.fmt_mean_spread([None]) == "–"
-    assert ablation.fmt_mean_spread([1000.4, 1200.2], digits=0) == "1100 ± 100"
+def test_mean_std_and_format():
+    assert ablation.mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414213562))
+    assert ablation.mean_std([0.5, 0.6, 0.7]) == pytest.approx((0.6, 0.1))
+    assert ablation.mean_std([None, 0.4]) == (0.4, None)
+    assert ablation.mean_std([]) == (None, None)
+    assert ablation.fmt_mean_std([0.5, 0.6, 0.7]) == "0.600 ± 0.100"
+    assert ablation.fmt_mean_std([0.5]) == "0.500"
+    assert ablation.fmt_mean_std([None]) == "–"
+    assert ablation.fmt_mean_std([1000.4, 1100.2, 1200.0], digits=0) == "1100 ± 100"
 
 
 def fake_eval(acc):
@@ -229,38 +248,65 @@ def fake_metrics(peak, elapsed):
             {"step": 20, "loss": 0.9, "peak_mem_mb": peak, "elapsed_s": elapsed}]
 
 
-def test_summaries_aggregate_and_table():
-    runs = {"e": {0: ablation.summarise_run(fake_eval(0.5), fake_metrics(300, 120)),
-                  1: ablation.summarise_run(fake_eval(0.7), fake_metrics(500, 240))},
+def test_summaries_aggregate_table_and_comparison():
+    runs = {"e": {s: ablation.summarise_run(fake_eval(acc), fake_metrics(peak, sec), fake_eval(acc + 0.1))
+                  for s, acc, peak, sec in ((0, 0.5, 300, 120), (1, 0.6, 400, 180), (2, 0.7, 500, 240))},
             "b": {0: ablation.summarise_run(fake_eval(0.4), fake_metrics(900, 60))}}
     assert runs["e"][0]["peak_mem_mb"] == 300 and runs["e"][0]["train_min"] == pytest.approx(2.0)
+    assert runs["e"][0]["teacher_zero_shot_accuracy"] == pytest.approx(0.6)
+    assert "teacher_zero_shot_accuracy" not in runs["b"][0]
     agg = ablation.aggregate(runs)
-    assert agg["e"]["zero_shot_accuracy"] == pytest.approx({"mean": 0.6, "spread": 0.1, "n": 2})
-    assert agg["b"]["peak_mem_mb"] == {"mean": 900, "spread": 0, "n": 1}
+    assert agg["e"]["zero_shot_accuracy"] == pytest.approx({"mean": 0.6, "std": 0.1, "n": 3})
+    assert agg["e"]["teacher_zero_shot_accuracy"] == pytest.approx({"mean": 0.7, "std": 0.1, "n": 3})
+    assert agg["b"]["peak_mem_mb"] == {"mean": 900, "std": None, "n": 1}
     table = ablation.format_table(runs, ["b", "e", "f"], b=16, k=8)
     lines = table.splitlines()
     row_e = next(line for line in lines if line.startswith("| e |"))
-    assert row_e == ("| e | MSD, k×b | 16 × 8 | 2 | 0.600 ± 0.100 | 0.800 ± 0.100 | 0.600 ± 0.000 "
+    assert row_e == ("| e | MSD, k×b | 16 × 8 | 3 | 0.600 ± 0.100 | 0.800 ± 0.100 | 0.600 ± 0.000 "
                      "| 0.900 ± 0.000 | 0.100 ± 0.000 | 0.500 ± 0.000 | 0.200 ± 0.000 "
                      "| 0.600 ± 0.100 | 400 ± 100 | 3.0 ± 1.0 |")
+    row_t = next(line for line in lines if line.startswith("| e (teacher) |"))
+    assert row_t.startswith("| e (teacher) | its EMA weights | 16 × 8 | 3 | 0.700 ± 0.100 | 0.900 ± 0.100 |")
+    assert row_t.endswith("|  |  |")                   # memory and time are the run's, on its own row
     assert next(line for line in lines if line.startswith("| b |")).startswith(
         "| b | CLIP, batch k·b | 128 × 1 | 1 | 0.400 |")
+    assert not any(line.startswith("| b (teacher)") for line in lines)
     assert next(line for line in lines if line.startswith("| f |")).count("–") == 10   # not run
     assert len({line.count("|") for line in lines}) == 1
+    # e - b is not comparable (one seed of b); with two seeds of b at 0.35 ± 0.07 it is
+    assert ablation.compare(runs, "e", "b") is None
+    runs["b"][1] = ablation.summarise_run(fake_eval(0.3), fake_metrics(900, 60))
+    diff, spread, beyond = ablation.compare(runs, "e", "b")
+    assert diff == pytest.approx(0.25) and spread == pytest.approx(0.1) and beyond
 
 
-def test_finished_runs_are_skipped_and_tabulated(tmp_path, capsys):
+def finished_run(folder, acc, teacher_acc=None):
+    folder.mkdir(parents=True)
+    (folder / "eval.json").write_text(json.dumps(fake_eval(acc)))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fake_metrics(300, 120)))
+    if teacher_acc is not None:
+        (folder / "eval_teacher.json").write_text(json.dumps(fake_eval(teacher_acc)))
+
+
+def test_finished_runs_are_recorded_and_the_report_alone_is_enough_to_skip_them(tmp_path, capsys):
     for seed, acc in ((0, 0.5), (1, 0.7)):
-        out = tmp_path / f"e-seed{seed}"
-        out.mkdir()
-        (out / "eval.json").write_text(json.dumps(fake_eval(acc)))
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fake_metrics(300, 120)))
+        finished_run(tmp_path / "runs" / f"e-seed{seed}", acc, acc + 0.05)
     report = tmp_path / "ablation.json"
-    assert ablation.main(["--only", "e", "--seeds", "0,1", "--out-dir", str(tmp_path),
-                          "--json", str(report)]) == 0
+    args = ["--only", "e", "--seeds", "0,1", "--out-dir", str(tmp_path / "runs"), "--json", str(report)]
+    assert ablation.main(args) == 0
     printed = capsys.readouterr().out
-    assert printed.count(": skipped, ") == 2
-    assert "| e | MSD, k×b | 16 × 8 | 2 | 0.600 ± 0.100 |" in printed
+    assert printed.count("eval.json exists") == 2
+    assert "| e | MSD, k×b | 32 × 4 | 2 | 0.600 ± 0.141 |" in printed
+    assert "| e (teacher) | its EMA weights | 32 × 4 | 2 | 0.650 ± 0.141 |" in printed
     saved = json.loads(report.read_text())
     assert saved["aggregate"]["e"]["zero_shot_accuracy"]["mean"] == pytest.approx(0.6)
-    assert set(saved["runs"]["e"]) == {"0", "1"}
+    assert set(saved["records"]) == {"e-seed0", "e-seed1"}
+    record = saved["records"]["e-seed0"]
+    assert "--method msd" in record["command"] and record["machine"] and record["date"]
+    # a new machine keeps only the repository: the run folders are gone, the report is enough
+    (tmp_path / "runs").rename(tmp_path / "gone")
+    assert ablation.main(args) == 0
+    assert capsys.readouterr().out.count(f"in {report} already") == 2
+    # a report of other settings is refused rather than mixed with these
+    assert ablation.main(args + ["--steps", "300"]) == 2
+    assert "holds runs with other settings" in capsys.readouterr().err
