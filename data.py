@@ -203,8 +203,8 @@ class _Progress:
     """Images decoded, rate and time left: one line redrawn with \\r on a terminal, a line every
     10 s in a log file."""
 
-    def __init__(self, total, what):
-        self.total, self.what = total, what
+    def __init__(self, total, what, log):
+        self.total, self.what, self.log = total, what, log
         self.t0 = self.shown = time.time()
         self.tty = sys.stdout.isatty()
 
@@ -218,18 +218,18 @@ class _Progress:
         line = (f"{self.what}: {done}/{self.total} images ({100 * done // self.total}%), "
                 f"{rate:.0f} images/s, {left // 60}:{left % 60:02d} left")
         if self.tty:
-            print("\r" + line, end="\n" if done == self.total else "", flush=True)
+            self.log("\r" + line, end="\n" if done == self.total else "", flush=True)
         elif done < self.total:
-            print(line, flush=True)
+            self.log(line, flush=True)
 
 
-def _decode_all(csv_path, table, out, image_size, channels, workers):
+def _decode_all(csv_path, table, out, image_size, channels, workers, log):
     """Decode every row's image into out (n, C, H, W), in worker processes; collect every problem."""
     paths = [str(p if p.is_absolute() else csv_path.parent / p) for p in map(Path, table["columns"]["image"])]
     chunk = 64
     jobs = [(s, paths[s:s + chunk], image_size, channels) for s in range(0, len(paths), chunk)]
     workers = workers or os.cpu_count() or 1
-    progress, done, problems = _Progress(len(paths), f"decoding {csv_path.name}"), 0, []
+    progress, done, problems = _Progress(len(paths), f"decoding {csv_path.name}", log), 0, []
     pool = None
     if workers > 1 and len(paths) >= 256:  # below that, starting processes costs more than it saves
         pool = multiprocessing.get_context().Pool(workers, initializer=synthetic._worker_signals)
@@ -243,8 +243,8 @@ def _decode_all(csv_path, table, out, image_size, channels, workers):
         if pool:
             pool.terminate()  # at once, also on Ctrl-C or an error: no half-finished work is kept
     rate = len(paths) / max(time.time() - progress.t0, 1e-9)
-    print(f"data: decoded {len(paths)} images of {csv_path} in {time.time() - progress.t0:.1f}s "
-          f"({rate:.0f} images/s, {workers if pool else 1} process(es))", flush=True)
+    log(f"data: decoded {len(paths)} images of {csv_path} in {time.time() - progress.t0:.1f}s "
+        f"({rate:.0f} images/s, {workers if pool else 1} process(es))", flush=True)
     _raise_all([f"{_where(csv_path, i + 1, table['lines'][i], 'image')}: {p}" for i, p in sorted(problems)])
 
 
@@ -275,7 +275,7 @@ def _open_cache(folder):
     return images, table
 
 
-def _build_cache(csv_path, table, folder, image_size, channels, workers):
+def _build_cache(csv_path, table, folder, image_size, channels, workers, log):
     """Decode into folder/images.npy beside folder/index.json, in a temporary folder renamed when
     complete: an interrupted build (Ctrl-C, an error, a kill) leaves nothing that is read back."""
     for old in folder.parent.glob(f".{folder.name}.tmp-*"):  # left by a killed build
@@ -289,7 +289,7 @@ def _build_cache(csv_path, table, folder, image_size, channels, workers):
     try:
         n = len(table["lines"])
         out = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, channels, image_size, image_size))
-        _decode_all(csv_path, table, out, image_size, channels, workers)
+        _decode_all(csv_path, table, out, image_size, channels, workers, log)
         out.flush()
         del out
         with open(tmp / "index.json", "w", encoding="utf-8") as f:
@@ -303,17 +303,17 @@ def _build_cache(csv_path, table, folder, image_size, channels, workers):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"data: cached in {folder}", flush=True)
+    log(f"data: cached in {folder}", flush=True)
 
 
-def read_manifest(csv_path, image_size, channels=1, required=("image",), cache_dir=None, workers=0):
+def read_manifest(csv_path, image_size, channels=1, required=("image",), cache_dir=None, workers=0, log=print):
     """Any manifest -> {"images": uint8 tensor (n, C, H, W), "columns": {name: [str]}, "lines": [int]}.
 
     With cache_dir, the images are decoded once into cache_dir/<cache_name>/ and afterwards memory-
     mapped from there: a second start decodes nothing, and a training run holds in memory only the
     windows it reads (the operating system pages the rest in and out). Without, they are decoded
     into memory. Either way in `workers` processes (0 = all cores), every row checked, every
-    problem reported with its row, line and column."""
+    problem reported with its row, line and column. log: a print-like function for progress."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ManifestError(f"{csv_path}: file not found")
@@ -321,15 +321,16 @@ def read_manifest(csv_path, image_size, channels=1, required=("image",), cache_d
     if folder is not None and folder.is_dir():
         images, table = _open_cache(folder)
         _check_header(csv_path, table["header"], required)
+        log(f"data: {len(images)} images of {csv_path} memory-mapped from {folder}", flush=True)
     else:
         table = _parse_csv(csv_path, required)
         _raise_all([f"{_where(csv_path, i + 1, line, 'image')}: empty path"
                     for i, (path, line) in enumerate(zip(table["columns"]["image"], table["lines"])) if not path])
         if folder is None:
             images = np.empty((len(table["lines"]), channels, image_size, image_size), np.uint8)
-            _decode_all(csv_path, table, images, image_size, channels, workers)
+            _decode_all(csv_path, table, images, image_size, channels, workers, log)
         else:
-            _build_cache(csv_path, table, folder, image_size, channels, workers)
+            _build_cache(csv_path, table, folder, image_size, channels, workers, log)
             images, table = _open_cache(folder)
     return {"images": torch.from_numpy(images), "columns": table["columns"], "lines": table["lines"]}
 
@@ -339,11 +340,11 @@ def parse_labels(value):
     return [name.strip().lower() for name in value.split(";") if name.strip()]
 
 
-def read_pair_manifest(csv_path, image_size, channels=1, cache_dir=None, workers=0):
+def read_pair_manifest(csv_path, image_size, channels=1, cache_dir=None, workers=0, log=print):
     """Image-report pairs from a CSV with columns image, text (and optional labels, split).
     Returns {"images": uint8 (n, C, H, W), "texts", "labels": float (n, F) multi-hot or None,
     "label_names": the F finding names found in the labels column, sorted (or None), "splits"}."""
-    m = read_manifest(csv_path, image_size, channels, ("image", "text"), cache_dir, workers)
+    m = read_manifest(csv_path, image_size, channels, ("image", "text"), cache_dir, workers, log)
     cols, lines = m["columns"], m["lines"]
     _raise_all([f"{_where(csv_path, i + 1, line, 'text')}: empty report"
                 for i, (text, line) in enumerate(zip(cols["text"], lines)) if not text])
@@ -360,10 +361,10 @@ def read_pair_manifest(csv_path, image_size, channels=1, cache_dir=None, workers
             "splits": cols.get("split")}
 
 
-def read_class_manifest(csv_path, image_size, classes, channels=1, cache_dir=None, workers=0):
+def read_class_manifest(csv_path, image_size, classes, channels=1, cache_dir=None, workers=0, log=print):
     """A classification set: columns image, label (one of `classes`, e.g. the prompt file's names).
     Returns {"images": uint8 (n, C, H, W), "labels": long (n,), "classes": classes}."""
-    m = read_manifest(csv_path, image_size, channels, ("image", "label"), cache_dir, workers)
+    m = read_manifest(csv_path, image_size, channels, ("image", "label"), cache_dir, workers, log)
     lookup = {c.lower(): i for i, c in enumerate(classes)}
     values = m["columns"]["label"]
     _raise_all([f"{_where(csv_path, i + 1, line, 'label')}: unknown class {value!r}; known: {list(classes)}"

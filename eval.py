@@ -458,6 +458,9 @@ def parse_args(argv=None):
     p.add_argument("--retrieval-manifest", metavar="CSV",
                    help="retrieval on real pairs: a CSV with columns image,text (and, if it has a "
                         "split column, only its 'test' rows are used)")
+    p.add_argument("--data-cache", default="data_cache", metavar="DIR",
+                   help="folder for decoded manifests, memory-mapped at the next run ('' = none: "
+                        "decode into memory; default: %(default)s)")
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     p.add_argument("--show", metavar="PNG",
                    help="draw zero-shot images with their true finding and top-3 predictions")
@@ -508,14 +511,16 @@ def run(args):
         zs, ret = False, False
     if args.eval_manifest:
         print(f"reading {args.eval_manifest}...")
-        m = read_class_manifest(args.eval_manifest, cfg.image_size, list(prompts), cfg.in_channels)
+        m = read_class_manifest(args.eval_manifest, cfg.image_size, list(prompts), cfg.in_channels,
+                                cache_dir=args.data_cache or None)
         if len(set(m["labels"].tolist())) < 2:
             raise InputError(f"{args.eval_manifest}: AUC-ROC needs images of at least two classes")
         zs = {"images": m["images"], "labels": m["labels"], "classes": list(prompts),
               "prompts": prompts}
     if args.retrieval_manifest:
         print(f"reading {args.retrieval_manifest}...")
-        m = read_pair_manifest(args.retrieval_manifest, cfg.image_size, cfg.in_channels)
+        m = read_pair_manifest(args.retrieval_manifest, cfg.image_size, cfg.in_channels,
+                               cache_dir=args.data_cache or None)
         keep = list(range(len(m["texts"])))
         # Pairs the model trained on would flatter it: with a split column, the test rows only.
         if m["splits"] is not None and "test" in m["splits"]:
