@@ -275,20 +275,36 @@ def _open_cache(folder):
     return images, table
 
 
+def _running(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):  # another user's process; not a pid: leave it alone
+        return True
+    return True
+
+
 def _build_cache(csv_path, table, folder, image_size, channels, workers, log):
     """Decode into folder/images.npy beside folder/index.json, in a temporary folder renamed when
     complete: an interrupted build (Ctrl-C, an error, a kill) leaves nothing that is read back."""
     for old in folder.parent.glob(f".{folder.name}.tmp-*"):  # left by a killed build
-        pid = int(old.name.rsplit("-", 1)[1])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(old.name.rsplit("-", 1)[1]):
             shutil.rmtree(old)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True)
     try:
-        n = len(table["lines"])
-        out = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, channels, image_size, image_size))
+        shape = (len(table["lines"]), channels, image_size, image_size)
+        out = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, shape)
+        if hasattr(os, "posix_fallocate"):
+            # Reserve the disk space now: writing into a memory map of a sparse file on a disk that
+            # fills up kills the process with SIGBUS, where this raises a clear error first.
+            with open(tmp / "images.npy", "r+b") as f:
+                try:
+                    os.posix_fallocate(f.fileno(), 0, out.offset + out.size)
+                except OSError as e:
+                    raise ManifestError(f"{folder.parent}: no room for the cache of {csv_path} "
+                                        f"({out.size / 1e9:.1f} GB): {e.strerror}") from None
         _decode_all(csv_path, table, out, image_size, channels, workers, log)
         out.flush()
         del out
@@ -306,8 +322,11 @@ def _build_cache(csv_path, table, folder, image_size, channels, workers, log):
     log(f"data: cached in {folder}", flush=True)
 
 
-def read_manifest(csv_path, image_size, channels=1, required=("image",), cache_dir=None, workers=0, log=print):
+def read_manifest(csv_path, image_size, channels=1, required=("image",), check=None, cache_dir=None,
+                  workers=0, log=print):
     """Any manifest -> {"images": uint8 tensor (n, C, H, W), "columns": {name: [str]}, "lines": [int]}.
+    check(columns, lines) -> [problem]: the caller's checks of the text columns, run before any image
+    is decoded (a wrong report should not cost a build) and at every open of the cache.
 
     With cache_dir, the images are decoded once into cache_dir/<cache_name>/ and afterwards memory-
     mapped from there: a second start decodes nothing, and a training run holds in memory only the
@@ -321,11 +340,14 @@ def read_manifest(csv_path, image_size, channels=1, required=("image",), cache_d
     if folder is not None and folder.is_dir():
         images, table = _open_cache(folder)
         _check_header(csv_path, table["header"], required)
+        _raise_all(check(table["columns"], table["lines"]) if check else [])
         log(f"data: {len(images)} images of {csv_path} memory-mapped from {folder}", flush=True)
     else:
         table = _parse_csv(csv_path, required)
+        cols, lines = table["columns"], table["lines"]
         _raise_all([f"{_where(csv_path, i + 1, line, 'image')}: empty path"
-                    for i, (path, line) in enumerate(zip(table["columns"]["image"], table["lines"])) if not path])
+                    for i, (path, line) in enumerate(zip(cols["image"], lines)) if not path] +
+                   (check(cols, lines) if check else []))
         if folder is None:
             images = np.empty((len(table["lines"]), channels, image_size, image_size), np.uint8)
             _decode_all(csv_path, table, images, image_size, channels, workers, log)
@@ -344,19 +366,21 @@ def read_pair_manifest(csv_path, image_size, channels=1, cache_dir=None, workers
     """Image-report pairs from a CSV with columns image, text (and optional labels, split).
     Returns {"images": uint8 (n, C, H, W), "texts", "labels": float (n, F) multi-hot or None,
     "label_names": the F finding names found in the labels column, sorted (or None), "splits"}."""
-    m = read_manifest(csv_path, image_size, channels, ("image", "text"), cache_dir, workers, log)
-    cols, lines = m["columns"], m["lines"]
-    _raise_all([f"{_where(csv_path, i + 1, line, 'text')}: empty report"
-                for i, (text, line) in enumerate(zip(cols["text"], lines)) if not text])
+    def check(cols, lines):
+        return [f"{_where(csv_path, i + 1, line, 'text')}: empty report"
+                for i, (text, line) in enumerate(zip(cols["text"], lines)) if not text]
+
+    m = read_manifest(csv_path, image_size, channels, ("image", "text"), check, cache_dir, workers, log)
+    cols = m["columns"]
     labels = names = None
     if "labels" in cols:
         # The findings are whatever the data names: the synthetic set's 8, CheXpert's 14, ...
         per_row = [parse_labels(value) for value in cols["labels"]]
         names = sorted({name for row in per_row for name in row})
         column = {name: j for j, name in enumerate(names)}
+        at = [(i, column[name]) for i, row in enumerate(per_row) for name in row]
         labels = torch.zeros(len(per_row), len(names))  # (n, F) multi-hot
-        for i, row in enumerate(per_row):
-            labels[i, [column[name] for name in row]] = 1.0
+        labels[[i for i, _ in at], [j for _, j in at]] = 1.0
     return {"images": m["images"], "texts": cols["text"], "labels": labels, "label_names": names,
             "splits": cols.get("split")}
 
@@ -364,12 +388,14 @@ def read_pair_manifest(csv_path, image_size, channels=1, cache_dir=None, workers
 def read_class_manifest(csv_path, image_size, classes, channels=1, cache_dir=None, workers=0, log=print):
     """A classification set: columns image, label (one of `classes`, e.g. the prompt file's names).
     Returns {"images": uint8 (n, C, H, W), "labels": long (n,), "classes": classes}."""
-    m = read_manifest(csv_path, image_size, channels, ("image", "label"), cache_dir, workers, log)
     lookup = {c.lower(): i for i, c in enumerate(classes)}
-    values = m["columns"]["label"]
-    _raise_all([f"{_where(csv_path, i + 1, line, 'label')}: unknown class {value!r}; known: {list(classes)}"
-                for i, (value, line) in enumerate(zip(values, m["lines"])) if value.lower() not in lookup])
-    labels = torch.tensor([lookup[value.lower()] for value in values], dtype=torch.long)
+
+    def check(cols, lines):  # at every open: the classes come from the prompts, not the file
+        return [f"{_where(csv_path, i + 1, line, 'label')}: unknown class {value!r}; known: {list(classes)}"
+                for i, (value, line) in enumerate(zip(cols["label"], lines)) if value.lower() not in lookup]
+
+    m = read_manifest(csv_path, image_size, channels, ("image", "label"), check, cache_dir, workers, log)
+    labels = torch.tensor([lookup[value.lower()] for value in m["columns"]["label"]], dtype=torch.long)
     return {"images": m["images"], "labels": labels, "classes": list(classes)}
 
 

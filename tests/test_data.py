@@ -1,6 +1,7 @@
 """Tests for data.py: each pins a property the rest of the project relies on (fast: small images)."""
 
 import csv
+import errno
 import os
 import subprocess
 import sys
@@ -339,6 +340,34 @@ def test_an_interrupted_build_leaves_nothing_that_is_read_back(tmp_path, monkeyp
         reference = data.read_pair_manifest(path, 16)
     monkeypatch.setattr(data, "load_image", decode)
     _same(data.read_pair_manifest(path, 16, cache_dir=cache), reference)  # the next start builds it
+
+
+def test_text_problems_are_reported_before_any_image_is_decoded(tmp_path, monkeypatch):
+    img = _png(tmp_path / "a.png")
+
+    def no_decoding(*args):
+        raise AssertionError("decoded an image of a manifest already known to be wrong")
+    monkeypatch.setattr(data, "load_image", no_decoding)
+    pairs = _write_csv(tmp_path / "pairs.csv", ["image", "text"], [[img, "a"], [img, " "]])
+    with pytest.raises(ManifestError, match=r"pairs\.csv: row 2 \(line 3\), column 'text': empty report"):
+        data.read_pair_manifest(pairs, 16, cache_dir=tmp_path / "cache")
+    labels = _write_csv(tmp_path / "labels.csv", ["image", "label"], [[img, "edema"], [img, "dragon"]])
+    with pytest.raises(ManifestError, match=r"labels\.csv: row 2 \(line 3\), column 'label': unknown class 'dragon'"):
+        data.read_class_manifest(labels, 16, ["edema", "nodule"], cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_full_disk_is_a_clear_error_before_decoding(tmp_path, monkeypatch):
+    path, cache = _mixed_manifest(tmp_path), tmp_path / "cache"
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(ManifestError) as e:
+        data.read_pair_manifest(path, 16, cache_dir=cache)
+    assert str(e.value) == (f"{cache}: no room for the cache of {path} (0.0 GB): "
+                            f"{os.strerror(errno.ENOSPC)}")
+    assert list(cache.iterdir()) == []
 
 
 def test_a_killed_build_leaves_nothing_that_is_read_back(tmp_path):
