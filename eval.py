@@ -486,24 +486,27 @@ def check_benchmark_options(eval_manifest, prompts, retrieval_manifest):
     return read_prompts(prompts) if prompts else None
 
 
-def read_benchmark(eval_manifest, prompts, retrieval_manifest, image_size, channels, log=print):
+def read_benchmark(eval_manifest, prompts, retrieval_manifest, image_size, channels, cache_dir=None,
+                   log=print):
     """(zs, ret) for evaluate() from the user's manifests, prompts as check_benchmark_options
     returns them. Real data replaces the synthetic benchmark: when one manifest is given, the part
     without one is False (skipped) rather than mixing real and synthetic numbers in one table. With
-    neither, both are None: the synthetic benchmark. Raises InputError or ManifestError."""
+    neither, both are None: the synthetic benchmark. cache_dir: where the manifests' decoded images
+    are kept (data.read_pair_manifest; None decodes into memory). Raises InputError or ManifestError."""
     if not (eval_manifest or retrieval_manifest):
         return None, None
     zs, ret = False, False
     if eval_manifest:
         log(f"reading {eval_manifest}...")
-        m = read_class_manifest(eval_manifest, image_size, list(prompts), channels)
+        m = read_class_manifest(eval_manifest, image_size, list(prompts), channels, cache_dir=cache_dir,
+                                log=log)
         if len(set(m["labels"].tolist())) < 2:
             raise InputError(f"{eval_manifest}: AUC-ROC needs images of at least two classes")
         zs = {"images": m["images"], "labels": m["labels"], "classes": list(prompts),
               "prompts": prompts, "source": eval_manifest}
     if retrieval_manifest:
         log(f"reading {retrieval_manifest}...")
-        m = read_pair_manifest(retrieval_manifest, image_size, channels)
+        m = read_pair_manifest(retrieval_manifest, image_size, channels, cache_dir=cache_dir, log=log)
         keep = list(range(len(m["texts"])))
         # Pairs the model trained on would flatter it: with a split column, the test rows only.
         if m["splits"] is not None and "test" in m["splits"]:
@@ -531,6 +534,9 @@ def parse_args(argv=None):
     p.add_argument("--retrieval-manifest", metavar="CSV",
                    help="retrieval on real pairs: a CSV with columns image,text (and, if it has a "
                         "split column, only its 'test' rows are used)")
+    p.add_argument("--data-cache", default="data_cache", metavar="DIR",
+                   help="folder for decoded manifests, memory-mapped at the next run ('' = none: "
+                        "decode into memory; default: %(default)s)")
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     p.add_argument("--show", metavar="PNG",
                    help="draw zero-shot images with their true finding and top-3 predictions")
@@ -566,7 +572,7 @@ def run(args):
           f"{cfg.image_size}px) on {args.device}")
 
     zs, ret = read_benchmark(args.eval_manifest, prompts, args.retrieval_manifest, cfg.image_size,
-                             cfg.in_channels)
+                             cfg.in_channels, cache_dir=args.data_cache or None)
     results = evaluate(model, tokenizer, args.device, cfg.image_size, zs=zs, ret=ret,
                        n_per_class=args.n_per_class, n_retrieval=args.n_retrieval,
                        seeds=tuple(range(args.seeds)), batch_size=args.batch_size, log=print)

@@ -52,8 +52,9 @@ def get_args(argv=None):
     a("--train-manifest", default=None, metavar="CSV",
       help="train on this image,text manifest instead of the synthetic set (see README)")
     a("--n-train", type=int, default=20000, help="synthetic training pairs to render")
-    a("--data-cache", default="data_cache", help="folder for rendered synthetic sets ('' = none)")
-    a("--workers", type=int, default=0, help="processes rendering synthetic data (0 = all cores)")
+    a("--data-cache", default="data_cache",
+      help="folder for rendered synthetic sets and decoded manifests ('' = none: decode into memory)")
+    a("--workers", type=int, default=0, help="processes rendering or decoding images (0 = all cores)")
     # the model
     a("--preset", default="tiny", choices=sorted(PRESETS), help="model size (model.py PRESETS)")
     a("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
@@ -348,13 +349,19 @@ def main(argv=None):
     torch.manual_seed(args.seed)                      # the same initial model on every rank
     os.makedirs(args.out, exist_ok=True)
 
-    # ---- data: images as uint8 in memory, reports tokenized once -----------------------------------
+    # ---- data: images as uint8 (a manifest's memory-mapped from its cache), reports tokenized once ---
     t0 = time.time()
     if args.train_manifest:
+        cache = args.data_cache or None
+        if ddp and cache and not master:
+            dist.barrier()                            # rank 0 builds the cache; the others then open it
         try:
-            train = data.read_pair_manifest(args.train_manifest, args.image_size, args.channels)
+            train = data.read_pair_manifest(args.train_manifest, args.image_size, args.channels,
+                                            cache_dir=cache, workers=args.workers, log=log)
         except data.ManifestError as e:
             parser.error(str(e))
+        if ddp and cache and master:
+            dist.barrier()
         source = args.train_manifest
     else:
         log(f"rendering {args.n_train} synthetic training studies at {args.image_size} px "
@@ -363,6 +370,7 @@ def main(argv=None):
                                          cache_dir=args.data_cache or None, workers=args.workers)
         if args.channels == 3:
             train["images"] = train["images"].expand(-1, 3, -1, -1)
+        train["label_names"] = list(synthetic.FINDINGS)  # the columns of train["labels"]
         source = "synthetic"
     n = len(train["texts"])
     if N * world > n:
@@ -404,7 +412,8 @@ def main(argv=None):
             try:
                 zs, ret = evaluation.read_benchmark(args.eval_manifest, prompts,
                                                     args.retrieval_manifest, args.image_size,
-                                                    args.channels, log=log)
+                                                    args.channels, cache_dir=args.data_cache or None,
+                                                    log=log)
             except (evaluation.InputError, data.ManifestError) as e:
                 parser.error(str(e))
         if prompts and train.get("label_names"):

@@ -357,7 +357,7 @@ def test_cli_label_missing_from_prompt_file_exits_2(checkpoint, tmp_path, capsys
                                    "cardiomegaly": ["The heart is enlarged."]}))
     with pytest.raises(SystemExit) as exit_info:
         ev.main(["--checkpoint", str(checkpoint), "--eval-manifest", str(manifest),
-                 "--prompts", str(prompts), "--device", "cpu"])
+                 "--prompts", str(prompts), "--device", "cpu", "--data-cache", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and str(manifest) in err and "pneumothorax" in err
 
@@ -375,13 +375,16 @@ def test_cli_manifests_end_to_end(checkpoint, tmp_path):
     out, grid = tmp_path / "results.json", tmp_path / "grid.png"
     ev.main(["--checkpoint", str(checkpoint), "--eval-manifest", str(manifest),
              "--prompts", str(prompts), "--retrieval-manifest", str(pairs), "--json", str(out),
-             "--show", str(grid), "--device", "cpu"])
+             "--show", str(grid), "--device", "cpu", "--data-cache", str(tmp_path / "cache")])
     results = json.loads(out.read_text())
     # the numbers say what they were measured on: the user's classes and pairs, nothing synthetic
     assert results["evaluated_on"] == {
         "zero_shot": {"source": str(manifest), "images": 12, "classes": classes},
         "retrieval": {"source": str(pairs), "pairs": 12}}
     check_json_structure(results, shots=("1", "2"))
+    # both manifests were decoded into the cache (and read from it: tests/test_data.py checks the
+    # cache against a decode into memory)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
     from PIL import Image
     with Image.open(grid) as im:   # a row per class, 4 pictures per row
         assert im.size[0] == 4 * 160 and im.size[1] == 3 * (160 + 4 * 13 + 6)

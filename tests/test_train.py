@@ -183,6 +183,25 @@ def test_a_manifest_smaller_than_one_window_is_refused(tmp_path):
     assert not (tmp_path / "x" / "ckpt.pt").exists()
 
 
+def test_resume_from_a_cached_manifest_matches_a_run_from_memory(tmp_path):
+    """A manifest decoded into memory, against the same manifest memory-mapped from its cache by a
+    run killed after step 3 and resumed (from the step-2 checkpoint): bit for bit the same."""
+    sys.path.insert(0, ROOT)
+    import synthetic
+    manifest = synthetic.export_synthetic(tmp_path / "export", 64, image_size=32)
+    common = [*SMALL, "--train-manifest", str(manifest), "--queue-size", "16",
+              "--steps", "4", "--eval-every", "0", "--eval-per-class", "2", "--eval-retrieval", "10"]
+    run("train.py", "--out", str(tmp_path / "memory"), *common)              # SMALL: --data-cache ''
+    cached = [*common, "--data-cache", str(tmp_path / "cache")]
+    first = run("train.py", "--out", str(tmp_path / "cached"), *cached, "--kill-at", "3", check=False)
+    assert first.returncode == -9 and "data: cached in" in first.stdout
+    again = run("train.py", "--out", str(tmp_path / "cached"), *cached, "--resume")
+    assert "memory-mapped from" in again.stdout and "decoded" not in again.stdout
+    a, b = load(tmp_path / "memory" / "ckpt.pt"), load(tmp_path / "cached" / "ckpt.pt")
+    for key in ("student", "teacher", "queue", "optimizer", "step", "rng"):
+        assert_same_tensors(a[key], b[key], key)
+
+
 def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_path):
     """--stem patch --pool cls (ViT's own embedding and pooling): the checkpoint holds the single
     p x p convolution and a class token, and eval.py rebuilds that model from the saved config
