@@ -1,8 +1,13 @@
-"""Pictures: captions keep the spaces between their words."""
+"""Pictures: captions keep the spaces between their words, and plot.py draws each point where
+its axes say."""
+
+import json
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
+import plot
 import synthetic
 
 # ------------------------------------------------------------------ captions
@@ -44,3 +49,46 @@ def test_wrap_words_keeps_every_word_and_fills_lines():
         if after:                                                      # greedy: the next word did not fit
             assert synthetic.words_width(line + after[:1], font) > 120
     assert lines[-1] == ["Supercalifragilisticexpialidocious-opacity"]        # wider than 120 px alone
+
+
+# ------------------------------------------------------------------ the training curve
+
+def test_ticks_are_round_and_cover_the_range():
+    assert plot.ticks(0, 1) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert plot.ticks(0, 600) == [0, 200, 400, 600]
+    assert plot.ticks(7.6, 7.9) == [7.6, 7.7, 7.8, 7.9]
+    assert plot.ticks(4.37, 7.56) == [4, 5, 6, 7, 8]
+
+
+def test_curve_puts_each_point_where_the_axes_say(tmp_path):
+    rows = [{"step": s, "loss": 8.0 - s / 100} for s in (10, 20, 30, 40)]
+    rows.insert(2, {"step": 20, "zero_shot_accuracy": 0.6, "zero_shot_auc": 0.8})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "eval.json").write_text(json.dumps({"zero_shot": {"accuracy": 0.9, "auc": 0.95}}))
+    png = tmp_path / "c.png"
+    assert plot.draw_curves(str(tmp_path), str(png)) == (2 * plot.PANEL_W, plot.PANEL_H)
+    image = Image.open(png).convert("RGB")
+    # The plot area of a panel spans LEFT..PANEL_W-RIGHT and TOP..PANEL_H-BOTTOM; the axes run over
+    # the round ticks: steps 0..40, loss 7.6..7.9 (the values' range), accuracy 0..1.
+    w, h = plot.PANEL_W - plot.LEFT - plot.RIGHT, plot.PANEL_H - plot.TOP - plot.BOTTOM
+    def at(panel, step, value, lo, hi):
+        return (panel * plot.PANEL_W + plot.LEFT + step / 40 * w,
+                plot.TOP + h - (value - lo) / (hi - lo) * h)
+    for (x, y), colour in [(at(0, 10, 7.9, 7.6, 7.9), plot.LOSS_COLOUR),     # the top edge
+                           (at(0, 30, 7.7, 7.6, 7.9), plot.LOSS_COLOUR),
+                           (at(0, 40, 7.6, 7.6, 7.9), plot.LOSS_COLOUR),     # the bottom right corner
+                           (at(1, 20, 0.6, 0, 1), plot.QUICK_COLOUR),
+                           (at(1, 40, 0.9, 0, 1), plot.FINAL_COLOUR)]:
+        x, y = round(x), round(y)
+        near = {image.getpixel((x + dx, y + dy)) for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
+        assert colour in near, (x, y)
+
+
+def test_curve_errors_name_the_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        plot.main([str(tmp_path)])
+    assert f"{tmp_path}/metrics.jsonl not found" in capsys.readouterr().err
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "lo\n')
+    with pytest.raises(SystemExit):
+        plot.main([str(tmp_path)])
+    assert "metrics.jsonl, line 2: not a JSON row" in capsys.readouterr().err
