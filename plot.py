@@ -120,7 +120,6 @@ def draw_curves(run_dir, out):
 
     right = Panel(PANEL_W, 0, x_ticks, ticks(0, 1))
     right.draw_axes(draw, font, "zero-shot accuracy (5 classes; chance 0.2)", "optimizer step")
-    right.draw_line(draw, [(0, 0.2), (last, 0.2)], GRID)                     # chance, 1 in 5
     right.draw_line(draw, quick + ([final] if final else []), QUICK_COLOUR, dots=True)
     if final:                                     # the final evaluation has 4x the images: its own colour
         x, y = right.xy(*final)

@@ -810,7 +810,10 @@ def describe(findings):
 
 def caption_font(size=11):
     """Pillow's built-in font (Aileron; no font file needed), or its bitmap font without FreeType."""
-    return ImageFont.load_default(size)
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow before 10.1 has only the bitmap font, and takes no size
+        return ImageFont.load_default()
 
 
 def word_gap(font):
@@ -854,10 +857,13 @@ def show(out, n=16, image_size=128):
     draw = ImageDraw.Draw(canvas)
     font = caption_font()
     max_lines = SHOW_CAPTION_H // CAPTION_LINE_H
+    # A whole-number zoom shows the model's own pixels, unsmoothed (and compresses 3x better);
+    # any other zoom would make some pixels wider than others, so it is smoothed instead.
+    resample = Image.NEAREST if w % image_size == 0 else Image.BICUBIC
     for i in range(n):
         s = make_study(TRAIN_SEED, i, image_size)
         x, y = (i % cols) * w, (i // cols) * h
-        img = Image.fromarray(to_uint8(s.image), "L").resize((w, w), Image.BICUBIC)
+        img = Image.fromarray(to_uint8(s.image), "L").resize((w, w), resample)
         canvas.paste(img.convert("RGB"), (x, y))
         # findings in yellow (the ground truth), then the start of the report in grey
         head = wrap_words(describe(s.findings), font, w - 8)[:2]
