@@ -1,7 +1,13 @@
-"""Pictures: captions keep the spaces between their words, and plot.py draws each point where
-its axes say."""
+"""The README's pictures: captions keep the spaces between their words, plot.py draws each point
+where its axes say, and every picture command still draws a picture of the size of the one in
+docs/ that the README shows."""
 
 import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +15,25 @@ from PIL import Image, ImageDraw
 
 import plot
 import synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Each picture in docs/: the README's command that draws it (`out` is a trained run's folder), and
+# its size in px: 3 x 3 tiles of 192 x (192 + 96); 5 classes x 4 cells of 160 x (160 + 4 lines
+# of 13 + 6); two panels of 400 x 280.
+PICTURES = {
+    "docs/samples.png": ("python data.py show --out docs/samples.png --n 9 --image-size 64",
+                         (576, 864)),
+    "docs/predictions.png": ("python eval.py --checkpoint out --show docs/predictions.png",
+                             (640, 1090)),
+    "docs/curve.png": ("python plot.py out --out docs/curve.png", (800, 280)),
+}
+
+
+def readme():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return f.read()
+
 
 # ------------------------------------------------------------------ captions
 
@@ -92,3 +117,44 @@ def test_curve_errors_name_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         plot.main([str(tmp_path)])
     assert "metrics.jsonl, line 2: not a JSON row" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the README's pictures
+
+def test_readme_pictures_exist_are_small_and_have_their_commands():
+    text = readme()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text) + re.findall(r'<img src="([^"]+)"', text)
+    assert sorted(set(linked)) == sorted(PICTURES)
+    for path in linked:
+        full = os.path.join(ROOT, path)
+        assert os.path.getsize(full) < 1_000_000, path                 # and so it exists
+        with Image.open(full) as image:
+            assert image.size == PICTURES[path][1], path
+    for command, _ in PICTURES.values():
+        assert command in text, command
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A few-step train.py run on 32-px images: a checkpoint, metrics.jsonl and eval.json."""
+    out = tmp_path_factory.mktemp("run")
+    subprocess.run([sys.executable, "train.py", "--out", str(out), "--image-size", "32",
+                    "--n-train", "256", "--batch-size", "8", "--accum-steps", "2", "--queue-size", "32",
+                    "--steps", "4", "--warmup-steps", "2", "--alpha-warmup", "2", "--vocab-size", "300",
+                    "--log-every", "1", "--eval-every", "2", "--eval-per-class", "8",
+                    "--eval-retrieval", "20", "--data-cache", "", "--workers", "1"],
+                   cwd=ROOT, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return out
+
+
+@pytest.mark.parametrize("picture", list(PICTURES))
+def test_picture_command_draws_a_picture_of_the_stated_size(picture, trained, tmp_path):
+    command, size = PICTURES[picture]
+    argv = [str(trained) if a == "out" else str(tmp_path / "p.png") if a == picture else a
+            for a in shlex.split(command)[1:]]
+    if argv[0] == "eval.py":                     # a smaller benchmark: the picture does not change
+        argv += ["--n-per-class", "8", "--n-retrieval", "20", "--seeds", "1", "--device", "cpu"]
+    subprocess.run([sys.executable, *argv], cwd=ROOT, check=True, capture_output=True,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"))
+    with Image.open(tmp_path / "p.png") as image:
+        assert image.size == size
