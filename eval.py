@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from data import (ManifestError, load_tokenizer, read_class_manifest, read_pair_manifest,
                   report_ids, tokenize)
 from model import DualEncoder, ModelConfig
-from synthetic import retrieval_set, zero_shot_set
+from synthetic import caption_font, draw_words, retrieval_set, zero_shot_set
 
 # -----------------------------------------------------------------------------
 # Metrics: plain functions of score tensors, no model involved.
@@ -360,7 +360,7 @@ def draw_predictions(path, images, labels, probs, classes, per_class=4, cell=160
     rows = [r for r in rows if len(r)]
     line, text_lines = 13, 4
     grid = Image.new("RGB", (per_class * cell, len(rows) * (cell + text_lines * line + 6)), "white")
-    draw = ImageDraw.Draw(grid)
+    draw, font = ImageDraw.Draw(grid), caption_font()
     for r, indices in enumerate(rows):
         for c, i in enumerate(indices.tolist()):
             x0, y0 = c * cell, r * (cell + text_lines * line + 6)
@@ -368,14 +368,16 @@ def draw_predictions(path, images, labels, probs, classes, per_class=4, cell=160
             pixels = pixels if pixels.dtype == torch.uint8 else (pixels * 255).round().byte()
             # (H, W) gives a grayscale picture, (H, W, 3) an RGB one.
             picture = Image.fromarray(pixels.permute(1, 2, 0).squeeze(-1).cpu().numpy())
-            grid.paste(picture.convert("RGB").resize((cell - 4, cell - 4)), (x0 + 2, y0 + 2))
+            # Nearest neighbour: the model's own pixels, unsmoothed (and a PNG a third the size).
+            picture = picture.convert("RGB").resize((cell - 4, cell - 4), Image.NEAREST)
+            grid.paste(picture, (x0 + 2, y0 + 2))
             top = probs[i].topk(min(3, len(classes)))
-            draw.text((x0 + 4, y0 + cell), f"true: {classes[labels[i]]}", fill="black")
+            draw_words(draw, (x0 + 4, y0 + cell), f"true: {classes[labels[i]]}".split(), font, "black")
             for j, (p, k) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
                 colour = ((0, 130, 0) if k == labels[i] else (200, 0, 0)) if j == 0 else "gray"
-                draw.text((x0 + 4, y0 + cell + (j + 1) * line), f"{classes[k]} {p:.2f}",
-                          fill=colour)
-    grid.save(path)
+                draw_words(draw, (x0 + 4, y0 + cell + (j + 1) * line), f"{classes[k]} {p:.2f}".split(),
+                           font, colour)
+    grid.quantize(256).save(path, optimize=True)   # grey pictures and a few colours: a palette is enough
 
 
 # -----------------------------------------------------------------------------

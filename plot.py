@@ -1,0 +1,153 @@
+"""Draw a training run's curves with Pillow alone: the loss and the zero-shot accuracy against step.
+
+    python plot.py out --out docs/curve.png
+
+Reads train.py's out/metrics.jsonl: a row every --log-every steps with the training loss, and one
+every --eval-every steps with the accuracy of the quick zero-shot check (5 x 50 images). When the
+run finished, out/eval.json adds the final model's zero-shot accuracy (5 x 200 images) at the last
+step. No plotting library: a panel is a box, round ticks, and a polyline through the points.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+from PIL import Image, ImageDraw
+
+from synthetic import caption_font, draw_words, words_width
+
+PANEL_W, PANEL_H = 400, 280        # px of one panel; the loss on the left, the accuracy on the right
+LEFT, TOP, RIGHT, BOTTOM = 46, 24, 14, 34   # px around the plot area, for the title and tick labels
+LOSS_COLOUR, QUICK_COLOUR, FINAL_COLOUR = (40, 90, 200), (220, 110, 0), (0, 140, 60)
+GRID, INK = (225, 225, 225), (40, 40, 40)
+
+
+class CurveError(Exception):
+    """The run's folder has no usable metrics.jsonl: reported in one line."""
+
+
+def read_run(run_dir):
+    """-> (loss [(step, loss)], quick [(step, accuracy)], final (step, accuracy) or None)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise CurveError(f"{path} not found: give the --out folder of a train.py run")
+    loss, quick = [], []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise CurveError(f"{path}, line {n}: not a JSON row") from None
+            if "loss" in row:
+                loss.append((row["step"], row["loss"]))
+            if "zero_shot_accuracy" in row:
+                quick.append((row["step"], row["zero_shot_accuracy"]))
+    if not loss:
+        raise CurveError(f"{path} has no row with a loss")
+    final = None
+    eval_path = os.path.join(run_dir, "eval.json")
+    if os.path.isfile(eval_path):
+        with open(eval_path) as f:
+            results = json.load(f)
+        if "zero_shot" in results:
+            final = (loss[-1][0], results["zero_shot"]["accuracy"])
+    return loss, quick, final
+
+
+def ticks(lo, hi, count=5):
+    """About count round values (1, 2 or 5 times a power of ten apart) from <= lo to >= hi."""
+    raw = max(hi - lo, 1e-9) / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first, last = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+    return [round(first + i * step, 12) for i in range(round((last - first) / step) + 1)]
+
+
+class Panel:
+    """A plot area at (x, y) on the canvas, mapping (step, value) to pixels."""
+
+    def __init__(self, x, y, x_ticks, y_ticks):
+        self.x0, self.y0 = x + LEFT, y + TOP                              # top-left of the plot area
+        self.w, self.h = PANEL_W - LEFT - RIGHT, PANEL_H - TOP - BOTTOM
+        self.x_ticks, self.y_ticks = x_ticks, y_ticks
+
+    def xy(self, step, value):
+        (a, b), (c, d) = (self.x_ticks[0], self.x_ticks[-1]), (self.y_ticks[0], self.y_ticks[-1])
+        return (self.x0 + (step - a) / (b - a) * self.w,
+                self.y0 + self.h - (value - c) / (d - c) * self.h)         # pixel rows grow down
+
+    def draw_axes(self, draw, font, title, label):
+        for t in self.y_ticks:                                  # horizontal grid lines, labelled
+            _, y = self.xy(self.x_ticks[0], t)
+            draw.line([(self.x0, y), (self.x0 + self.w, y)], fill=GRID)
+            text = f"{t:g}"
+            draw.text((self.x0 - 4 - words_width([text], font), y - 7), text, fill=INK, font=font)
+        for t in self.x_ticks:
+            x, _ = self.xy(t, self.y_ticks[0])
+            draw.line([(x, self.y0 + self.h), (x, self.y0 + self.h + 3)], fill=INK)
+            text = f"{t:g}"
+            draw.text((x - words_width([text], font) / 2, self.y0 + self.h + 5), text, fill=INK,
+                      font=font)
+        draw.rectangle([self.x0, self.y0, self.x0 + self.w, self.y0 + self.h], outline=INK)
+        draw_words(draw, (self.x0, self.y0 - 18), title.split(), font, INK)
+        words = label.split()
+        draw_words(draw, (self.x0 + self.w - words_width(words, font), self.y0 + self.h + 18),
+                   words, font, INK)
+
+    def draw_line(self, draw, points, colour, dots=False):
+        pixels = [self.xy(s, v) for s, v in points]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=colour, width=2)
+        for x, y in pixels if dots else []:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+
+
+def draw_curves(run_dir, out):
+    """Two panels side by side: the training loss, and the zero-shot accuracy (quick checks, then
+    the final evaluation) against the optimizer step. Returns the picture's (width, height)."""
+    loss, quick, final = read_run(run_dir)
+    last = loss[-1][0]
+    canvas = Image.new("RGB", (2 * PANEL_W, PANEL_H), "white")
+    draw, font = ImageDraw.Draw(canvas), caption_font()
+    x_ticks = ticks(0, last)
+
+    values = [v for _, v in loss]
+    left = Panel(0, 0, x_ticks, ticks(min(values), max(values)))
+    left.draw_axes(draw, font, "training loss (InfoNCE with soft targets)", "optimizer step")
+    left.draw_line(draw, loss, LOSS_COLOUR)
+
+    right = Panel(PANEL_W, 0, x_ticks, ticks(0, 1))
+    right.draw_axes(draw, font, "zero-shot accuracy (5 classes; chance 0.2)", "optimizer step")
+    right.draw_line(draw, quick + ([final] if final else []), QUICK_COLOUR, dots=True)
+    if final:                                     # the final evaluation has 4x the images: its own colour
+        x, y = right.xy(*final)
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=FINAL_COLOUR)
+    legend = [("quick check, 5 x 50 images", QUICK_COLOUR)] + \
+        ([("final, 5 x 200 images", FINAL_COLOUR)] if final else [])
+    for i, (text, colour) in enumerate(legend):
+        x, y = right.x0 + 8, right.y0 + 8 + 15 * i
+        draw.ellipse([x, y + 3, x + 6, y + 9], fill=colour)
+        draw_words(draw, (x + 11, y), text.split(), font, INK)
+
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    canvas.save(out, optimize=True)
+    return canvas.size
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="train.py's --out folder (holding metrics.jsonl)")
+    p.add_argument("--out", default="curve.png", help="PNG to write (default: %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        size = draw_curves(args.run, args.out)
+    except (CurveError, OSError) as e:
+        print(f"plot.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {args.out} ({size[0]}x{size[1]} px)")
+
+
+if __name__ == "__main__":
+    main()
