@@ -574,8 +574,9 @@ def main(argv=None):
                    "peak_mem_mb": round(peak_memory_mb(device), 1),
                    "elapsed_s": round(time.time() - t_start, 1),
                    "eta_s": round((args.steps - step) * sec_per_step, 1)}
-            log(f"step {step:5d}/{args.steps} | loss {loss:.4f} | lr {lr:.2e} | alpha {alpha:.2f} | "
-                f"m {m:.4f} | temp {row['temperature']:.4f} | {row['samples_per_s']:.0f} samples/s | "
+            teacher_part = f"alpha {alpha:.2f} | m {m:.4f} | " if args.method == "msd" else ""  # CLIP has neither
+            log(f"step {step:5d}/{args.steps} | loss {loss:.4f} | lr {lr:.2e} | {teacher_part}"
+                f"temp {row['temperature']:.4f} | {row['samples_per_s']:.0f} samples/s | "
                 f"mem {row['peak_mem_mb']:.0f} MB | {fmt_time(row['elapsed_s'])} elapsed, "
                 f"{fmt_time(row['eta_s'])} left", flush=True)
             with open(metrics_path, "a") as f:

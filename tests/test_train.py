@@ -423,6 +423,8 @@ def test_exact_clip_accumulation_trains_and_resumes_exactly(exact_clip_runs):
     root, proc = exact_clip_runs
     assert ("method: clip: exact accumulation over the window (feature cache), 31 negatives per "
             "row, 2 student forwards per sample") in proc.stdout
+    steps = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert steps and not any("alpha" in line or "| m " in line for line in steps)   # CLIP has no teacher
     assert load(root / "cut" / "ckpt.pt")["step"] == 2
     run("train.py", "--out", str(root / "cut"), *CLIP4, "--resume")
     a, b = load(root / "ref" / "ckpt.pt"), load(root / "cut" / "ckpt.pt")
