@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from data import (ManifestError, load_tokenizer, read_class_manifest, read_pair_manifest,
                   report_ids, tokenize)
 from model import DualEncoder, ModelConfig
-from synthetic import caption_font, draw_words, retrieval_set, zero_shot_set
+from synthetic import EVAL_SEED, caption_font, check_eval_seed, draw_words, retrieval_set, zero_shot_set
 
 # -----------------------------------------------------------------------------
 # Metrics: plain functions of score tensors, no model involved.
@@ -267,20 +267,20 @@ QUICK_PER_CLASS = 50   # quick=True: 5 x 50 zero-shot images, about a second for
 
 
 @functools.lru_cache(maxsize=4)
-def _synthetic_zero_shot(n_per_class, image_size):
+def _synthetic_zero_shot(n_per_class, image_size, seed=EVAL_SEED):
     # Rendering is deterministic, so a training run that evaluates every few hundred steps renders
     # the benchmark once, not at every evaluation.
-    return zero_shot_set(n_per_class, image_size)
+    return zero_shot_set(n_per_class, image_size, seed=seed)
 
 
 @functools.lru_cache(maxsize=4)
-def _synthetic_retrieval(n, image_size):
-    return retrieval_set(n, image_size)
+def _synthetic_retrieval(n, image_size, seed=EVAL_SEED):
+    return retrieval_set(n, image_size, seed=seed)
 
 
 def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_class=200,
              n_retrieval=1000, quick=False, shots=(1, 2, 4, 8, 16), seeds=(0, 1, 2, 3, 4),
-             batch_size=256, log=None):
+             batch_size=256, log=None, eval_seed=EVAL_SEED):
     """Run the benchmark and return the results as eval.py --json writes them:
         {"zero_shot": {"accuracy", "auc"}, "few_shot": {"1", "2", "4", "8", "16"},
          "retrieval": {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}}
@@ -294,16 +294,20 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
     results["evaluated_on"] says which data each part used: {"zero_shot": {"source", "images",
     "classes"}, "retrieval": {"source", "pairs"}}, source "synthetic" or the manifest's path (a set
     from read_benchmark carries it as zs["source"] / ret["source"]).
-    log: a print-like function for progress messages (None: silent)."""
+    log: a print-like function for progress messages (None: silent).
+    eval_seed: which synthetic evaluation set (synthetic.EVAL_SEED; SECOND_EVAL_SEED is disjoint)."""
     log = log or (lambda *args: None)
     results, evaluated_on = {}, {}
     if zs is not False:
         if zs is None:
             n = min(n_per_class, QUICK_PER_CLASS) if quick else n_per_class
             log(f"rendering the synthetic zero-shot set ({n} images per class)...")
-            zs = {**_synthetic_zero_shot(n, image_size), "source": "synthetic"}
+            zs = {**_synthetic_zero_shot(n, image_size, eval_seed), "source": "synthetic",
+                  "seed": eval_seed}
         evaluated_on["zero_shot"] = {"source": zs.get("source"), "images": len(zs["labels"]),
                                      "classes": list(zs["classes"])}
+        if "seed" in zs:
+            evaluated_on["zero_shot"]["seed"] = zs["seed"]
         log(f"evaluating zero-shot on {len(zs['labels'])} images, {len(zs['classes'])} classes...")
         features = embed_images(model, zs["images"], device, batch_size)               # (n, D)
         z = zero_shot(model, tokenizer, zs["images"], zs["labels"], zs["classes"], zs["prompts"],
@@ -323,8 +327,11 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
     if ret is not False:
         if ret is None:
             log(f"rendering {n_retrieval} held-out synthetic image-report pairs...")
-            ret = {**_synthetic_retrieval(n_retrieval, image_size), "source": "synthetic"}
+            ret = {**_synthetic_retrieval(n_retrieval, image_size, eval_seed), "source": "synthetic",
+                   "seed": eval_seed}
         evaluated_on["retrieval"] = {"source": ret.get("source"), "pairs": len(ret["texts"])}
+        if "seed" in ret:
+            evaluated_on["retrieval"]["seed"] = ret["seed"]
         log(f"evaluating retrieval on {len(ret['texts'])} pairs "
             f"({len(set(report_ids(ret['texts']).tolist()))} distinct reports)...")
         results["retrieval"] = retrieval(model, tokenizer, ret["images"], ret["texts"], device,
@@ -551,6 +558,10 @@ def parse_args(argv=None):
                         "5x200)")
     p.add_argument("--n-retrieval", type=int, default=1000, metavar="N",
                    help="synthetic held-out retrieval pairs (default: %(default)s)")
+    p.add_argument("--eval-seed", type=int, default=EVAL_SEED, metavar="SEED",
+                   help="which synthetic evaluation set to render (default: %(default)s, the one "
+                        "train.py reports; 3003 is a second, disjoint one, to check that a recipe "
+                        "is not tuned to the first)")
     p.add_argument("--seeds", type=int, default=5, metavar="N",
                    help="few-shot draws of the k images, averaged (default: %(default)s)")
     return p.parse_args(argv)
@@ -566,6 +577,10 @@ def run(args):
     for flag in ("batch_size", "n_per_class", "n_retrieval", "seeds"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    try:
+        check_eval_seed(args.eval_seed)
+    except ValueError as e:
+        raise InputError(f"--eval-seed: {e}") from None
 
     model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.use_teacher, args.device)
     cfg = model.cfg
@@ -577,7 +592,8 @@ def run(args):
                              cfg.in_channels, cache_dir=args.data_cache or None)
     results = evaluate(model, tokenizer, args.device, cfg.image_size, zs=zs, ret=ret,
                        n_per_class=args.n_per_class, n_retrieval=args.n_retrieval,
-                       seeds=tuple(range(args.seeds)), batch_size=args.batch_size, log=print)
+                       seeds=tuple(range(args.seeds)), batch_size=args.batch_size, log=print,
+                       eval_seed=args.eval_seed)
     print()
     print(format_table(results))
     print(f"\n({time.time() - t0:.0f} s)")
@@ -589,7 +605,7 @@ def run(args):
         print(f"wrote {args.json}")
     if args.show:
         if zs is None:   # evaluate rendered the synthetic set; the cache hands back the same one
-            zs = _synthetic_zero_shot(args.n_per_class, cfg.image_size)
+            zs = _synthetic_zero_shot(args.n_per_class, cfg.image_size, args.eval_seed)
         # Four images per class are enough to see what the model confuses; embed just those.
         pick = torch.cat([torch.nonzero(zs["labels"] == c).flatten()[:4]
                           for c in range(len(zs["classes"]))])

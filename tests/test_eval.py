@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
 from data import tokenize, train_tokenizer  # noqa: E402
 from model import DualEncoder, make_config  # noqa: E402
-from synthetic import CLASS_PROMPTS, ZERO_SHOT_CLASSES, render_synthetic  # noqa: E402
+from synthetic import (CLASS_PROMPTS, EVAL_SEED, SECOND_EVAL_SEED, TRAIN_SEED,  # noqa: E402
+                       ZERO_SHOT_CLASSES, render_synthetic)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -283,10 +284,33 @@ def test_cli_json_on_the_synthetic_benchmark(checkpoint, tmp_path):
     assert r.returncode == 0, r.stderr
     results = json.loads(out.read_text())
     assert results["evaluated_on"] == {
-        "zero_shot": {"source": "synthetic", "images": 5 * 20, "classes": list(ZERO_SHOT_CLASSES)},
-        "retrieval": {"source": "synthetic", "pairs": 30}}
+        "zero_shot": {"source": "synthetic", "images": 5 * 20, "classes": list(ZERO_SHOT_CLASSES),
+                      "seed": EVAL_SEED},
+        "retrieval": {"source": "synthetic", "pairs": 30, "seed": EVAL_SEED}}
     check_json_structure(results)
     assert "zero-shot" in r.stdout and "Recall@10" in r.stdout   # the table was printed
+
+
+def test_cli_second_eval_seed_evaluates_other_images(checkpoint, tmp_path):
+    """--eval-seed renders another set: the same untrained model scores differently on it, and
+    the JSON says which set it was."""
+    common = ["--checkpoint", str(checkpoint), "--n-per-class", "10", "--n-retrieval", "20",
+              "--seeds", "1", "--device", "cpu"]
+    results = {}
+    for seed in (EVAL_SEED, SECOND_EVAL_SEED):
+        ev.main(common + ["--eval-seed", str(seed), "--json", str(tmp_path / f"{seed}.json")])
+        results[seed] = json.loads((tmp_path / f"{seed}.json").read_text())
+        assert results[seed]["evaluated_on"]["zero_shot"]["seed"] == seed
+        assert results[seed]["evaluated_on"]["retrieval"]["seed"] == seed
+    assert results[EVAL_SEED]["zero_shot"] != results[SECOND_EVAL_SEED]["zero_shot"]
+
+
+def test_cli_eval_seed_of_the_training_set_exits_2(checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--checkpoint", str(checkpoint), "--eval-seed", str(TRAIN_SEED), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and "--eval-seed" in err and str(TRAIN_SEED) in err
 
 
 # The error cases call main() in this process (starting Python and torch again costs seconds); a

@@ -80,6 +80,23 @@ def test_train_and_eval_items_never_coincide():
     assert synthetic.make_study(TRAIN_SEED, 0).patient != synthetic.make_study(EVAL_SEED, 0).patient
 
 
+def test_second_eval_seed_is_a_disjoint_set_of_the_same_kind():
+    key = lambda imgs: {bytes(x.numpy().tobytes()) for x in imgs}  # noqa: E731
+    first, second = (synthetic.zero_shot_set(10, 32, workers=1, seed=s)
+                     for s in (EVAL_SEED, synthetic.SECOND_EVAL_SEED))
+    assert second["labels"].tolist() == first["labels"].tolist()      # the same 5 x n layout
+    assert second["classes"] == first["classes"]
+    assert not key(first["images"]) & key(second["images"])          # no image shared
+    ret1, ret2 = (synthetic.retrieval_set(50, 32, workers=1, seed=s)
+                  for s in (EVAL_SEED, synthetic.SECOND_EVAL_SEED))
+    assert not key(ret1["images"]) & key(ret2["images"])
+    assert not key(ret2["images"]) & key(synthetic.render_synthetic("train", 200, 32, workers=1)["images"])
+    assert torch.equal(ret1["images"], synthetic.retrieval_set(50, 32, workers=1)["images"])  # default
+    for make in (synthetic.zero_shot_set, synthetic.retrieval_set):
+        with pytest.raises(ValueError, match="training set's seed"):
+            make(2, 32, workers=1, seed=TRAIN_SEED)
+
+
 # -----------------------------------------------------------------------------
 # The pictures: every finding changes the image where it should. The same patient (anatomy and
 # noise) is drawn with and without the finding, so the difference is the finding alone.
