@@ -310,3 +310,30 @@ def test_finished_runs_are_recorded_and_the_report_alone_is_enough_to_skip_them(
     # a report of other settings is refused rather than mixed with these
     assert ablation.main(args + ["--steps", "300"]) == 2
     assert "holds runs with other settings" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
+# profile_step.py: the parts its docstring promises, and the table's arithmetic
+
+def test_profile_report_shares_and_order():
+    import profile_step
+    parts = {"a": 0.010, "b": 0.030, "c": 0.020}
+    lines = profile_step.format_report(0.080, parts, N=128).splitlines()
+    body = [line.split() for line in lines[2:5]]
+    assert [row[0] for row in body] == ["b", "c", "a"]                  # largest first
+    assert [row[-1] for row in body] == ["37.5%", "25.0%", "12.5%"]      # part / whole step
+    assert "75.0%" in lines[6] and "60.0" in lines[6]                    # the sum: 60 ms of 80
+    assert "1600 samples/s" in lines[7]                                 # 128 / 0.080
+
+
+def test_profile_measures_the_parts_its_docstring_lists(tmp_path):
+    import profile_step
+    out = tmp_path / "profile.json"
+    run("profile_step.py", "--batch-size", "4", "--accum-steps", "2", "--queue-size", "8",
+        "--repeats", "1", "--warmup", "0", "--json", str(out))
+    result = json.loads(out.read_text())
+    documented = [line.strip().split("   ")[0] for line in profile_step.__doc__.splitlines()
+                  if line.startswith("    ") and not line.strip().startswith("python")]
+    assert sorted(result["parts_s"]) == sorted(documented)
+    assert result["window"] == 8 and result["step_s"] > 0
+    assert all(v > 0 for v in result["parts_s"].values())
