@@ -1,6 +1,7 @@
 """When is momentum self-distillation worth it? Training arms at the same samples, seeds and memory.
 
     python ablation.py --dry-run                   # the exact train.py commands, nothing run
+    python ablation.py --report                    # the table of the runs recorded so far
     python ablation.py --only a,g,e --seeds 0,1,2  # the arms that carry the claim: ~25 min per run-seed
     python ablation.py                             # every arm, seeds 0,1 (hours on 2 CPU cores)
 
@@ -230,6 +231,23 @@ def compare(runs, x, y, key="zero_shot_accuracy"):
     return mx - my, spread, abs(mx - my) > spread
 
 
+# The pairs whose order the README's reading rests on: MSD against the CLIP arms, and each remedy
+# against MSD's defaults (e) and against exact CLIP (g).
+PAIRS = [("e", "g"), ("e", "a"), ("g", "a"), ("e", "b"), ("d", "e"), ("f", "e")] + \
+        [(r, y) for r in "qhmw" for y in "eg"]
+
+
+def comparisons(runs, key="zero_shot_accuracy"):
+    """A line per pair of PAIRS with at least 2 seeds on both sides."""
+    lines = []
+    for x, y in PAIRS:
+        c = compare(runs, x, y, key)
+        if c is not None:
+            lines.append(f"{key} {x} - {y}: {c[0]:+.3f} ({'beyond' if c[2] else 'within'} the "
+                         f"larger standard deviation, {c[1]:.3f})")
+    return lines
+
+
 # -----------------------------------------------------------------------------
 
 def read_json(path):
@@ -294,6 +312,8 @@ def parse_args(argv=None):
     a("--json", default="docs/results/ablation.json",
       help="the report: every finished run's numbers, command, commit and machine; runs in it are skipped")
     a("--dry-run", action="store_true", help="print the commands and the samples per arm; run nothing")
+    a("--report", action="store_true",
+      help="print the table and the comparisons of the runs recorded in --json; run nothing")
     args = p.parse_args(argv)
     if min(args.batch_size, args.accum_steps, args.steps, args.n_train) <= 0:
         p.error("--batch-size, --accum-steps, --steps and --n-train must be positive")
@@ -316,8 +336,8 @@ def parse_args(argv=None):
     return p, args
 
 
-def write_report(path, args, report):
-    """Rewrite the report with every run recorded so far (also those of other --only / --seeds)."""
+def tabulate(report, args):
+    """{arm: {seed: summary}} of every run recorded, and the report's aggregate and table updated."""
     runs = {}
     for key, rec in report["records"].items():
         arm, seed = key.rsplit("-seed", 1)
@@ -325,6 +345,12 @@ def write_report(path, args, report):
     arms = [a for a in ARMS if a in runs]
     report["aggregate"] = aggregate(runs)
     report["table"] = format_table(runs, arms, args.batch_size, args.accum_steps)
+    return runs
+
+
+def write_report(path, args, report):
+    """Rewrite the report with every run recorded so far (also those of other --only / --seeds)."""
+    runs = tabulate(report, args)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -336,7 +362,19 @@ def write_report(path, args, report):
 def main(argv=None):
     _, args = parse_args(argv)
     b, k = args.batch_size, args.accum_steps
-    settings = {key: v for key, v in vars(args).items() if key not in ("dry_run", "only", "seeds", "json")}
+    settings = {key: v for key, v in vars(args).items()
+                if key not in ("dry_run", "report", "only", "seeds", "json")}
+    if args.report:
+        if not os.path.exists(args.json):
+            print(f"error: --report: no report at {args.json}", file=sys.stderr)
+            return 2
+        report = read_json(args.json)
+        runs = tabulate(report, argparse.Namespace(**report["settings"]))
+        print(f"{len(report['records'])} runs recorded in {args.json}, settings {report['settings']}\n")
+        print(report["table"] + "\n")
+        for key in ("zero_shot_accuracy", "t2i_r10"):
+            print("\n".join(comparisons(runs, key)) or f"(no pair has 2 seeds on both sides: {key})")
+        return 0
     print(f"ablation: micro-batch b = {b}, k = {k} (window {k * b}), S = {args.steps} steps, "
           f"warm-ups {args.warmup_steps} (lr) and {args.alpha_warmup} (alpha) steps and momentum "
           f"{args.momentum} at k×b (scaled for the S·k-step arms), "
@@ -417,11 +455,7 @@ def main(argv=None):
     print(report.get("table", ""))
     if args.json:
         print(f"\nwrote {args.json}")
-        for x, y in (("e", "g"), ("e", "a"), ("g", "a"), ("e", "b")):
-            c = compare(runs, x, y)
-            if c is not None:
-                print(f"zero-shot accuracy {x} - {y}: {c[0]:+.3f} "
-                      f"({'beyond' if c[2] else 'within'} the larger standard deviation, {c[1]:.3f})")
+        print("\n".join(comparisons(runs)))
     if failed:
         print(f"failed: {', '.join(failed)} (see their train.log)")
         return 1

@@ -312,6 +312,27 @@ def test_finished_runs_are_recorded_and_the_report_alone_is_enough_to_skip_them(
     assert "holds runs with other settings" in capsys.readouterr().err
 
 
+def test_report_prints_the_recorded_runs_and_their_comparisons_without_running(tmp_path, capsys):
+    for arm, accs in (("e", (0.5, 0.7)), ("q", (0.80, 0.82)), ("g", (0.9, 0.6))):
+        for seed, acc in enumerate(accs):
+            finished_run(tmp_path / "runs" / f"{arm}-seed{seed}", acc, acc - 0.1 if arm != "g" else None)
+    report = tmp_path / "ablation.json"
+    assert ablation.main(["--only", "e,q,g", "--seeds", "0,1", "--out-dir", str(tmp_path / "runs"),
+                          "--json", str(report)]) == 0
+    capsys.readouterr()
+    (tmp_path / "runs").rename(tmp_path / "gone")        # --report needs the JSON alone
+    assert ablation.main(["--report", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs recorded" in out
+    assert "| q | MSD k×b, queue from the warm-up's end | 32 × 4 | 2 | 0.810 ± 0.014 |" in out
+    # q - e = 0.81 - 0.60 = +0.21 against e's spread 0.141: beyond; q - g = +0.06 against 0.212: within
+    assert "zero_shot_accuracy q - e: +0.210 (beyond the larger standard deviation, 0.141)" in out
+    assert "zero_shot_accuracy q - g: +0.060 (within the larger standard deviation, 0.212)" in out
+    assert "e - g" in out and "e - a" not in out                  # a has no runs
+    assert ablation.main(["--report", "--json", str(tmp_path / "none.json")]) == 2
+    assert "no report at" in capsys.readouterr().err
+
+
 # -----------------------------------------------------------------------------
 # profile_step.py: the parts its docstring promises, and the table's arithmetic
 
