@@ -78,8 +78,8 @@ def test_end_to_end_then_eval_json(reference_run, tmp_path):
     assert any("zero_shot_accuracy" in r for r in rows)                   # the quick eval at step 3
     # with no manifest, train.py's own table is the synthetic benchmark, and eval.json says so
     assert json.loads((out / "eval.json").read_text())["evaluated_on"] == {
-        "zero_shot": {"source": "synthetic", "images": 5 * 10, "classes": ZERO_SHOT_CLASSES},
-        "retrieval": {"source": "synthetic", "pairs": 40}}
+        "zero_shot": {"source": "synthetic", "images": 5 * 10, "classes": ZERO_SHOT_CLASSES, "seed": 2002},
+        "retrieval": {"source": "synthetic", "pairs": 40, "seed": 2002}}
     ckpt = load(out / "ckpt.pt")
     assert ckpt["step"] == 6 and ckpt["samples_seen"] == 6 * 16
     assert len(ckpt["queue"]["ids"]) == 64 and int(ckpt["queue"]["filled"]) == 64
