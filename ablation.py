@@ -31,10 +31,13 @@ Learning-rate and alpha warm-ups and the teacher's EMA are counted in optimizer 
 train.py, so they are scaled with each arm's steps: every arm warms up, and averages its teacher,
 over the same number of samples. The arms with a teacher are evaluated twice: the student, and the
 teacher's EMA weights (`eval.py --use-teacher`), a weight average that is free at the end of a run.
+Every student is also evaluated on a second, disjoint synthetic set (`eval.py --eval-seed 3003`,
+column "2nd set acc"): an order of the arms that holds there was not chosen on the first set's
+images. Runs recorded before that column existed get it on the next call, if their folder is there.
 
 Each run is exactly what a user would type (`python train.py ...` in a subprocess) and writes
-results/ablation/ARM-seedN/{eval.json, eval_teacher.json, metrics.jsonl, train.log}. Every finished
-run's numbers go at once into the JSON report (by default docs/results/ablation.json, which is
+results/ablation/ARM-seedN/{eval.json, eval_teacher.json, eval_second.json, metrics.jsonl,
+train.log}. Every finished run's numbers go at once into the JSON report (by default docs/results/ablation.json, which is
 small and committed), with its command, commit and machine; a run already in the report or with an
 eval.json is skipped, an interrupted one continues with --resume. So the ablation can be spread over
 many sessions, on machines that keep nothing but the repository. Then one markdown table, mean ±
@@ -80,7 +83,7 @@ MAIN_ARMS = "a,b,c,d,e,f,g"
 # comparison (different samples seen, seeds or warm-ups between arms), so it refuses them.
 OWN_OPTIONS = {"--method", "--batch-size", "--accum-steps", "--steps", "--warmup-steps",
                "--alpha-warmup", "--alpha", "--momentum", "--seed", "--out", "--eval-every",
-               "--n-train", "--resume"}
+               "--n-train", "--resume", "--queue-start"}
 
 # (column header, where in a run's summary, digits)
 METRICS = [
@@ -92,6 +95,7 @@ METRICS = [
     ("i2t R@10", "i2t_r10", 3),
     ("t2i R@1", "t2i_r1", 3),
     ("t2i R@10", "t2i_r10", 3),
+    ("2nd set acc", "second_zero_shot_accuracy", 3),
     ("peak MB", "peak_mem_mb", 0),
     ("train min", "train_min", 1),
 ]
@@ -133,6 +137,9 @@ def train_command(arm, seed, args, python=sys.executable):
         # steps becomes m^(1/k), so the teacher averages over the same number of samples.
         opts["--alpha-warmup"] = str(args.alpha_warmup * s["scale"])
         opts["--momentum"] = f"{args.momentum ** (1 / s['scale']):.6g}"
+        # MSD's defaults as they were when the ablation began: the queue from the first step (the
+        # runs recorded before train.py's default became "after the warm-up" had it implicitly).
+        opts["--queue-start"] = "0"
         if args.alpha is not None:
             opts["--alpha"] = str(args.alpha)
     opts.update(zip(s["options"][::2], s["options"][1::2]))
@@ -140,6 +147,19 @@ def train_command(arm, seed, args, python=sys.executable):
     for name, value in opts.items():
         cmd += [name, value]
     return cmd + shlex.split(args.extra)
+
+
+# synthetic.SECOND_EVAL_SEED (this file does not import the project): every run is evaluated on a
+# second, disjoint synthetic set too, so an arm that wins on the first must win on images that
+# played no part in choosing it.
+SECOND_EVAL_SEED = 3003
+
+
+def second_command(arm, seed, args, python=sys.executable):
+    """eval.py on the run's checkpoint (the student), on the second evaluation set."""
+    out = run_dir(args.out_dir, arm, seed)
+    return [python, os.path.relpath(os.path.join(HERE, "eval.py")), "--checkpoint", out,
+            "--eval-seed", str(SECOND_EVAL_SEED), "--json", os.path.join(out, "eval_second.json")]
 
 
 def teacher_command(arm, seed, args, python=sys.executable):
@@ -169,9 +189,10 @@ def fmt_mean_std(values, digits=3):
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def summarise_run(eval_results, metrics_rows, teacher_results=None):
-    """One run's numbers for the table, from eval.json, the rows of metrics.jsonl and, for the
-    arms with a teacher, eval_teacher.json (its metrics prefixed "teacher_")."""
+def summarise_run(eval_results, metrics_rows, teacher_results=None, second_results=None):
+    """One run's numbers for the table, from eval.json, the rows of metrics.jsonl, for the arms
+    with a teacher eval_teacher.json (its metrics prefixed "teacher_"), and eval_second.json, the
+    student on the second evaluation set (prefixed "second_")."""
     def metrics(res):
         zs, fs, ret = res.get("zero_shot", {}), res.get("few_shot", {}), res.get("retrieval", {})
         return {"zero_shot_accuracy": zs.get("accuracy"), "zero_shot_auc": zs.get("auc"),
@@ -184,6 +205,8 @@ def summarise_run(eval_results, metrics_rows, teacher_results=None):
            "train_min": train_rows[-1]["elapsed_s"] / 60 if train_rows else None}
     if teacher_results is not None:
         out.update({f"teacher_{key}": v for key, v in metrics(teacher_results).items()})
+    if second_results is not None:
+        out.update({f"second_{key}": v for key, v in metrics(second_results).items()})
     return out
 
 
@@ -264,9 +287,23 @@ def read_run(out):
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
-    teacher_path = os.path.join(out, "eval_teacher.json")
-    teacher = read_json(teacher_path) if os.path.exists(teacher_path) else None
-    return summarise_run(read_json(os.path.join(out, "eval.json")), rows, teacher)
+    extra = [os.path.join(out, f"eval_{name}.json") for name in ("teacher", "second")]
+    teacher, second = (read_json(path) if os.path.exists(path) else None for path in extra)
+    return summarise_run(read_json(os.path.join(out, "eval.json")), rows, teacher, second)
+
+
+def evaluate_more(arm, seed, args, out):
+    """The teacher (arms with one) and the second evaluation set, each unless its JSON exists.
+    Returns None, or what failed."""
+    todo = [("second", second_command)] + ([("teacher", teacher_command)] if has_teacher(arm) else [])
+    for name, command in todo:
+        if os.path.exists(os.path.join(out, f"eval_{name}.json")):
+            continue
+        cmd = command(arm, seed, args)
+        with open(os.path.join(out, f"eval_{name}.log"), "w") as log:
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                return f"{shlex.join(cmd)}; see {out}/eval_{name}.log"
+    return None
 
 
 def machine():
@@ -390,6 +427,7 @@ def main(argv=None):
             print(shlex.join(train_command(arm, seed, args)))
             if has_teacher(arm):
                 print(shlex.join(teacher_command(arm, seed, args)))
+            print(shlex.join(second_command(arm, seed, args)))
         return 0
 
     report = {"settings": settings, "records": {}}
@@ -406,6 +444,18 @@ def main(argv=None):
         if key in report["records"]:
             print(f"{tag}: skipped, in {args.json} already (measured at commit "
                   f"{report['records'][key]['commit']})")
+            summary = report["records"][key]["summary"]
+            if "second_zero_shot_accuracy" not in summary and os.path.exists(os.path.join(out, "eval.json")):
+                # recorded before the second set existed, and its checkpoint is still here
+                failure = evaluate_more(arm, seed, args, out)
+                if failure:
+                    print(f"{tag}: FAILED to evaluate it on the second set ({failure})", flush=True)
+                    failed.append(key)
+                    continue
+                summary.update({k: v for k, v in read_run(out).items() if k.startswith("second_")})
+                write_report(args.json, args, report)
+                print(f"{tag}: added the second evaluation set: zero-shot accuracy "
+                      f"{summary['second_zero_shot_accuracy']:.3f}", flush=True)
             continue
         t = time.time()
         if os.path.exists(os.path.join(out, "eval.json")):
@@ -429,14 +479,11 @@ def main(argv=None):
                       f"of {log_path}:\n{tail}", flush=True)
                 failed.append(key)
                 continue
-        if has_teacher(arm) and not os.path.exists(os.path.join(out, "eval_teacher.json")):
-            cmd = teacher_command(arm, seed, args)
-            with open(os.path.join(out, "eval_teacher.log"), "w") as log:
-                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
-                    print(f"{tag}: FAILED to evaluate the teacher ({shlex.join(cmd)}; see "
-                          f"{out}/eval_teacher.log)", flush=True)
-                    failed.append(key)
-                    continue
+        failure = evaluate_more(arm, seed, args, out)
+        if failure:
+            print(f"{tag}: FAILED to evaluate the teacher or the second set ({failure})", flush=True)
+            failed.append(key)
+            continue
         summary = read_run(out)
         report["records"][key] = {"summary": summary, "command": shlex.join(train_command(arm, seed, args)),
                                   "commit": commit(), "machine": machine(),

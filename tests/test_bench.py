@@ -5,6 +5,7 @@ and one real bench.py --one measurement on a tiny configuration. No timing asser
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -199,6 +200,8 @@ def test_dry_run_every_arm_sees_the_same_samples_warm_ups_and_teacher_horizon():
         assert all(option(c, "--eval-every") == "0" and option(c, "--image-size") == "32" for c in arms)
         # the remedies: each differs from arm e by its own options only
         assert option(by_arm["q"], "--queue-start") == "5"                  # S/6 of 30 steps
+        # the other teacher arms keep the queue from step 0 whatever train.py's default becomes
+        assert all(option(by_arm[a], "--queue-start") == "0" for a in "defhmw")
         assert option(by_arm["h"], "--momentum-half-life") == "0.05"
         assert (option(by_arm["m"], "--momentum-schedule"), option(by_arm["m"], "--momentum")) == ("cosine", "0.99")
         assert option(by_arm["w"], "--alpha-warmup") == "15"                # S/2
@@ -213,10 +216,14 @@ def test_dry_run_every_arm_sees_the_same_samples_warm_ups_and_teacher_horizon():
     assert shape(by_run["c-seed0"]) == ("clip-naive", "8", "4")
     assert shape(by_run["g-seed0"]) == ("clip", "8", "4")
     # the arms with a teacher are evaluated with its weights too, on their own checkpoint
-    teachers = [c for c in lines if c[1].endswith("eval.py")]
+    teachers = [c for c in lines if c[1].endswith("eval.py") and "--use-teacher" in c]
     assert {option(c, "--checkpoint") for c in teachers} == \
         {option(c, "--out") for c in cmds if option(c, "--method") == "msd"}
-    assert all("--use-teacher" in c for c in teachers)
+    # and every run's student on the second evaluation set, synthetic.py's SECOND_EVAL_SEED
+    import synthetic
+    seconds = [c for c in lines if c[1].endswith("eval.py") and "--use-teacher" not in c]
+    assert sorted(option(c, "--checkpoint") for c in seconds) == sorted(option(c, "--out") for c in cmds)
+    assert {option(c, "--eval-seed") for c in seconds} == {str(synthetic.SECOND_EVAL_SEED)}
 
 
 def test_extra_may_not_change_what_the_arms_compare():
@@ -249,7 +256,8 @@ def fake_metrics(peak, elapsed):
 
 
 def test_summaries_aggregate_table_and_comparison():
-    runs = {"e": {s: ablation.summarise_run(fake_eval(acc), fake_metrics(peak, sec), fake_eval(acc + 0.1))
+    runs = {"e": {s: ablation.summarise_run(fake_eval(acc), fake_metrics(peak, sec), fake_eval(acc + 0.1),
+                                            fake_eval(acc + 0.05))
                   for s, acc, peak, sec in ((0, 0.5, 300, 120), (1, 0.6, 400, 180), (2, 0.7, 500, 240))},
             "b": {0: ablation.summarise_run(fake_eval(0.4), fake_metrics(900, 60))}}
     assert runs["e"][0]["peak_mem_mb"] == 300 and runs["e"][0]["train_min"] == pytest.approx(2.0)
@@ -264,14 +272,14 @@ def test_summaries_aggregate_table_and_comparison():
     row_e = next(line for line in lines if line.startswith("| e |"))
     assert row_e == ("| e | MSD, k×b | 16 × 8 | 3 | 0.600 ± 0.100 | 0.800 ± 0.100 | 0.600 ± 0.000 "
                      "| 0.900 ± 0.000 | 0.100 ± 0.000 | 0.500 ± 0.000 | 0.200 ± 0.000 "
-                     "| 0.600 ± 0.100 | 400 ± 100 | 3.0 ± 1.0 |")
+                     "| 0.600 ± 0.100 | 0.650 ± 0.100 | 400 ± 100 | 3.0 ± 1.0 |")
     row_t = next(line for line in lines if line.startswith("| e (teacher) |"))
     assert row_t.startswith("| e (teacher) | its EMA weights | 16 × 8 | 3 | 0.700 ± 0.100 | 0.900 ± 0.100 |")
-    assert row_t.endswith("|  |  |")                   # memory and time are the run's, on its own row
+    assert row_t.endswith("| – |  |  |")      # memory and time are the run's, on its own row; 2nd set: student
     assert next(line for line in lines if line.startswith("| b |")).startswith(
         "| b | CLIP, batch k·b | 128 × 1 | 1 | 0.400 |")
     assert not any(line.startswith("| b (teacher)") for line in lines)
-    assert next(line for line in lines if line.startswith("| f |")).count("–") == 10   # not run
+    assert next(line for line in lines if line.startswith("| f |")).count("–") == 11   # not run
     assert len({line.count("|") for line in lines}) == 1
     # e - b is not comparable (one seed of b); with two seeds of b at 0.35 ± 0.07 it is
     assert ablation.compare(runs, "e", "b") is None
@@ -280,9 +288,11 @@ def test_summaries_aggregate_table_and_comparison():
     assert diff == pytest.approx(0.25) and spread == pytest.approx(0.1) and beyond
 
 
-def finished_run(folder, acc, teacher_acc=None):
+def finished_run(folder, acc, teacher_acc=None, second=True):
     folder.mkdir(parents=True)
     (folder / "eval.json").write_text(json.dumps(fake_eval(acc)))
+    if second:
+        (folder / "eval_second.json").write_text(json.dumps(fake_eval(acc + 0.01)))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fake_metrics(300, 120)))
     if teacher_acc is not None:
         (folder / "eval_teacher.json").write_text(json.dumps(fake_eval(teacher_acc)))
@@ -310,6 +320,30 @@ def test_finished_runs_are_recorded_and_the_report_alone_is_enough_to_skip_them(
     # a report of other settings is refused rather than mixed with these
     assert ablation.main(args + ["--steps", "300"]) == 2
     assert "holds runs with other settings" in capsys.readouterr().err
+
+
+def test_runs_recorded_before_the_second_set_get_it_when_their_folder_is_there(tmp_path, capsys,
+                                                                              monkeypatch):
+    for seed in (0, 1):
+        finished_run(tmp_path / "runs" / f"g-seed{seed}", 0.9 + seed / 100, second=False)
+    report = tmp_path / "ablation.json"
+    args = ["--only", "g", "--seeds", "0,1", "--out-dir", str(tmp_path / "runs"), "--json", str(report)]
+    with monkeypatch.context() as m:                      # record them as an older ablation.py did,
+        m.setattr(ablation, "evaluate_more", lambda *a: None)   # which evaluated nothing more
+        assert ablation.main(args) == 0
+    before = json.loads(report.read_text())
+    assert "second_zero_shot_accuracy" not in before["records"]["g-seed0"]["summary"]
+    # now seed 0's second evaluation is there (as eval.py would write it); seed 1's folder is gone
+    (tmp_path / "runs" / "g-seed0" / "eval_second.json").write_text(json.dumps(fake_eval(0.77)))
+    shutil.rmtree(tmp_path / "runs" / "g-seed1")
+    capsys.readouterr()
+    assert ablation.main(args) == 0
+    assert "g seed 0: added the second evaluation set: zero-shot accuracy 0.770" in capsys.readouterr().out
+    after = json.loads(report.read_text())["records"]
+    assert after["g-seed0"]["summary"]["second_zero_shot_accuracy"] == 0.77
+    assert after["g-seed0"]["summary"]["zero_shot_accuracy"] == 0.9          # the rest untouched
+    assert after["g-seed0"]["commit"] == before["records"]["g-seed0"]["commit"]
+    assert "second_zero_shot_accuracy" not in after["g-seed1"]["summary"]
 
 
 def test_report_prints_the_recorded_runs_and_their_comparisons_without_running(tmp_path, capsys):
