@@ -22,7 +22,8 @@ naively; (g) is (b)'s exact gradient at the memory of b, for one more student fo
 separates the bigger bank (queue and window) from the distillation (alpha); (f) separates the
 window from the queue. Then MSD k×b with one remedy each for its short-run weaknesses:
 
-    q  the queue joins the bank after the warm-up (--queue-start S/6; SwAV, Caron et al. 2020)
+    q  the queue joins the bank after the warm-up (--queue-start S/6; SwAV, Caron et al. 2020);
+       train.py's default since this ablation (arm e is MSD's defaults before it)
     h  the teacher's half-life a twentieth of the run (--momentum-half-life 0.05)
     m  MoCo v3's momentum, a cosine from 0.99 to 1 (--momentum-schedule cosine, Chen et al. 2021)
     w  alpha warmed up over half the run (--alpha-warmup S/2; ALBEF warms up over its first epoch)
@@ -67,10 +68,10 @@ ARMS = {
     "b": ("CLIP, batch k·b", "clip", True, False, False, ()),
     "c": ("CLIP, naive accumulation k×b", "clip-naive", False, True, False, ()),
     "d": ("queue + teacher, alpha 0, k×b", "msd", False, True, False, ("--alpha", "0")),
-    "e": ("MSD, k×b", "msd", False, True, False, ()),
+    "e": ("MSD, k×b, queue from step 0", "msd", False, True, False, ()),
     "f": ("MSD, b, no accumulation", "msd", False, False, True, ()),
     "g": ("CLIP exact k×b (feature cache)", "clip", False, True, False, ()),
-    "q": ("MSD k×b, queue from the warm-up's end", "msd", False, True, False, ("--queue-start", "S/6")),
+    "q": ("MSD k×b, queue after the warm-up (default)", "msd", False, True, False, ("--queue-start", "S/6")),
     "h": ("MSD k×b, teacher half-life 0.05 of the run", "msd", False, True, False,
           ("--momentum-half-life", "0.05")),
     "m": ("MSD k×b, momentum cosine from 0.99", "msd", False, True, False,

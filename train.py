@@ -91,9 +91,11 @@ def get_args(argv=None):
     a("--queue-size", type=int, default=None,
       help="K, teacher features kept as extra negatives (0 = none; default: the largest multiple of "
            f"the window <= n/8 and <= {QUEUE_CAP} for n training pairs, 2048 on the synthetic set)")
-    a("--queue-start", type=int, default=0, metavar="STEP",
+    a("--queue-start", type=int, default=None, metavar="STEP",
       help="the queue fills and joins the bank from this step on; before it, the window's negatives "
-           "only, while the teacher's features are still near-copies (SwAV starts its queue late)")
+           "only, while the teacher's features change too fast to be negatives (SwAV, Caron et al. "
+           "2020, starts its queue late; default: the end of the learning-rate warm-up, "
+           "--warmup-steps; 0 = from the first step)")
     a("--duplicate-aware", action=argparse.BooleanOptionalAction, default=True,
       help="identical reports are all positives")
     # running
@@ -295,6 +297,8 @@ def main(argv=None):
         parser.error(f"--momentum must be in [0, 1], got {args.momentum}")
     if args.queue_size is not None and args.queue_size < 0:
         parser.error(f"--queue-size must be >= 0, got {args.queue_size}")
+    if args.queue_start is None:
+        args.queue_start = args.warmup_steps          # resolved here, so --resume compares numbers
     if args.queue_start < 0:
         parser.error(f"--queue-start must be >= 0, got {args.queue_start}")
     if args.momentum_half_life is not None and not 0 < args.momentum_half_life < math.inf:

@@ -270,7 +270,7 @@ def test_summaries_aggregate_table_and_comparison():
     table = ablation.format_table(runs, ["b", "e", "f"], b=16, k=8)
     lines = table.splitlines()
     row_e = next(line for line in lines if line.startswith("| e |"))
-    assert row_e == ("| e | MSD, k×b | 16 × 8 | 3 | 0.600 ± 0.100 | 0.800 ± 0.100 | 0.600 ± 0.000 "
+    assert row_e == ("| e | MSD, k×b, queue from step 0 | 16 × 8 | 3 | 0.600 ± 0.100 | 0.800 ± 0.100 | 0.600 ± 0.000 "
                      "| 0.900 ± 0.000 | 0.100 ± 0.000 | 0.500 ± 0.000 | 0.200 ± 0.000 "
                      "| 0.600 ± 0.100 | 0.650 ± 0.100 | 400 ± 100 | 3.0 ± 1.0 |")
     row_t = next(line for line in lines if line.startswith("| e (teacher) |"))
@@ -306,7 +306,7 @@ def test_finished_runs_are_recorded_and_the_report_alone_is_enough_to_skip_them(
     assert ablation.main(args) == 0
     printed = capsys.readouterr().out
     assert printed.count("eval.json exists") == 2
-    assert "| e | MSD, k×b | 32 × 4 | 2 | 0.600 ± 0.141 |" in printed
+    assert "| e | MSD, k×b, queue from step 0 | 32 × 4 | 2 | 0.600 ± 0.141 |" in printed
     assert "| e (teacher) | its EMA weights | 32 × 4 | 2 | 0.650 ± 0.141 |" in printed
     saved = json.loads(report.read_text())
     assert saved["aggregate"]["e"]["zero_shot_accuracy"]["mean"] == pytest.approx(0.6)
@@ -358,7 +358,7 @@ def test_report_prints_the_recorded_runs_and_their_comparisons_without_running(t
     assert ablation.main(["--report", "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert "6 runs recorded" in out
-    assert "| q | MSD k×b, queue from the warm-up's end | 32 × 4 | 2 | 0.810 ± 0.014 |" in out
+    assert "| q | MSD k×b, queue after the warm-up (default) | 32 × 4 | 2 | 0.810 ± 0.014 |" in out
     # q - e = 0.81 - 0.60 = +0.21 against e's spread 0.141: beyond; q - g = +0.06 against 0.212: within
     assert "zero_shot_accuracy q - e: +0.210 (beyond the larger standard deviation, 0.141)" in out
     assert "zero_shot_accuracy q - g: +0.060 (within the larger standard deviation, 0.212)" in out

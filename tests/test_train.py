@@ -83,6 +83,10 @@ def test_end_to_end_then_eval_json(reference_run, tmp_path):
     ckpt = load(out / "ckpt.pt")
     assert ckpt["step"] == 6 and ckpt["samples_seen"] == 6 * 16
     assert len(ckpt["queue"]["ids"]) == 64 and int(ckpt["queue"]["filled"]) == 64
+    # by default the queue joins after the 2 warm-up steps: 4 windows of 16 went in (from step 0,
+    # 6 windows would have left the write pointer at 96 mod 64 = 32)
+    assert "queue 64 from step 2" in proc.stdout and ckpt["config"]["train"]["queue_start"] == 2
+    assert int(ckpt["queue"]["ptr"]) == 0
     # eval.py on the checkpoint folder
     out_json = tmp_path / "r.json"
     run("eval.py", "--checkpoint", str(out), "--json", str(out_json), "--n-per-class", "20",
