@@ -74,14 +74,16 @@ def get_args(argv=None):
     a("--batch-size", type=int, default=32, help="micro-batch b: what fits in memory at once")
     a("--accum-steps", type=int, default=4, help="k micro-batches per optimizer step: window N = k*b")
     a("--lr", type=float, default=5e-4, help="peak learning rate (1e-3 can collapse both towers to a constant)")
-    a("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up, then cosine to lr/10")
+    a("--warmup-steps", type=int, default=None,
+      help="linear learning-rate warm-up, then cosine to lr/10 (default: a sixth of --steps, 100 of 600)")
     a("--weight-decay", type=float, default=0.05, help="AdamW decay (not on norms, biases, embeddings, logit_scale)")
     a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
     a("--augment", action=argparse.BooleanOptionalAction, default=True,
       help="radiograph-safe augmentation (data.train_augment)")
     # the method's knobs
     a("--alpha", type=float, default=0.4, help="weight of the teacher's soft targets (0 = hard targets)")
-    a("--alpha-warmup", type=int, default=100, help="steps over which alpha rises linearly from 0")
+    a("--alpha-warmup", type=int, default=None,
+      help="steps over which alpha rises linearly from 0 (default: the learning-rate warm-up's)")
     a("--momentum", type=float, default=0.995, help="teacher EMA momentum m")
     a("--momentum-schedule", default="constant", choices=["constant", "cosine"],
       help="cosine: m rises to 1 over training (MoCo v3)")
@@ -147,6 +149,19 @@ def lr_at(step, args):
         return args.lr * (step + 1) / args.warmup_steps
     progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
     return args.lr / 10 + 0.5 * (args.lr - args.lr / 10) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def resolve_warmups(args):
+    """The defaults that are shares of the run: the learning-rate warm-up is a sixth of the steps
+    (100 of 600); alpha warms up, and the queue joins the bank, when it ends (the ablation's arm q:
+    before that, the features of a few steps ago are those of a different, fast-changing model)."""
+    if args.warmup_steps is None:
+        args.warmup_steps = round(args.steps / 6)
+    if args.alpha_warmup is None:
+        args.alpha_warmup = args.warmup_steps
+    if args.queue_start is None:
+        args.queue_start = args.warmup_steps
+    return args
 
 
 def alpha_at(step, args):
@@ -297,8 +312,10 @@ def main(argv=None):
         parser.error(f"--momentum must be in [0, 1], got {args.momentum}")
     if args.queue_size is not None and args.queue_size < 0:
         parser.error(f"--queue-size must be >= 0, got {args.queue_size}")
-    if args.queue_start is None:
-        args.queue_start = args.warmup_steps          # resolved here, so --resume compares numbers
+    resolve_warmups(args)                             # before --resume compares the settings
+    for name in ("warmup_steps", "alpha_warmup"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.queue_start < 0:
         parser.error(f"--queue-start must be >= 0, got {args.queue_start}")
     if args.momentum_half_life is not None and not 0 < args.momentum_half_life < math.inf:

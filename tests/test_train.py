@@ -279,6 +279,19 @@ def test_default_queue_size_rule_and_default_run():
     assert train.default_queue_size(args.n_train, args.batch_size * args.accum_steps) == 2048
 
 
+@pytest.mark.parametrize("argv, expected", [
+    ([], (100, 100, 100)),                                   # the default run: 600 steps
+    (["--steps", "300"], (50, 50, 50)),                      # shares of the run
+    (["--steps", "300", "--warmup-steps", "10"], (10, 10, 10)),
+    (["--alpha-warmup", "0", "--queue-start", "0"], (100, 0, 0)),   # explicit values stay
+    (["--steps", "1000", "--queue-start", "7"], (167, 167, 7)),
+])
+def test_warm_ups_default_to_shares_of_the_run(argv, expected):
+    _, args = train.get_args(argv)
+    args = train.resolve_warmups(args)
+    assert (args.warmup_steps, args.alpha_warmup, args.queue_start) == expected
+
+
 def test_unlabelled_prompt_classes():
     assert train.unlabelled_prompt_classes(["Edema", "fracture", "No Finding"],
                                            ["edema", "no finding", "cardiomegaly"]) == ["fracture"]
@@ -368,6 +381,7 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     (["--prompts", "p.json"], "--prompts p.json is only used with --eval-manifest"),
     (["--retrieval-manifest", "no-such.csv"], "--retrieval-manifest file not found: no-such.csv"),
     (["--queue-start", "-1"], "--queue-start must be >= 0, got -1"),
+    (["--warmup-steps=-1"], "--warmup-steps must be >= 0, got -1"),
     (["--momentum-half-life", "0"], "--momentum-half-life must be a positive fraction of the run, got 0.0"),
 ])
 def test_start_up_errors(tmp_path, extra, message):
