@@ -43,9 +43,15 @@ RESUME_MAY_CHANGE = {"resume", "out", "save_every", "eval_every", "log_every", "
 QUEUE_CAP = 2048   # the largest default queue (default_queue_size): the measured runs' K
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each default, except None: those options say in words what they default to."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     # what to train on and where to write
     a("--out", default="out", help="folder for ckpt.pt, tokenizer.json, metrics.jsonl, eval.json")
@@ -83,7 +89,8 @@ def get_args(argv=None):
     # the method's knobs
     a("--alpha", type=float, default=0.4, help="weight of the teacher's soft targets (0 = hard targets)")
     a("--alpha-warmup", type=int, default=None,
-      help="steps over which alpha rises linearly from 0 (default: the learning-rate warm-up's)")
+      help="steps over which alpha rises linearly from 0, as ALBEF (Li et al. 2021) over its first "
+           "epoch (default: the learning-rate warm-up's)")
     a("--momentum", type=float, default=0.995, help="teacher EMA momentum m")
     a("--momentum-schedule", default="constant", choices=["constant", "cosine"],
       help="cosine: m rises to 1 over training (MoCo v3)")
