@@ -412,6 +412,13 @@ def main(argv=None):
         print(report["table"] + "\n")
         for key in ("zero_shot_accuracy", "t2i_r10"):
             print("\n".join(comparisons(runs, key)) or f"(no pair has 2 seeds on both sides: {key})")
+        print("\nzero-shot accuracy per seed (student; teacher; second evaluation set):")
+        for arm in (a for a in ARMS if a in runs):
+            print(f"  {arm}  " + "; ".join(
+                ", ".join(f"{seed}: {r[key]:.3f}" for seed, r in sorted(runs[arm].items())
+                          if r.get(key) is not None) or "–"
+                for key in ("zero_shot_accuracy", "teacher_zero_shot_accuracy",
+                            "second_zero_shot_accuracy")))
         return 0
     print(f"ablation: micro-batch b = {b}, k = {k} (window {k * b}), S = {args.steps} steps, "
           f"warm-ups {args.warmup_steps} (lr) and {args.alpha_warmup} (alpha) steps and momentum "

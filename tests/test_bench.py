@@ -363,6 +363,8 @@ def test_report_prints_the_recorded_runs_and_their_comparisons_without_running(t
     assert "zero_shot_accuracy q - e: +0.210 (beyond the larger standard deviation, 0.141)" in out
     assert "zero_shot_accuracy q - g: +0.060 (within the larger standard deviation, 0.212)" in out
     assert "e - g" in out and "e - a" not in out                  # a has no runs
+    assert "  q  0: 0.800, 1: 0.820; 0: 0.700, 1: 0.720; 0: 0.810, 1: 0.830" in out   # per seed
+    assert "  g  0: 0.900, 1: 0.600; –; 0: 0.910, 1: 0.610" in out
     assert ablation.main(["--report", "--json", str(tmp_path / "none.json")]) == 2
     assert "no report at" in capsys.readouterr().err
 
