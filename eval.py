@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from data import (ManifestError, load_tokenizer, read_class_manifest, read_pair_manifest,
                   report_ids, tokenize)
 from model import DualEncoder, ModelConfig
-from synthetic import EVAL_SEED, caption_font, check_eval_seed, draw_words, retrieval_set, zero_shot_set
+from synthetic import (EVAL_SEED, SECOND_EVAL_SEED, caption_font, check_eval_seed, draw_words,
+                       retrieval_set, zero_shot_set)
 
 # -----------------------------------------------------------------------------
 # Metrics: plain functions of score tensors, no model involved.
@@ -278,6 +279,11 @@ def _synthetic_retrieval(n, image_size, seed=EVAL_SEED):
     return retrieval_set(n, image_size, seed=seed)
 
 
+def _seed_of(data):
+    """{"seed": ...} for a synthetic set, {} for a manifest's."""
+    return {"seed": data["seed"]} if "seed" in data else {}
+
+
 def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_class=200,
              n_retrieval=1000, quick=False, shots=(1, 2, 4, 8, 16), seeds=(0, 1, 2, 3, 4),
              batch_size=256, log=None, eval_seed=EVAL_SEED):
@@ -305,9 +311,7 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
             zs = {**_synthetic_zero_shot(n, image_size, eval_seed), "source": "synthetic",
                   "seed": eval_seed}
         evaluated_on["zero_shot"] = {"source": zs.get("source"), "images": len(zs["labels"]),
-                                     "classes": list(zs["classes"])}
-        if "seed" in zs:
-            evaluated_on["zero_shot"]["seed"] = zs["seed"]
+                                     "classes": list(zs["classes"]), **_seed_of(zs)}
         log(f"evaluating zero-shot on {len(zs['labels'])} images, {len(zs['classes'])} classes...")
         features = embed_images(model, zs["images"], device, batch_size)               # (n, D)
         z = zero_shot(model, tokenizer, zs["images"], zs["labels"], zs["classes"], zs["prompts"],
@@ -329,9 +333,8 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
             log(f"rendering {n_retrieval} held-out synthetic image-report pairs...")
             ret = {**_synthetic_retrieval(n_retrieval, image_size, eval_seed), "source": "synthetic",
                    "seed": eval_seed}
-        evaluated_on["retrieval"] = {"source": ret.get("source"), "pairs": len(ret["texts"])}
-        if "seed" in ret:
-            evaluated_on["retrieval"]["seed"] = ret["seed"]
+        evaluated_on["retrieval"] = {"source": ret.get("source"), "pairs": len(ret["texts"]),
+                                     **_seed_of(ret)}
         log(f"evaluating retrieval on {len(ret['texts'])} pairs "
             f"({len(set(report_ids(ret['texts']).tolist()))} distinct reports)...")
         results["retrieval"] = retrieval(model, tokenizer, ret["images"], ret["texts"], device,
@@ -559,9 +562,9 @@ def parse_args(argv=None):
     p.add_argument("--n-retrieval", type=int, default=1000, metavar="N",
                    help="synthetic held-out retrieval pairs (default: %(default)s)")
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED, metavar="SEED",
-                   help="which synthetic evaluation set to render (default: %(default)s, the one "
-                        "train.py reports; 3003 is a second, disjoint one, to check that a recipe "
-                        "is not tuned to the first)")
+                   help=f"which synthetic evaluation set to render (default: %(default)s, the one "
+                        f"train.py reports; {SECOND_EVAL_SEED} is a second, disjoint one, to check "
+                        f"that a recipe is not tuned to the first)")
     p.add_argument("--seeds", type=int, default=5, metavar="N",
                    help="few-shot draws of the k images, averaged (default: %(default)s)")
     return p.parse_args(argv)
