@@ -204,7 +204,8 @@ def input_verdict(data, consume_samples_per_s):
     keeps_up = aug >= consume_samples_per_s
     return (f"input pipeline: rendering {data['render_1_worker']:.0f} images/s with 1 worker, "
             f"{data['render_all_workers']:.0f} images/s with {data['workers']} (once, before "
-            f"training; cached after); augmentation + batching {aug:.0f} samples/s against the "
+            f"training; cached after); augmentation + batching on {data.get('device', 'cpu')} {aug:.0f} "
+            f"samples/s against the "
             f"model's {consume_samples_per_s:.0f} samples/s (MSD, largest k): "
             + ("keeps up" if keeps_up else "DOES NOT keep up: the model waits for its input")
             + f"; done serially in train.py's loop it takes {100 * share:.0f}% of each step.")
@@ -413,8 +414,9 @@ def measure_step(cfg):
 
 def measure_data(cfg):
     """Rendering throughput (1 worker, all cores) and the per-sample cost of what train.py does to
-    every window: index the uint8 images, convert to float, augment (data.train_augment)."""
-    torch, _, _, _, model_cfg = _setup(cfg)
+    every window: index the uint8 images, move them to the device, convert to float, augment
+    (data.train_augment, on the device)."""
+    torch, device, _, _, model_cfg = _setup(cfg)
     import data
     import synthetic
 
@@ -438,16 +440,19 @@ def measure_data(cfg):
     def window():
         t = time.perf_counter()
         idx = torch.randint(0, n, (b,), generator=gen)
-        data.train_augment(images[idx].float() / 255)        # (b, C, H, W)
-        tokens[idx]
+        data.train_augment(images[idx].to(device).float() / 255)   # (b, C, H, W), as train.py
+        tokens[idx].to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return time.perf_counter() - t
 
-    for _ in range(cfg["warmup"] + 1):                          # the first call imports torchvision
+    for _ in range(cfg["warmup"] + 1):                          # untimed: allocation
         window()
     times = [window() for _ in range(cfg["repeats"])]
     return {"render_1_worker": render_1, "render_all_workers": render_all, "workers": workers,
             "augment_samples_per_s": b / statistics.median(times), "augment_times": times,
-            "image_size": size, "batch": b, "threads": torch.get_num_threads()}
+            "image_size": size, "batch": b, "threads": torch.get_num_threads(),
+            "device": str(device)}
 
 
 def run_one(cfg):
@@ -595,7 +600,7 @@ def main(argv=None):
 
     data_res, verdict = None, ""
     if not args.no_data:
-        data_res = run_child({**common, "kind": "data", "device": "cpu"}, args.timeout)
+        data_res = run_child({**common, "kind": "data"}, args.timeout)
         msd_max = find(rows, "msd", ks[-1])
         if "error" in data_res:
             verdict = f"input pipeline: measurement failed ({data_res['error']})"
@@ -614,7 +619,8 @@ def main(argv=None):
     headline += (
         f"\nExact CLIP accumulation (feature cache) costs "
         f"{fmt(ratios['exact_time_vs_clip_b'].get(k_cache))}x the time per sample of CLIP at the same "
-        f"b (k={k_cache}; {fmt(ratios['exact_time_vs_clip_b'].get(kmax))}x at k={kmax}) and "
+        f"b (k={k_cache}" + (f"; {fmt(ratios['exact_time_vs_clip_b'].get(kmax))}x at k={kmax}"
+                             if k_cache != kmax else "") + ") and "
         f"{fmt(ratios['exact_mem_vs_clip_kb'].get(kmax))}x the memory of CLIP at batch "
         f"{ks[-1] * b}, for the same gradient.")
     print("\n" + table + "\n\n" + headline + ("\n" + verdict if verdict else ""))

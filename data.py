@@ -19,7 +19,6 @@ are one set of labels a manifest may carry (any names will do). The command line
 import argparse
 from collections import Counter
 import csv
-import functools
 import hashlib
 import json
 import multiprocessing
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 import synthetic
@@ -39,27 +39,61 @@ import synthetic
 # -----------------------------------------------------------------------------
 # Augmentation for radiographs
 
-@functools.lru_cache(maxsize=1)
-def _augmentation():
-    from torchvision.transforms import v2  # imported here: torchvision is slow to import, and only training needs it
+# Mild geometric and photometric changes, like those between two real acquisitions: a few degrees
+# of rotation, a few percent of shift and zoom, exposure and contrast. No horizontal flip: it swaps
+# the patient's left and right, so "left pleural effusion" in the report would describe the wrong
+# side of the picture (and the heart would sit on the right). No vertical flip or large rotation
+# either: chest films are never upside down.
+DEGREES, TRANSLATE, SCALE, BRIGHTNESS, CONTRAST = 4.0, 0.03, (0.96, 1.04), 0.1, 0.1
 
-    # Mild geometric and photometric changes, like those between two real acquisitions:
-    # a few degrees of rotation, a few percent of shift and zoom, exposure and contrast.
-    # No horizontal flip: it swaps the patient's left and right, so "left pleural effusion" in
-    # the report would describe the wrong side of the picture (and the heart would sit on the
-    # right). No vertical flip or large rotation either: chest films are never upside down.
-    return v2.Compose([
-        v2.RandomAffine(degrees=4, translate=(0.03, 0.03), scale=(0.96, 1.04)),
-        v2.ColorJitter(brightness=0.1, contrast=0.1),
-    ])
+
+def augment_params(n, generator=None):
+    """n random draws -> dict of (n,) float tensors: angle (degrees), tx, ty (fractions of the side),
+    scale, brightness, contrast (factors). Drawn on the CPU from torch's global generator (or the
+    one given), so restoring torch.get_rng_state() on resume replays the very same augmentations,
+    whatever device the images are on."""
+    u = torch.rand(n, 6, generator=generator) * 2 - 1                # uniform in [-1, 1)
+    lo, hi = SCALE
+    return {"angle": u[:, 0] * DEGREES, "tx": u[:, 1] * TRANSLATE, "ty": u[:, 2] * TRANSLATE,
+            "scale": (lo + hi) / 2 + u[:, 3] * (hi - lo) / 2,
+            "brightness": 1 + u[:, 4] * BRIGHTNESS, "contrast": 1 + u[:, 5] * CONTRAST}
+
+
+def apply_augment(images, p):
+    """images float (B, C, S, S) in [0, 1], p from augment_params -> augmented, same shape, in [0, 1].
+
+    The whole batch in a few tensor operations on the images' own device (a GPU augments on the
+    GPU). Geometry: each output pixel samples the input at the inverse of "rotate by angle and
+    scale about the centre, then shift", nearest pixel, zeros outside (torchvision's RandomAffine
+    with its defaults). Photometry: brightness multiplies, contrast blends with the image's mean
+    (torchvision's ColorJitter), each clamped to [0, 1]."""
+    B, C, H, W = images.shape
+    if H != W:
+        raise ValueError(f"apply_augment expects square images, got {H} x {W}")
+    p = {k: v.to(images.device, torch.float32) for k, v in p.items()}
+    a = torch.deg2rad(p["angle"])
+    cos, sin = torch.cos(a) / p["scale"], torch.sin(a) / p["scale"]
+    # affine_grid maps output coordinates (-1..1) to input coordinates: x_in = M (x_out - t),
+    # with M the inverse rotation and zoom, t the shift (2 * fraction in these units)
+    M = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], 1)   # (B, 2, 2)
+    t = torch.stack([p["tx"], p["ty"]], -1) * 2                                       # (B, 2)
+    theta = torch.cat([M, -(M @ t[:, :, None])], 2)                                   # (B, 2, 3)
+    grid = F.affine_grid(theta, (B, C, H, W), align_corners=False)
+    out = F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    out = (out * p["brightness"][:, None, None, None]).clamp_(0, 1)
+    gray = out.mean(1, keepdim=True) if C == 1 else (out * _LUMA.to(out)[:, None, None]).sum(1, keepdim=True)
+    mean = gray.mean((2, 3), keepdim=True)                                            # (B, 1, 1, 1)
+    c = p["contrast"][:, None, None, None]
+    return (c * out + (1 - c) * mean).clamp_(0, 1)
+
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114])   # RGB -> gray weights (ITU-R 601, as torchvision)
 
 
 def train_augment(images):
-    """images: float (B, C, H, W) in [0, 1] -> same shape, each sample augmented on its own.
-    All randomness comes from torch's global generator, so restoring torch.get_rng_state()
-    on resume replays the very same augmentations."""
-    augment = _augmentation()
-    return torch.stack([augment(img) for img in images]).clamp_(0, 1)
+    """images: float (B, C, S, S) in [0, 1] -> same shape, each sample augmented on its own, on the
+    images' device; the randomness is torch's global (CPU) generator's alone."""
+    return apply_augment(images, augment_params(images.shape[0]))
 
 
 # -----------------------------------------------------------------------------

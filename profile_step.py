@@ -6,7 +6,7 @@
 A whole training step (train.py's: a window of N = k·b pairs and `accumulate.msd_step`) is timed first (median of --repeats). Then each of
 its parts runs alone on inputs of the same shapes, for the whole window of k micro-batches:
 
-    window + augmentation   gather N images, to float, data.train_augment (per sample, torchvision)
+    window + augmentation   gather N images, to float, data.train_augment (the whole window at once)
     teacher forward         both towers over the window, no gradient
     image stem              the student's ConvStem, forward + backward
     image attention         LayerNorm + self-attention of every vision block, forward + backward
@@ -90,11 +90,11 @@ def profile(args):
     idx = torch.arange(N)
 
     def window():
-        images = data.train_augment(train["images"][idx].float() / 255)
+        images = data.train_augment(train["images"][idx].to(device).float() / 255)   # as train.py
         batches = []
         for im, tok, rid in zip(*(t.split(b) for t in (images, tokens[idx], ids[idx]))):
             tok = tok[:, :max(1, int((tok != data.PAD_ID).sum(1).max()))]   # as train.py trims
-            batches.append(tuple(t.to(device) for t in (im, tok, rid)))
+            batches.append((im, tok.to(device), rid.to(device)))
         return batches
 
     rep = dict(repeats=args.repeats, warmup=args.warmup, device=device)

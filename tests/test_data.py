@@ -52,6 +52,57 @@ def test_train_augment_randomness_is_torch_only():
     assert torch.equal(a, b)
 
 
+def _params(n, **fixed):
+    p = {"angle": torch.zeros(n), "tx": torch.zeros(n), "ty": torch.zeros(n), "scale": torch.ones(n),
+         "brightness": torch.ones(n), "contrast": torch.ones(n)}
+    p.update({k: torch.as_tensor(v, dtype=torch.float32).expand(n).clone() for k, v in fixed.items()})
+    return p
+
+
+def test_batched_geometry_equals_torchvision_affine():
+    # the reference: torchvision's affine, one image at a time, nearest pixel (RandomAffine's default)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+    torch.manual_seed(0)
+    x = torch.nn.functional.avg_pool2d(torch.rand(1, 1, S + 4, S + 4), 5, 1)   # some structure
+    for angle, tx, ty, scale in [(4, 0, 0, 1), (-3, 2, -1, 0.97), (0, -2, 2, 1.04), (90, 0, 0, 1)]:
+        ref = TF.affine(x, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0],
+                        interpolation=InterpolationMode.NEAREST)
+        out = data.apply_augment(x, _params(1, angle=angle, tx=tx / S, ty=ty / S, scale=scale))
+        assert torch.equal(out, ref), (angle, tx, ty, scale)
+    # the same parameters, identity: the image unchanged, bit for bit
+    assert torch.equal(data.apply_augment(x, _params(1)), x)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batched_photometry_equals_torchvision(channels):
+    from torchvision.transforms.v2 import functional as TF
+    x = torch.rand(4, channels, 16, 16)
+    b, c = torch.tensor([0.9, 1.1, 1.0, 1.05]), torch.tensor([1.1, 0.9, 0.95, 1.0])
+    p = _params(4)
+    p.update(brightness=b, contrast=c)
+    ref = torch.stack([TF.adjust_contrast(TF.adjust_brightness(x[i], float(b[i])), float(c[i]))
+                       for i in range(4)])
+    torch.testing.assert_close(data.apply_augment(x, p), ref, atol=1e-5, rtol=0)
+
+
+def test_augment_params_stay_in_their_ranges():
+    p = data.augment_params(4096, generator=torch.Generator().manual_seed(0))
+    lo, hi = data.SCALE
+    for key, low, high in [("angle", -data.DEGREES, data.DEGREES), ("tx", -data.TRANSLATE, data.TRANSLATE),
+                           ("ty", -data.TRANSLATE, data.TRANSLATE), ("scale", lo, hi),
+                           ("brightness", 1 - data.BRIGHTNESS, 1 + data.BRIGHTNESS),
+                           ("contrast", 1 - data.CONTRAST, 1 + data.CONTRAST)]:
+        v = p[key]
+        assert v.shape == (4096,) and v.min() >= low and v.max() <= high, key
+        assert v.max() - v.min() > 0.9 * (high - low), key     # the whole range is used
+
+
+def test_apply_augment_refuses_non_square_images():
+    with pytest.raises(ValueError, match="square images, got 32 x 48"):
+        data.apply_augment(torch.rand(1, 1, 32, 48), _params(1))
+
+
 # -----------------------------------------------------------------------------
 # Duplicate-aware report ids
 
