@@ -497,6 +497,16 @@ def tokenize(tokenizer, texts, context_length):
     return ids, ids != PAD_ID
 
 
+def trim_padding(tok, multiple=1):
+    """Drop the padding columns no text in this micro-batch reaches: the text encoder's output does
+    not depend on padding (model.py), and the reports average under half the context, so this saves
+    about a third of the text encoder's work. The kept length is rounded up to a multiple (never
+    past the context): torch.compile then sees a few shapes, each compiled once, not one per length."""
+    length = max(1, int((tok != PAD_ID).sum(1).max()))
+    length = min(tok.shape[1], -(-length // multiple) * multiple)
+    return tok[:, :length]
+
+
 # -----------------------------------------------------------------------------
 # Command line: show, export
 

@@ -93,7 +93,7 @@ def profile(args):
         images = data.train_augment(train["images"][idx].to(device).float() / 255)   # as train.py
         batches = []
         for im, tok, rid in zip(*(t.split(b) for t in (images, tokens[idx], ids[idx]))):
-            tok = tok[:, :max(1, int((tok != data.PAD_ID).sum(1).max()))]   # as train.py trims
+            tok = data.trim_padding(tok)                                     # as train.py
             batches.append((im, tok.to(device), rid.to(device)))
         return batches
 

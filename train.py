@@ -31,7 +31,7 @@ import eval as evaluation
 import synthetic
 from accumulate import NonFiniteLossError, clip_naive_step, clip_step, msd_step, unwrap
 from loss import FeatureQueue
-from model import PAD_ID, PRESETS, DualEncoder, make_config
+from model import PRESETS, DualEncoder, make_config
 from momentum import make_teacher, momentum_at, momentum_for_half_life
 
 # Options that may differ between a run and its --resume: they change what is logged or saved, never
@@ -528,13 +528,7 @@ def main(argv=None):
         window = (images, tokens[idx], ids[idx])
         batches = []
         for im, tok, rid in zip(*(t.split(args.batch_size) for t in window)):
-            # drop the padding columns no report in this micro-batch reaches: the text encoder's
-            # output does not depend on padding (model.py), and the reports average under half
-            # the context, so this saves about a third of the text encoder's work
-            length = max(1, int((tok != PAD_ID).sum(1).max()))
-            if args.compile:   # a few lengths (multiples of 16), each compiled once, not one per length
-                length = min(tok.shape[1], -(-length // 16) * 16)
-            tok = tok[:, :length]
+            tok = data.trim_padding(tok, multiple=16 if args.compile else 1)
             batches.append((im, *(t.to(device, non_blocking=True) for t in (tok, rid))))
         return batches
 

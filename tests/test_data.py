@@ -478,3 +478,15 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
         data.main(["export", "--out", str(tmp_path / "taken"), "--n", "2", "--image-size", "16"])
     err = capsys.readouterr().err
     assert e.value.code == 1 and "taken" in err and len(err.strip().splitlines()) == 1
+
+
+def test_trim_padding_keeps_every_token_and_rounds_for_compile():
+    P = data.PAD_ID
+    tok = torch.full((3, 64), P)
+    tok[0, :5], tok[1, :19], tok[2, :2] = 7, 7, 7           # the longest text: 19 tokens
+    assert data.trim_padding(tok).shape == (3, 19)
+    assert data.trim_padding(tok, multiple=16).shape == (3, 32)
+    assert torch.equal(data.trim_padding(tok, multiple=16)[:, :19], tok[:, :19])
+    full = torch.full((2, 64), 7)
+    assert data.trim_padding(full, multiple=48).shape == (2, 64)   # never past the context
+    assert data.trim_padding(torch.full((2, 64), P)).shape == (2, 1)   # all padding: one column
