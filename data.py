@@ -530,7 +530,8 @@ def main(argv=None):
             parser.error(f"--image-size must be in 16..1024, got {args.image_size}")
     try:
         if args.command == "show":
-            size = synthetic.show(args.out, args.n, args.image_size)
+            import plot   # the grid is a figure: plot.py draws it
+            size = plot.show(args.out, args.n, args.image_size)
             print(f"wrote {args.out} ({size[0]}x{size[1]} px, {args.n} studies)")
         elif args.command == "export":
             path = synthetic.export_synthetic(args.out, args.n, args.image_size)

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from data import (ManifestError, load_tokenizer, read_class_manifest, read_pair_manifest,
                   report_ids, tokenize)
 from model import DualEncoder, ModelConfig
-from synthetic import (EVAL_SEED, SECOND_EVAL_SEED, caption_font, check_eval_seed, draw_words,
-                       retrieval_set, zero_shot_set)
+from plot import caption_font, draw_words
+from synthetic import EVAL_SEED, SECOND_EVAL_SEED, check_eval_seed, retrieval_set, zero_shot_set
 
 # -----------------------------------------------------------------------------
 # Metrics: plain functions of score tensors, no model involved.

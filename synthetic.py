@@ -10,10 +10,10 @@ CheXpert 5x200-style zero-shot set and a retrieval set, and an export as PNGs pl
 that data.py reads like any real data set.
 
 In the order a reader meets them: the vocabulary (findings, zero-shot classes and prompts, seeds),
-patients, findings, drawing, reports, studies and data sets, then the export and a picture grid.
+patients, findings, drawing, reports, studies and data sets, then the export.
 
 Run `python data.py show --out samples.png` to look at what the model sees: a grid of training
-studies, each with its findings and the start of its report. From Python,
+studies, each with its findings and the start of its report (drawn by plot.py). From Python,
 `synthetic.make_study(synthetic.TRAIN_SEED, i)` gives one study (image, report, labels, findings).
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 # -----------------------------------------------------------------------------
 # Vocabulary of the data set
@@ -780,7 +780,7 @@ def load_or_render(split, n, image_size, cache_dir=None, workers=0):
 
 
 # -----------------------------------------------------------------------------
-# Exporting and looking at the data set
+# Exporting the data set (plot.py draws a grid of it: python data.py show)
 
 
 def export_synthetic(out_dir, n, image_size=64):
@@ -798,95 +798,3 @@ def export_synthetic(out_dir, n, image_size=64):
             names = [FINDINGS[j] for j in range(len(FINDINGS)) if data["labels"][i, j] > 0]
             w.writerow([rel, data["texts"][i], ";".join(names), "train"])
     return csv_path
-
-
-SHOW_CAPTION_H = 96  # px of text under each picture in the `show` grid
-CAPTION_LINE_H = 13  # px from one caption line to the next
-
-
-def show_tile_size(image_size):
-    """(width, height) of one tile of the `show` grid."""
-    d = max(image_size, 192)
-    return d, d + SHOW_CAPTION_H
-
-
-def describe(findings):
-    if not findings:
-        return "normal"
-    parts = []
-    for name, f in findings.items():
-        grade = f.get("severity")  # said as the reports say it: "mild cardiomegaly", not "small"
-        grade = grade and SEVERITY_WORDS.get(name, SEVERITY_WORDS["default"])[grade][0]
-        words = [grade, f.get("side"), f.get("device", name)]
-        parts.append(" ".join(w for w in words if w) + ("?" if f.get("hedged") else ""))
-    return ", ".join(parts)
-
-
-def caption_font(size=11):
-    """Pillow's built-in font (Aileron; no font file needed), or its bitmap font without FreeType."""
-    try:
-        return ImageFont.load_default(size)
-    except TypeError:  # Pillow before 10.1 has only the bitmap font, and takes no size
-        return ImageFont.load_default()
-
-
-def word_gap(font):
-    """px between two words of a caption. Aileron's space is a fifth of an em, 2 px at 10-11 px,
-    which anti-aliasing blurs into the letters on either side ("Noacute"); half the width of an
-    "n" reads as a space at any size."""
-    return max(font.getlength(" "), math.ceil(font.getlength("n") / 2))
-
-
-def words_width(words, font):
-    """px that draw_words takes to draw words on one line."""
-    return sum(font.getlength(word) for word in words) + word_gap(font) * (len(words) - 1)
-
-
-def wrap_words(text, font, width):
-    """Split text into lines of words, each at most width px wide as draw_words draws it (a word
-    longer than a line gets a line of its own)."""
-    lines = []
-    for word in text.split():
-        if lines and words_width(lines[-1] + [word], font) <= width:
-            lines[-1].append(word)
-        else:
-            lines.append([word])
-    return lines
-
-
-def draw_words(draw, xy, words, font, fill):
-    """Draw words left to right from xy, word_gap(font) px apart."""
-    x, y = xy
-    for word in words:
-        draw.text((x, y), word, fill=fill, font=font)
-        x += font.getlength(word) + word_gap(font)
-
-
-def show(out, n=16, image_size=128):
-    """A grid of training studies, each with its findings and the start of its report."""
-    w, h = show_tile_size(image_size)
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    canvas = Image.new("RGB", (cols * w, rows * h), (20, 20, 20))
-    draw = ImageDraw.Draw(canvas)
-    font = caption_font()
-    max_lines = SHOW_CAPTION_H // CAPTION_LINE_H
-    # A whole-number zoom shows the model's own pixels, unsmoothed (and compresses 3x better);
-    # any other zoom would make some pixels wider than others, so it is smoothed instead.
-    resample = Image.NEAREST if w % image_size == 0 else Image.BICUBIC
-    for i in range(n):
-        s = make_study(TRAIN_SEED, i, image_size)
-        x, y = (i % cols) * w, (i // cols) * h
-        img = Image.fromarray(to_uint8(s.image), "L").resize((w, w), resample)
-        canvas.paste(img.convert("RGB"), (x, y))
-        # findings in yellow (the ground truth), then the start of the report in grey
-        head = wrap_words(describe(s.findings), font, w - 8)[:2]
-        report = wrap_words(s.report, font, w - 8)[:max_lines - len(head)]
-        for j, words in enumerate(head + report):
-            colour = (255, 210, 90) if j < len(head) else (220, 220, 220)
-            draw_words(draw, (x + 4, y + w + 2 + CAPTION_LINE_H * j), words, font, colour)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    # A 256-colour palette: the picture is grey levels plus two caption colours, so it looks the
-    # same and the PNG is a few times smaller.
-    canvas.quantize(256).save(out, optimize=True)
-    return canvas.size

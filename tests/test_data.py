@@ -15,6 +15,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
+import plot  # noqa: E402
 import synthetic  # noqa: E402
 from data import PAD_ID, ManifestError  # noqa: E402
 from synthetic import EVAL_SEED, TRAIN_SEED  # noqa: E402
@@ -462,7 +463,7 @@ def _cli(*args, cwd):
 def test_cli_show_and_export(tmp_path):
     r = _cli("show", "--out", "grid.png", "--n", "5", "--image-size", "64", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    w, h = synthetic.show_tile_size(64)
+    w, h = plot.show_tile_size(64)
     assert Image.open(tmp_path / "grid.png").size == (3 * w, 2 * h)  # 5 studies: 3 columns, 2 rows
     r = _cli("export", "--out", "exp", "--n", "4", "--image-size", "32", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
