@@ -59,14 +59,18 @@ def augment_params(n, generator=None):
             "brightness": 1 + u[:, 4] * BRIGHTNESS, "contrast": 1 + u[:, 5] * CONTRAST}
 
 
+_LUMA = torch.tensor([0.299, 0.587, 0.114])   # RGB -> gray weights (ITU-R 601, as torchvision)
+
+
 def apply_augment(images, p):
     """images float (B, C, S, S) in [0, 1], p from augment_params -> augmented, same shape, in [0, 1].
 
     The whole batch in a few tensor operations on the images' own device (a GPU augments on the
     GPU). Geometry: each output pixel samples the input at the inverse of "rotate by angle and
     scale about the centre, then shift", nearest pixel, zeros outside (torchvision's RandomAffine
-    with its defaults). Photometry: brightness multiplies, contrast blends with the image's mean
-    (torchvision's ColorJitter), each clamped to [0, 1]."""
+    with its defaults, but shifts are not rounded to whole pixels). Photometry: brightness
+    multiplies, contrast blends with the image's mean (torchvision's ColorJitter), each clamped to
+    [0, 1]."""
     B, C, H, W = images.shape
     if H != W:
         raise ValueError(f"apply_augment expects square images, got {H} x {W}")
@@ -81,13 +85,10 @@ def apply_augment(images, p):
     grid = F.affine_grid(theta, (B, C, H, W), align_corners=False)
     out = F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     out = (out * p["brightness"][:, None, None, None]).clamp_(0, 1)
-    gray = out.mean(1, keepdim=True) if C == 1 else (out * _LUMA.to(out)[:, None, None]).sum(1, keepdim=True)
-    mean = gray.mean((2, 3), keepdim=True)                                            # (B, 1, 1, 1)
+    gray = out.mean(1) if C == 1 else (out * _LUMA.to(out)[:, None, None]).sum(1)     # (B, S, S)
+    mean = gray.mean((1, 2))[:, None, None, None]                                     # (B, 1, 1, 1)
     c = p["contrast"][:, None, None, None]
     return (c * out + (1 - c) * mean).clamp_(0, 1)
-
-
-_LUMA = torch.tensor([0.299, 0.587, 0.114])   # RGB -> gray weights (ITU-R 601, as torchvision)
 
 
 def train_augment(images):
