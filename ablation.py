@@ -255,9 +255,11 @@ def compare(runs, x, y, key="zero_shot_accuracy"):
     return mx - my, spread, abs(mx - my) > spread
 
 
-# The pairs whose order the README's reading rests on: MSD against the CLIP arms, and each remedy
-# against MSD's defaults (e) and against exact CLIP (g).
-PAIRS = [("e", "g"), ("e", "a"), ("g", "a"), ("e", "b"), ("d", "e"), ("f", "e")] + \
+# The pairs whose order the README's reading rests on: MSD against the CLIP arms, the ways to a
+# batch of k·b against each other (b, c against g), what α and accumulation do to MSD (d, f
+# against e), and each remedy against MSD's old default (e) and against exact CLIP (g).
+PAIRS = [("e", "g"), ("e", "a"), ("g", "a"), ("e", "b"), ("b", "g"), ("c", "g"), ("c", "a"), ("d", "e"),
+         ("f", "e")] + \
         [(r, y) for r in "qhmw" for y in "eg"]
 
 
