@@ -10,7 +10,7 @@ CheXpert 5x200-style zero-shot set and a retrieval set, and an export as PNGs pl
 that data.py reads like any real data set.
 
 In the order a reader meets them: the vocabulary (findings, zero-shot classes and prompts, seeds),
-patients, findings, drawing, reports, studies and data sets, then the export.
+patients, findings, the drawing (radiograph.py), reports, studies and data sets, then the export.
 
 Run `python data.py show --out samples.png` to look at what the model sees: a grid of training
 studies, each with its findings and the start of its report (drawn by plot.py). From Python,
@@ -18,7 +18,6 @@ studies, each with its findings and the start of its report (drawn by plot.py). 
 """
 
 import csv
-import functools
 import math
 import multiprocessing
 import os
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from radiograph import lerp, render_image  # the picture of a study (synthetic.render_image, as before)
 
 # -----------------------------------------------------------------------------
 # Vocabulary of the data set
@@ -97,17 +98,7 @@ SECOND_EVAL_SEED = 3003
 # Bump when the pictures or reports change, so cached renders (load_or_render) are not reused.
 GENERATOR_VERSION = 2
 
-# Radiological convention: a frontal chest film is displayed as if the viewer faces the patient,
-# so the patient's RIGHT is on the image's LEFT (small column index). A side is stored by its
-# anatomical name ("right" / "left", as the report says it) and drawn at this sign of image x:
-SIDE_SIGN = {"right": -1.0, "left": +1.0}
-
 SEVERITIES = ["small", "moderate", "large"]
-
-
-def sides_of(side):
-    """'bilateral' -> both sides; 'right' / 'left' -> itself; None -> none."""
-    return ["right", "left"] if side == "bilateral" else ([side] if side else [])
 
 
 # -----------------------------------------------------------------------------
@@ -224,237 +215,6 @@ def sample_findings(rng, only=None):
     w = np.array(FINDING_WEIGHTS)
     picked = sorted(rng.choice(len(FINDINGS), size=k, replace=False, p=w / w.sum()))
     return {FINDINGS[i]: sample_finding(rng, FINDINGS[i]) for i in picked}
-
-
-# -----------------------------------------------------------------------------
-# Drawing. Everything lives in normalised coordinates u (left -> right) and v (top -> bottom),
-# both in [-1, 1], so a patient looks the same at 64 and at 224 px. Shapes are soft masks in
-# [0, 1] built with whole-array numpy (no per-pixel loops): ~1-3 ms per image at 64 px.
-# We sum a "density" D (air ~0, soft tissue ~0.55, bone and metal higher) and map it to
-# brightness at the end, as a radiograph does: dense = bright, air = dark.
-
-SOFT = 0.04  # edge softness in normalised units (about 1.3 px at 64 px)
-
-
-@functools.lru_cache(maxsize=4)
-def _grid(size):
-    c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
-    u, v = np.meshgrid(c, c)  # (size, size) each: u = column coordinate, v = row coordinate
-    u.flags.writeable = v.flags.writeable = False  # shared between calls
-    return u, v
-
-
-def _ramp(x, width=SOFT):
-    """A soft step: 0 for x < -width/2, 1 for x > width/2."""
-    return np.clip(x / width + 0.5, 0.0, 1.0)
-
-
-def _ellipse(u, v, cx, cy, a, b):
-    r = np.sqrt(((u - cx) / a) ** 2 + ((v - cy) / b) ** 2)
-    return _ramp((1 - r) * min(a, b))
-
-
-def _segment(u, v, p0, p1, half_width):
-    """Soft mask of a thick line segment (a capsule) from p0 to p1."""
-    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
-    t = np.clip(((u - p0[0]) * dx + (v - p0[1]) * dy) / (dx * dx + dy * dy + 1e-12), 0, 1)
-    d = np.sqrt((u - p0[0] - t * dx) ** 2 + (v - p0[1] - t * dy) ** 2)
-    return _ramp(half_width - d, 0.02)
-
-
-def _polyline(u, v, points, half_width):
-    return np.maximum.reduce([_segment(u, v, a, b, half_width) for a, b in zip(points, points[1:])])
-
-
-@dataclass
-class _Lung:  # the geometry of one hemithorax, derived from the patient (and volume loss)
-    s: float      # SIDE_SIGN: -1 patient right (image left), +1 patient left
-    cx: float
-    cy: float
-    a: float
-    b: float
-    top: float
-    dia: float    # height of the diaphragm dome
-    dome: float
-
-    def at(self, x, y):
-        """Image point of a position in lung coordinates: x 0 = centre .. 1 = lateral edge,
-        y 0 = apex .. 1 = dome of the diaphragm."""
-        return self.cx + self.s * x * self.a, self.top + y * (self.dia - self.top)
-
-
-SEVERITY_SCALE = {"small": 0.0, "moderate": 0.5, "large": 1.0}
-
-
-def _lerp(lo, hi, severity):
-    return lo + (hi - lo) * SEVERITY_SCALE[severity]
-
-
-def render_image(patient, findings, image_size):
-    """The (image_size, image_size) float32 radiograph in [0, 1] of this patient with these findings."""
-    p, F = patient, findings
-    u, v = _grid(image_size)
-    mid = p.x0
-
-    # --- findings that move anatomy: volume loss pulls the hemidiaphragm up; cardiomegaly
-    # enlarges the heart, mostly towards the patient's left.
-    dia = {"right": p.diaphragm_right + p.y0, "left": p.diaphragm_left + p.y0}
-    heart_w, heart_h, heart_x = p.heart_w * p.width, p.heart_h, p.heart_x
-    if "atelectasis" in F:
-        f = F["atelectasis"]
-        lift = _lerp(0.12, 0.22, f["severity"]) * f["jitter"]
-        for side in sides_of(f["side"]):
-            dia[side] -= lift
-    if "cardiomegaly" in F:
-        f = F["cardiomegaly"]
-        grow = _lerp(1.35, 1.70, f["severity"]) * (1 + 0.3 * (f["jitter"] - 1))
-        heart_w, heart_h, heart_x = heart_w * grow, heart_h * (1 + 0.45 * (grow - 1)), heart_x + 0.25 * (grow - 1) * heart_w
-
-    lungs = {}
-    for side, s in SIDE_SIGN.items():
-        a = (p.lung_w_right if side == "right" else p.lung_w_left) * p.width
-        top, bottom = p.lung_top + p.y0, dia[side] + p.dome + 0.2
-        lungs[side] = _Lung(s, mid + s * 0.43 * p.width, (top + bottom) / 2, a, (bottom - top) / 2,
-                            top, dia[side], p.dome)
-
-    # --- normal anatomy
-    body = _ramp(1 - ((u - mid) / (0.92 * p.width)) ** 4 - ((v - 0.3) / 1.35) ** 4, 0.15)  # (H, W)
-    hy = p.diaphragm_left + p.y0 - 0.3 * heart_h  # the heart rests on the left hemidiaphragm
-    heart = _ellipse(u, v, mid + heart_x, hy, heart_w, heart_h)
-    mediastinum = np.maximum(
-        _ramp(mid + p.mediastinum_w - np.abs(u - mid)) * _ramp(hy - v),                   # superior
-        _ellipse(u, v, mid + 0.10, -0.33 + p.y0, 0.075, 0.07))                             # aortic knob
-    spine = _ramp(0.055 - np.abs(u - mid))
-    trachea = _ramp(0.03 - np.abs(u - mid)) * _ramp(-0.30 + p.y0 - v)
-    clavicles = np.maximum(_segment(u, v, (mid - 0.07, -0.68 + p.y0), (mid - 0.6 * p.width, -0.80 + p.y0), 0.035),
-                           _segment(u, v, (mid + 0.07, -0.68 + p.y0), (mid + 0.6 * p.width, -0.80 + p.y0), 0.035))
-    rib_wave = np.sin(2 * math.pi * (v - p.rib_curve * (u - mid) ** 2) / p.rib_spacing + p.rib_phase)
-    ribs = np.clip((rib_wave - 0.35) * 2.5, 0, 1)
-
-    hemi, lung_mask, air, vessels = {}, {}, {}, {}
-    rib_cage = np.zeros_like(u)
-    for side, L in lungs.items():
-        hemi[side] = _ellipse(u, v, L.cx, L.cy, L.a, L.b)  # the hemithorax, below the dome too
-        below_dome = L.dia + L.dome * ((u - L.cx) / L.a) ** 2  # the dome falls off laterally
-        lung_mask[side] = hemi[side] * _ramp(below_dome - v)
-        air[side] = lung_mask[side] * (1 - heart) * (1 - mediastinum)
-        rib_cage = np.maximum(rib_cage, hemi[side] * _ramp(below_dome + 0.08 - v, 0.1))
-        # vessels: streaks radiating from the hilum, thinning towards the periphery
-        hx, hyl = L.cx - L.s * 0.45 * L.a, L.top + 0.55 * (L.dia - L.top)
-        dx, dy = (u - hx) * L.s, v - hyl
-        theta, dist = np.arctan2(dy, dx), np.sqrt(dx * dx + dy * dy)
-        branches = np.clip(np.cos(p.vessel_freq * theta + 5.0 * dist + p.vessel_phase)
-                           * np.cos(1.7 * p.vessel_freq * theta - 9.0 * dist), 0, 1) ** 2
-        vessels[side] = branches * np.exp(-dist / 0.35)
-
-    D = 0.55 * body + 0.10 * spine * body + 0.10 * clavicles + 0.05 * ribs * rib_cage \
-        - 0.18 * trachea  # (H, W)
-
-    # --- findings that change the air in a lung: fluid replaces it, a pneumothorax adds some
-    extra = np.zeros_like(D)
-    if "pleural effusion" in F:
-        f = F["pleural effusion"]
-        for side in sides_of(f["side"]):
-            L = lungs[side]
-            h = _lerp(0.25, 0.55, f["severity"]) * f["jitter"] * (L.dia - L.top)
-            lateral = np.clip((u - L.cx) * L.s / L.a, 0, 1)
-            # the meniscus: fluid climbs the lateral chest wall, blunting the costophrenic angle
-            surface = L.dia + 0.5 * L.dome - h - (0.35 * h + 0.05) * lateral ** 2
-            fluid = hemi[side] * _ramp(v - surface)
-            air[side] = air[side] * (1 - fluid)
-            vessels[side] = vessels[side] * (1 - fluid)
-            extra += 0.04 * fluid * lung_mask[side]  # fluid is a little denser than tissue
-    if "pneumothorax" in F:
-        f = F["pneumothorax"]
-        for side in sides_of(f["side"]):
-            L = lungs[side]
-            k = _lerp(0.22, 0.55, f["severity"]) * f["jitter"]
-            # the lung collapses towards its hilum (medially and down), leaving air with no
-            # vessels at the apex and lateral edge, bounded by the thin visceral pleural line
-            ca, cb = L.a * (1 - 0.7 * k), L.b * (1 - 0.6 * k)
-            ccx, ccy = L.cx - L.s * 0.5 * k * L.a, L.cy + 0.5 * k * L.b
-            r = np.sqrt(((u - ccx) / ca) ** 2 + ((v - ccy) / cb) ** 2)
-            lung_side = air[side]
-            collapsed = _ramp((1 - r) * min(ca, cb))
-            gap = lung_side * (1 - collapsed)
-            vessels[side] = vessels[side] * collapsed
-            pleural_line = _ramp(0.018 - np.abs(1 - r) * min(ca, cb), 0.02) * hemi[side]
-            extra += -0.10 * gap + 0.18 * pleural_line * (lung_side > 0.3) + 0.04 * collapsed * lung_side
-
-    for side in lungs:
-        D += air[side] * (-0.42 + 0.08 * vessels[side])
-    D += extra
-
-    # --- opacities inside the lungs
-    if "consolidation" in F:
-        f = F["consolidation"]
-        sigma = _lerp(0.09, 0.12, f["severity"]) * f["jitter"]
-        spread = _lerp(0.10, 0.15, f["severity"])
-        for side in sides_of(f["side"]):
-            L = lungs[side]
-            cx, cy = L.at(f["x"], {"upper": 0.28, "middle": 0.55, "lower": 0.80}[f["zone"]])
-            patch = np.zeros_like(D)
-            for du, dv in f["blobs"]:
-                bx, by = cx + L.s * du * spread, cy + dv * spread
-                patch += np.exp(-((u - bx) ** 2 + (v - by) ** 2) / (2 * sigma ** 2))
-            D += 0.45 * np.clip(patch, 0, 1) * lung_mask[side]
-    if "atelectasis" in F:
-        f = F["atelectasis"]
-        half = _lerp(0.05, 0.08, f["severity"])
-        for side in sides_of(f["side"]):
-            L = lungs[side]
-            y = L.dia - 0.12 - f["band_y"]
-            # a plate-like (discoid) band across the lower lung, above the raised hemidiaphragm
-            p0, p1 = (L.cx + L.s * 0.75 * L.a, y - f["tilt"]), (L.cx - L.s * 0.25 * L.a, y + f["tilt"])
-            D += 0.42 * _segment(u, v, p0, p1, half) * lung_mask[side]
-    if "edema" in F:
-        f = F["edema"]
-        amp = _lerp(0.25, 0.40, f["severity"]) * f["jitter"]
-        for side, L in lungs.items():
-            # bat-wing: haze around the hila, fading to the periphery ...
-            hx, hyl = L.cx - L.s * 0.45 * L.a, L.top + 0.55 * (L.dia - L.top)
-            haze = np.exp(-(((u - hx) / 0.30) ** 2 + ((v - hyl) / 0.38) ** 2))
-            # ... and Kerley B lines: short horizontal lines at the lateral lung bases
-            lateral = np.clip(((u - L.cx) * L.s / L.a - 0.55) * 4, 0, 1)
-            kerley = np.clip((np.cos(2 * math.pi * v / 0.075) - 0.6) * 3, 0, 1) * lateral * _ramp(v - (L.dia - 0.35))
-            D += (amp * haze + 0.2 * kerley) * lung_mask[side]
-    if "nodule" in F:
-        f = F["nodule"]
-        L = lungs[f["side"]]
-        cx, cy = L.at(f["x"], {"upper": 0.25, "middle": 0.5, "lower": 0.72}[f["zone"]])
-        radius = 0.025 + 0.0017 * f["size_mm"]
-        D += 0.36 * _ramp(radius - np.sqrt((u - cx) ** 2 + (v - cy) ** 2), 0.03)
-    if "support device" in F:
-        D += 0.6 * _device(u, v, F["support device"], mid, p, lungs, hy)
-
-    # --- exposure: windowing, a detector curve, quantum noise
-    image = np.clip(p.brightness + p.contrast * D, 0, 1) ** p.gamma
-    noise = np.random.default_rng(p.noise_seed).standard_normal(image.shape, dtype=np.float32)
-    return np.clip(image + p.noise * noise, 0, 1).astype(np.float32)
-
-
-def _device(u, v, f, mid, p, lungs, heart_y):
-    """Mask of a radiopaque line or tube: thin, very bright, with a visible tip."""
-    carina = -0.28 + p.y0
-    kind, tip = f["device"], 0.03 * f["tip_cm"]
-    if kind == "endotracheal tube":
-        pts = [(mid, -1.1), (mid, carina - tip)]
-    elif kind == "enteric tube":  # down the oesophagus, through the diaphragm, into the stomach
-        dia = lungs["left"].dia
-        pts = [(mid - 0.01, -1.1), (mid + 0.02, dia + 0.05), (mid + 0.25, dia + 0.25)]
-    elif kind == "central venous catheter":  # from a jugular / subclavian vein into the SVC
-        s = SIDE_SIGN[f["side"]]
-        pts = [(mid + s * 0.55 * p.width, -0.88 + p.y0), (mid + s * 0.15, -0.62 + p.y0),
-               (mid - 0.06, carina + 0.05 + tip)]
-    else:  # pacemaker: a generator box in the chest wall, leads into the heart
-        s = SIDE_SIGN[f["side"]]
-        bx, by = mid + s * 0.55 * p.width, -0.62 + p.y0
-        box = _ramp(0.08 - np.abs(u - bx), 0.02) * _ramp(0.055 - np.abs(v - by), 0.02)
-        leads = _polyline(u, v, [(bx, by), (mid + s * 0.1, -0.55 + p.y0), (mid + 0.05, heart_y)], 0.018)
-        return np.maximum(box * 1.3, leads)
-    line = _polyline(u, v, pts, 0.022)
-    tip_mark = _ramp(0.035 - np.sqrt((u - pts[-1][0]) ** 2 + (v - pts[-1][1]) ** 2), 0.02)
-    return np.maximum(line, tip_mark)
 
 
 # -----------------------------------------------------------------------------
@@ -620,7 +380,7 @@ def _fields(rng, name, f):
         mm = f["size_mm"]
         out["size"] = f"{mm} mm" if mm < 10 else f"{mm / 10:.1f} cm"
     if name == "pneumothorax":
-        out["size"] = f"{int(round(10 * _lerp(0.22, 0.55, sev) * f['jitter'] * 4))} cm"
+        out["size"] = f"{int(round(10 * lerp(0.22, 0.55, sev) * f['jitter'] * 4))} cm"
     if name == "support device":
         out["device"], out["cm"] = f["device"], f["tip_cm"]
         out["dev"] = _pick(rng, DEVICE_SENTENCES[f["device"]]).format(**out)
