@@ -141,6 +141,9 @@ def train_command(arm, seed, args, python=sys.executable):
         # MSD's defaults as they were when the ablation began: the queue from the first step (the
         # runs recorded before train.py's default became "after the warm-up" had it implicitly).
         opts["--queue-start"] = "0"
+        # and the queue itself, sized from the training set (2048 here), which train.py's default
+        # was until the half-cost recipe (no queue) replaced it
+        opts["--queue-size"] = "auto"
         if args.alpha is not None:
             opts["--alpha"] = str(args.alpha)
     opts.update(zip(s["options"][::2], s["options"][1::2]))

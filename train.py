@@ -1,6 +1,6 @@
 """Momentum self-distillation (MSD) image-report pretraining on one GPU (or a CPU), top to bottom.
 
-    python train.py                                   # synthetic chest X-rays, tiny model, ~10 min on 2 CPU cores
+    python train.py                                   # synthetic chest X-rays, tiny model, ~4 min on 2 CPU cores
     python train.py --preset small --image-size 128   # a consumer GPU
     python train.py --train-manifest data/train.csv   # your own image-report pairs
     torchrun --nproc_per_node=2 train.py ...          # DDP, one process per GPU (or CPU share)
@@ -50,6 +50,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+def queue_size_arg(text):
+    """--queue-size: a number of features, or "auto" (None here: sized from the training set once
+    it is loaded, default_queue_size)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
@@ -76,12 +87,12 @@ def get_args(argv=None):
            "--accum-steps > 1 the EXACT gradient of CLIP at batch k*b (a feature cache: one more "
            "student forward, without gradient); clip-naive: CLIP per micro-batch, gradients "
            "accumulated (b-1 negatives per row whatever k)")
-    a("--steps", type=int, default=600, help="optimizer steps")
+    a("--steps", type=int, default=500, help="optimizer steps")
     a("--batch-size", type=int, default=32, help="micro-batch b: what fits in memory at once")
-    a("--accum-steps", type=int, default=4, help="k micro-batches per optimizer step: window N = k*b")
+    a("--accum-steps", type=int, default=2, help="k micro-batches per optimizer step: window N = k*b")
     a("--lr", type=float, default=5e-4, help="peak learning rate (1e-3 can collapse both towers to a constant)")
     a("--warmup-steps", type=int, default=None,
-      help="linear learning-rate warm-up, then cosine to lr/10 (default: a sixth of --steps, 100 of 600)")
+      help="linear learning-rate warm-up, then cosine to lr/10 (default: a sixth of --steps, 83 of 500)")
     a("--weight-decay", type=float, default=0.05, help="AdamW decay (not on norms, biases, embeddings, logit_scale)")
     a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
     a("--augment", action=argparse.BooleanOptionalAction, default=True,
@@ -91,15 +102,17 @@ def get_args(argv=None):
     a("--alpha-warmup", type=int, default=None,
       help="steps over which alpha rises linearly from 0, as ALBEF (Li et al. 2021) over its first "
            "epoch (default: the learning-rate warm-up's)")
-    a("--momentum", type=float, default=0.995, help="teacher EMA momentum m")
+    a("--momentum", type=float, default=0.98,
+      help="teacher EMA momentum m (a half-life of 34 steps; ALBEF's 0.995 trails a 500-step run by a quarter of it)")
     a("--momentum-schedule", default="constant", choices=["constant", "cosine"],
       help="cosine: m rises to 1 over training (MoCo v3)")
     a("--momentum-half-life", type=float, default=None, metavar="FRACTION",
       help="set m from the teacher's half-life as a fraction of the run, m = 0.5^(1/(FRACTION*steps)), "
-           "so its lag scales with the run (replaces --momentum; 0.995 is 0.23 of 600 steps)")
-    a("--queue-size", type=int, default=None,
-      help="K, teacher features kept as extra negatives (0 = none; default: the largest multiple of "
-           f"the window <= n/8 and <= {QUEUE_CAP} for n training pairs, 2048 on the synthetic set)")
+           "so its lag scales with the run (replaces --momentum; 0.98 is 0.07 of 500 steps)")
+    a("--queue-size", type=queue_size_arg, default=0,
+      help="K, teacher features kept as extra negatives (0 = none: at this repository's budgets the "
+           "queue did not help, README 'Half the cost'; auto: the largest multiple of the window "
+           f"<= n/8 and <= {QUEUE_CAP} for n training pairs, 2048 on the synthetic set)")
     a("--queue-start", type=int, default=None, metavar="STEP",
       help="the queue fills and joins the bank from this step on; before it, the window's negatives "
            "only, while the teacher's features change too fast to be negatives (SwAV, Caron et al. "
@@ -160,7 +173,7 @@ def lr_at(step, args):
 
 def resolve_warmups(args):
     """The defaults that are shares of the run: the learning-rate warm-up is a sixth of the steps
-    (100 of 600); alpha warms up, and the queue joins the bank, when it ends (the ablation's arm q:
+    (83 of 500); alpha warms up, and a queue joins the bank, when it ends (the ablation's arm q:
     before that, the features of a few steps ago are those of a different, fast-changing model)."""
     if args.warmup_steps is None:
         args.warmup_steps = round(args.steps / 6)
@@ -208,12 +221,12 @@ def window_indices(step, n, args, rank, world):
 
 
 def default_queue_size(n, window, cap=QUEUE_CAP):
-    """--queue-size when it is not given, for n training pairs and a window of `window` pairs (N
+    """--queue-size auto, for n training pairs and a window of `window` pairs (N
     times the ranks). METHOD.md: K a multiple of the window (each step's enqueue then fills whole
     slots, never splitting a window across the wrap), and small relative to the data set (a queue
     holding much of it holds the same reports many times, and stale features of pairs the student
     sees again soon). So: the largest multiple of the window not above n / 8 nor `cap`; 0 (no
-    queue) when that is below one window. The synthetic set (20,000 pairs, window 128) gets 2048."""
+    queue) when that is below one window. The synthetic set (20,000 pairs) gets 2048."""
     return min(cap, n // 8) // window * window
 
 
@@ -365,7 +378,7 @@ def main(argv=None):
                              f"--method clip was naive accumulation (b-1 negatives per row); "
                              f"--method clip is now exact over the window. To continue it as it "
                              f"was trained, pass --method clip-naive")
-        # A default --queue-size is resolved from the training set below, then compared.
+        # --queue-size auto is resolved from the training set below, then compared.
         changed = {k: (saved.get(k), v) for k, v in vars(args).items()
                    if k not in RESUME_MAY_CHANGE and saved.get(k) != v
                    and not (k == "queue_size" and v is None)}
@@ -408,10 +421,10 @@ def main(argv=None):
     if args.queue_size is None:
         # resolved here and saved resolved, so a --resume with the default compares numbers
         args.queue_size = default_queue_size(n, N * world)
-        queue_from = f" (default: <= n/8 and {QUEUE_CAP}, a multiple of the window)"
+        queue_from = f" (auto: <= n/8 and {QUEUE_CAP}, a multiple of the window)"
         if ckpt is not None and saved.get("queue_size") != args.queue_size:
             parser.error(f"--resume: the checkpoint's queue holds {saved.get('queue_size')} "
-                         f"features, the default for this training set is {args.queue_size}: add "
+                         f"features, auto sizes it {args.queue_size} for this training set: add "
                          f"--queue-size {saved.get('queue_size')}")
     if args.method == "msd" and args.queue_size + N * world > n:
         parser.error(f"--queue-size {args.queue_size} plus the window {N * world} exceeds the "

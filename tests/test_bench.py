@@ -202,6 +202,8 @@ def test_dry_run_every_arm_sees_the_same_samples_warm_ups_and_teacher_horizon():
         assert option(by_arm["q"], "--queue-start") == "5"                  # S/6 of 30 steps
         # the other teacher arms keep the queue from step 0 whatever train.py's default becomes
         assert all(option(by_arm[a], "--queue-start") == "0" for a in "defhmw")
+        # the queue the recorded arms trained with, now that train.py's default is none
+        assert all(option(by_arm[a], "--queue-size") == "auto" for a in "defhmwq")
         assert option(by_arm["h"], "--momentum-half-life") == "0.05"
         assert (option(by_arm["m"], "--momentum-schedule"), option(by_arm["m"], "--momentum")) == ("cosine", "0.99")
         assert option(by_arm["w"], "--alpha-warmup") == "15"                # S/2

@@ -15,7 +15,8 @@ def test_ci_runs_the_readme_commands():
     readme, ci = read("README.md"), read(".ci/run")
     commands = [line.split("#")[0].strip() for line in ci.splitlines()
                 if line.strip().startswith(("pip install", "python -m pytest"))]
-    assert commands == ["pip install -r requirements.txt", "python -m pytest -q"]
+    assert commands == ["pip install -r requirements.txt", "python -m pytest -q",
+                        "python -m pytest -q -m slow"]
     for command in commands:
         assert command in readme, command
 

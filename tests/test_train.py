@@ -22,8 +22,8 @@ SMALL = ["--image-size", "32", "--n-train", "512", "--batch-size", "8", "--accum
          "--queue-size", "64", "--steps", "6", "--warmup-steps", "2", "--alpha-warmup", "2",
          "--vocab-size", "300", "--log-every", "1", "--save-every", "2", "--eval-every", "3",
          "--eval-per-class", "10", "--eval-retrieval", "40", "--data-cache", "", "--workers", "1"]
-# SMALL with the default queue size, which 512 pairs and a window of 16 resolve to 64 (512 / 8)
-DEFAULT_QUEUE = SMALL[:SMALL.index("--queue-size")] + SMALL[SMALL.index("--queue-size") + 2:]
+# SMALL with --queue-size auto, which 512 pairs and a window of 16 resolve to 64 (512 / 8)
+DEFAULT_QUEUE = SMALL[:SMALL.index("--queue-size") + 1] + ["auto"] + SMALL[SMALL.index("--queue-size") + 2:]
 
 
 def run(script, *args, check=True, env=None):
@@ -145,8 +145,8 @@ def test_train_on_a_manifest_evaluates_on_the_users_sets(exported, tmp_path):
                *DEFAULT_QUEUE, "--steps", "2", "--eval-every", "1",
                "--eval-manifest", str(tmp_path / "classes.csv"), "--prompts", str(tmp_path / "prompts.json"),
                "--retrieval-manifest", str(tmp_path / "pairs.csv"))
-    # 64 pairs: 64 / 8 = 8 is below one window of 16, so the default is no queue
-    assert "queue 0 (default: <= n/8 and 2048, a multiple of the window)" in proc.stdout
+    # 64 pairs: 64 / 8 = 8 is below one window of 16, so auto is no queue
+    assert "queue 0 (auto: <= n/8 and 2048, a multiple of the window)" in proc.stdout
     assert "step     1 quick zero-shot" in proc.stdout
     assert "evaluating zero-shot on 12 images, 3 classes" in proc.stdout
     assert "rendering" not in proc.stdout and "skipping evaluation" not in proc.stdout
@@ -227,8 +227,8 @@ def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_pat
 def test_resume_is_exact(reference_run, tmp_path, how):
     """Ctrl-C after step 3 (saves at 3), or SIGKILL after step 3 (the periodic checkpoint is at 2):
     resuming with the same command plus --resume ends bit for bit where the uninterrupted run did.
-    The Ctrl-C run leaves --queue-size to its default, which 512 pairs and a window of 16 resolve
-    to the reference's 64 and which is saved resolved: a resume with the default continues too."""
+    The Ctrl-C run has --queue-size auto, which 512 pairs and a window of 16 resolve to the
+    reference's 64 and which is saved resolved: a resume with auto continues too."""
     ref, _ = reference_run
     out = tmp_path / how
     args = DEFAULT_QUEUE if how == "interrupt" else SMALL
@@ -236,7 +236,7 @@ def test_resume_is_exact(reference_run, tmp_path, how):
     if how == "interrupt":
         assert first.returncode == 0, first.stderr
         assert "stop requested" in first.stdout and "--resume" in first.stdout
-        assert "queue 64 (default: <= n/8 and 2048, a multiple of the window)" in first.stdout
+        assert "queue 64 (auto: <= n/8 and 2048, a multiple of the window)" in first.stdout
         assert load(out / "ckpt.pt")["step"] == 3
         assert load(out / "ckpt.pt")["config"]["train"]["queue_size"] == 64
     else:
@@ -273,17 +273,25 @@ def test_default_queue_size_rule_and_default_run():
         for window in (16, 100, 128, 256):
             k = train.default_queue_size(n, window)
             assert k % window == 0 and 0 <= k <= min(2048, n / 8) < k + window
-    # the default run (synthetic 20,000 pairs, 32 x 4) keeps the queue of 2048 it was measured with
+    # the default run has no queue (README, Half the cost); auto gives the synthetic set 2048
     _, args = train.get_args([])
-    assert args.queue_size is None
+    assert args.queue_size == 0
+    assert train.get_args(["--queue-size", "auto"])[1].queue_size is None
     assert train.default_queue_size(args.n_train, args.batch_size * args.accum_steps) == 2048
 
 
+def test_queue_size_is_a_number_or_auto(capsys):
+    assert train.get_args(["--queue-size", "512"])[1].queue_size == 512
+    with pytest.raises(SystemExit):
+        train.get_args(["--queue-size", "big"])
+    assert "--queue-size: expected a whole number or 'auto', got 'big'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, expected", [
-    ([], (100, 100, 100)),                                   # the default run: 600 steps
+    ([], (83, 83, 83)),                                      # the default run: 500 steps
     (["--steps", "300"], (50, 50, 50)),                      # shares of the run
     (["--steps", "300", "--warmup-steps", "10"], (10, 10, 10)),
-    (["--alpha-warmup", "0", "--queue-start", "0"], (100, 0, 0)),   # explicit values stay
+    (["--alpha-warmup", "0", "--queue-start", "0"], (83, 0, 0)),    # explicit values stay
     (["--steps", "1000", "--queue-start", "7"], (167, 167, 7)),
 ])
 def test_warm_ups_default_to_shares_of_the_run(argv, expected):
