@@ -71,7 +71,7 @@ ARMS = {
     "e": ("MSD, k×b, queue from step 0", "msd", False, True, False, ()),
     "f": ("MSD, b, no accumulation", "msd", False, False, True, ()),
     "g": ("CLIP exact k×b (feature cache)", "clip", False, True, False, ()),
-    "q": ("MSD k×b, queue after the warm-up (default)", "msd", False, True, False, ("--queue-start", "S/6")),
+    "q": ("MSD k×b, queue after the warm-up (default ea80c34 to 53a704d)", "msd", False, True, False, ("--queue-start", "S/6")),
     "h": ("MSD k×b, teacher half-life 0.05 of the run", "msd", False, True, False,
           ("--momentum-half-life", "0.05")),
     "m": ("MSD k×b, momentum cosine from 0.99", "msd", False, True, False,

@@ -1,6 +1,7 @@
 """Where one training step's time goes: each part of train.py's default MSD step, timed on its own.
 
-    python profile_step.py                     # tiny preset, b = 32, k = 4, queue 2048, the CPU
+    python profile_step.py                     # tiny preset, b = 32, k = 2, no queue, the CPU
+    python profile_step.py --accum-steps 4 --queue-size 2048    # the default before the half-cost recipe
     python profile_step.py --threads 1 --json results/profile.json
 
 A whole training step (train.py's: a window of N = k·b pairs and `accumulate.msd_step`) is timed first (median of --repeats). Then each of
@@ -73,7 +74,7 @@ def setup(args, device):
     student = DualEncoder(cfg).to(device)
     teacher = make_teacher(student)
     queue = FeatureQueue(args.queue_size, cfg.embed_dim).to(device)
-    with torch.no_grad():   # a full queue, as after the first steps of a run
+    with torch.no_grad():   # a full queue, as after the first steps of a run (none: nothing to fill)
         feats = torch.nn.functional.normalize(torch.randn(args.queue_size, cfg.embed_dim, device=device), dim=-1)
         queue.enqueue(feats, feats.roll(1, 0), torch.arange(args.queue_size, device=device) + 10**6)
     optimizer = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
@@ -169,17 +170,19 @@ def parse_args(argv=None):
     a = p.add_argument
     a("--preset", default="tiny", help="model size (model.py PRESETS)")
     a("--batch-size", type=int, default=32, help="micro-batch b (train.py's default)")
-    a("--accum-steps", type=int, default=4, help="k micro-batches per step (train.py's default)")
-    a("--queue-size", type=int, default=2048, help="MSD queue K, kept full")
+    a("--accum-steps", type=int, default=2, help="k micro-batches per step (train.py's default)")
+    a("--queue-size", type=int, default=0, help="MSD queue K, kept full (train.py's default: none)")
     a("--device", default="cpu", help="cpu or cuda (fp32; bench.py measures bf16 and compile)")
     a("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     a("--repeats", type=int, default=7, help="timed calls per part (median)")
     a("--warmup", type=int, default=2, help="untimed calls per part first")
     a("--json", default=None, help="also write the numbers here")
     args = p.parse_args(argv)
-    for name in ("batch_size", "accum_steps", "queue_size", "repeats"):
+    for name in ("batch_size", "accum_steps", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.queue_size < 0:
+        p.error(f"--queue-size must be >= 0, got {args.queue_size}")
     return args
 
 

@@ -559,7 +559,7 @@ def main(argv=None):
                    f" accumulation x {world} rank(s) = {N * world} pairs per step")
     if args.method == "msd":
         method_line += (f", queue {args.queue_size}{queue_from}" +
-                        (f" from step {args.queue_start}" if args.queue_start else "") +
+                        (f" from step {args.queue_start}" if args.queue_start and args.queue_size else "") +
                         f", alpha {args.alpha} (warm-up {args.alpha_warmup} steps), momentum {base_m:.4g}"
                         f" ({args.momentum_schedule}" +
                         (f", half-life {args.momentum_half_life:g} of the run" if args.momentum_half_life else "")

@@ -360,7 +360,7 @@ def test_report_prints_the_recorded_runs_and_their_comparisons_without_running(t
     assert ablation.main(["--report", "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert "6 runs recorded" in out
-    assert "| q | MSD k×b, queue after the warm-up (default) | 32 × 4 | 2 | 0.810 ± 0.014 |" in out
+    assert "| q | MSD k×b, queue after the warm-up (default ea80c34 to 53a704d) | 32 × 4 | 2 | 0.810 ± 0.014 |" in out
     # q - e = 0.81 - 0.60 = +0.21 against e's spread 0.141: beyond; q - g = +0.06 against 0.212: within
     assert "zero_shot_accuracy q - e: +0.210 (beyond the larger standard deviation, 0.141)" in out
     assert "zero_shot_accuracy q - g: +0.060 (within the larger standard deviation, 0.212)" in out
