@@ -13,8 +13,11 @@ while the student changes fast and freezes towards the end.
 
 How far the teacher trails is best read as a half-life: after h steps of EMA a weight's old value
 counts for m^h, so m = 0.5^(1/h). The usual m = 0.995 is a half-life of 138 steps: a quarter of a
-600-step run, a trifle of a 100,000-step one. `momentum_for_half_life` picks m from a half-life
-given as a fraction of the run, so the teacher's lag scales with the run instead of being fixed.
+600-step run, a trifle of a 100,000-step one. In a short run that lag matters: the teacher's
+features are the student's targets, and early on they are mostly those of the random
+initialisation; train.py's 500-step default uses 0.98 (34 steps). `momentum_for_half_life` picks
+m from a half-life given as a fraction of the run, so the teacher's lag scales with the run
+instead of being fixed.
 
 Depends on torch and the standard library only.
 """
