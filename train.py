@@ -7,11 +7,10 @@
 
 The pieces: model.py (the two encoders), momentum.py (the EMA teacher), loss.py (queue and soft
 targets), accumulate.py (one optimizer step over k micro-batches), synthetic.py (the generated
-data set), data.py (manifests, tokenizer, augmentation), eval.py (the benchmark). This file only
-glues them: options, data, the loop, logging, checkpoints.
+data set), data.py (manifests, tokenizer, augmentation), eval.py (the benchmark), options.py (the
+command line and its checks). This file only glues them: data, the loop, logging, checkpoints.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -31,133 +30,9 @@ import eval as evaluation
 import synthetic
 from accumulate import NonFiniteLossError, clip_naive_step, clip_step, msd_step, unwrap
 from loss import FeatureQueue
-from model import PRESETS, DualEncoder, make_config
+from model import DualEncoder, make_config
 from momentum import make_teacher, momentum_at, momentum_for_half_life
-
-# Options that may differ between a run and its --resume: they change what is logged or saved, never
-# the numbers the run computes.
-RESUME_MAY_CHANGE = {"resume", "out", "save_every", "eval_every", "log_every", "device", "workers",
-                     "data_cache", "grad_dump", "compile", "interrupt_at", "kill_at",
-                     "eval_per_class", "eval_retrieval", "eval_manifest", "prompts",
-                     "retrieval_manifest"}
-QUEUE_CAP = 2048   # the largest default queue (default_queue_size): the measured runs' K
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each default, except None: those options say in words what they default to."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
-def queue_size_arg(text):
-    """--queue-size: a number of features, or "auto" (None here: sized from the training set once
-    it is loaded, default_queue_size)."""
-    if text == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
-
-
-def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
-    a = p.add_argument
-    # what to train on and where to write
-    a("--out", default="out", help="folder for ckpt.pt, tokenizer.json, metrics.jsonl, eval.json")
-    a("--train-manifest", default=None, metavar="CSV",
-      help="train on this image,text manifest instead of the synthetic set (see README)")
-    a("--n-train", type=int, default=20000, help="synthetic training pairs to render")
-    a("--data-cache", default="data_cache",
-      help="folder for rendered synthetic sets and decoded manifests ('' = none: decode into memory)")
-    a("--workers", type=int, default=0, help="processes rendering or decoding images (0 = all cores)")
-    # the model
-    a("--preset", default="tiny", choices=sorted(PRESETS), help="model size (model.py PRESETS)")
-    a("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
-    a("--channels", type=int, default=1, choices=[1, 3], help="1 grayscale, 3 RGB")
-    a("--stem", default="conv", choices=["conv", "patch"],
-      help="ViT patch embedding: stride-2 convolutions, or ViT's single p x p convolution")
-    a("--pool", default="max", choices=["max", "cls"],
-      help="image vector: max over patch tokens (keeps small findings), or ViT's class token")
-    a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
-    # the optimisation
-    a("--method", default="msd", choices=["msd", "clip", "clip-naive"],
-      help="msd: momentum self-distillation. The baselines: clip: CLIP over the whole window, with "
-           "--accum-steps > 1 the EXACT gradient of CLIP at batch k*b (a feature cache: one more "
-           "student forward, without gradient); clip-naive: CLIP per micro-batch, gradients "
-           "accumulated (b-1 negatives per row whatever k)")
-    a("--steps", type=int, default=500, help="optimizer steps")
-    a("--batch-size", type=int, default=32, help="micro-batch b: what fits in memory at once")
-    a("--accum-steps", type=int, default=2, help="k micro-batches per optimizer step: window N = k*b")
-    a("--lr", type=float, default=5e-4, help="peak learning rate (1e-3 can collapse both towers to a constant)")
-    a("--warmup-steps", type=int, default=None,
-      help="linear learning-rate warm-up, then cosine to lr/10 (default: a sixth of --steps, 83 of 500)")
-    a("--weight-decay", type=float, default=0.05, help="AdamW decay (not on norms, biases, embeddings, logit_scale)")
-    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
-    a("--augment", action=argparse.BooleanOptionalAction, default=True,
-      help="radiograph-safe augmentation (data.train_augment)")
-    # the method's knobs
-    a("--alpha", type=float, default=0.4, help="weight of the teacher's soft targets (0 = hard targets)")
-    a("--alpha-warmup", type=int, default=None,
-      help="steps over which alpha rises linearly from 0, as ALBEF (Li et al. 2021) over its first "
-           "epoch (default: the learning-rate warm-up's)")
-    a("--momentum", type=float, default=0.98,
-      help="teacher EMA momentum m (a half-life of 34 steps; ALBEF's 0.995 trails a 500-step run by a quarter of it)")
-    a("--momentum-schedule", default="constant", choices=["constant", "cosine"],
-      help="cosine: m rises to 1 over training (MoCo v3)")
-    a("--momentum-half-life", type=float, default=None, metavar="FRACTION",
-      help="set m from the teacher's half-life as a fraction of the run, m = 0.5^(1/(FRACTION*steps)), "
-           "so its lag scales with the run (replaces --momentum; 0.98 is 0.07 of 500 steps)")
-    a("--queue-size", type=queue_size_arg, default=0,
-      help="K, teacher features kept as extra negatives (0 = none: at this repository's budgets the "
-           "queue did not help, README 'Half the cost'; auto: the largest multiple of the window "
-           f"<= n/8 and <= {QUEUE_CAP} for n training pairs, 2048 on the synthetic set)")
-    a("--queue-start", type=int, default=None, metavar="STEP",
-      help="the queue fills and joins the bank from this step on; before it, the window's negatives "
-           "only, while the teacher's features change too fast to be negatives (SwAV, Caron et al. "
-           "2020, starts its queue late; default: the end of the learning-rate warm-up, "
-           "--warmup-steps; 0 = from the first step)")
-    a("--duplicate-aware", action=argparse.BooleanOptionalAction, default=True,
-      help="identical reports are all positives")
-    # running
-    a("--seed", type=int, default=0, help="seed for the model, the data order and augmentation")
-    a("--device", default="auto", help="auto (cuda, else mps, else cpu), or cpu, cuda, cuda:1, mps")
-    a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-      help="auto: bf16 autocast on CUDA (fp16 + grad scaler where bf16 is missing), fp32 elsewhere")
-    a("--compile", action="store_true", help="torch.compile the student (CUDA: faster after warm-up)")
-    a("--resume", action="store_true", help="continue OUT/ckpt.pt exactly where it stopped")
-    a("--save-every", type=int, default=200, help="write OUT/ckpt.pt every this many steps (and at the end)")
-    a("--eval-every", type=int, default=200, help="quick evaluation every this many steps (0 = off)")
-    a("--log-every", type=int, default=10, help="print and log a metrics row every this many steps")
-    a("--eval-per-class", type=int, default=200, help="final synthetic benchmark: zero-shot images per class")
-    a("--eval-retrieval", type=int, default=1000, help="final synthetic benchmark: held-out retrieval pairs")
-    # evaluation on your own data (eval.py's options): replaces the synthetic benchmark
-    a("--eval-manifest", default=None, metavar="CSV",
-      help="quick checks and final zero-shot / few-shot on these images: columns image,label")
-    a("--prompts", default=None, metavar="JSON",
-      help='class prompts for --eval-manifest: {"class": ["prompt", ...], ...}')
-    a("--retrieval-manifest", default=None, metavar="CSV",
-      help="final retrieval (and the quick checks, without --eval-manifest) on these held-out "
-           "image,text pairs (with a split column: its test rows)")
-    # debugging hooks the tests use; each sends this process a real signal at a chosen step
-    a("--grad-dump", default=None, metavar="PATH",
-      help="debugging: save the first step's gradients here (the tests compare torchrun with one process)")
-    a("--interrupt-at", type=int, default=None, metavar="STEP", help="debugging: Ctrl-C after this step")
-    a("--kill-at", type=int, default=None, metavar="STEP", help="debugging: SIGKILL after this step")
-    args = p.parse_args(argv)
-    # float() accepts "nan" and "inf"; either would reach AdamW or the loss and fail far from here
-    for name, value in vars(args).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            p.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    if args.lr <= 0:
-        p.error(f"--lr must be positive, got {args.lr}")
-    for name in ("weight_decay", "max_grad_norm"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.image_size is None:
-        args.image_size = PRESETS[args.preset]["image_size"]
-    return p, args
+from options import QUEUE_CAP, RESUME_MAY_CHANGE, default_queue_size, get_args
 
 
 # -----------------------------------------------------------------------------
@@ -169,19 +44,6 @@ def lr_at(step, args):
         return args.lr * (step + 1) / args.warmup_steps
     progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
     return args.lr / 10 + 0.5 * (args.lr - args.lr / 10) * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def resolve_warmups(args):
-    """The defaults that are shares of the run: the learning-rate warm-up is a sixth of the steps
-    (83 of 500); alpha warms up, and a queue joins the bank, when it ends (the ablation's arm q:
-    before that, the features of a few steps ago are those of a different, fast-changing model)."""
-    if args.warmup_steps is None:
-        args.warmup_steps = round(args.steps / 6)
-    if args.alpha_warmup is None:
-        args.alpha_warmup = args.warmup_steps
-    if args.queue_start is None:
-        args.queue_start = args.warmup_steps
-    return args
 
 
 def alpha_at(step, args):
@@ -218,16 +80,6 @@ def window_indices(step, n, args, rank, world):
     epoch, w = divmod(step, per_epoch)
     start = (w * world + rank) * N
     return epoch_order(n, args.seed, epoch)[start:start + N]
-
-
-def default_queue_size(n, window, cap=QUEUE_CAP):
-    """--queue-size auto, for n training pairs and a window of `window` pairs (N
-    times the ranks). METHOD.md: K a multiple of the window (each step's enqueue then fills whole
-    slots, never splitting a window across the wrap), and small relative to the data set (a queue
-    holding much of it holds the same reports many times, and stale features of pairs the student
-    sees again soon). So: the largest multiple of the window not above n / 8 nor `cap`; 0 (no
-    queue) when that is below one window. The synthetic set (20,000 pairs) gets 2048."""
-    return min(cap, n // 8) // window * window
 
 
 def unlabelled_prompt_classes(prompt_classes, label_names):
@@ -320,26 +172,8 @@ def main(argv=None):
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
 
-    # ---- checks that need nothing but the arguments ----------------------------------------------
     ckpt_path = os.path.join(args.out, "ckpt.pt")
     tok_path = os.path.join(args.out, "tokenizer.json")
-    for name in ("steps", "batch_size", "accum_steps", "image_size", "log_every"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 0 <= args.alpha <= 1:
-        parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
-    if not 0 <= args.momentum <= 1:
-        parser.error(f"--momentum must be in [0, 1], got {args.momentum}")
-    if args.queue_size is not None and args.queue_size < 0:
-        parser.error(f"--queue-size must be >= 0, got {args.queue_size}")
-    resolve_warmups(args)                             # before --resume compares the settings
-    for name in ("warmup_steps", "alpha_warmup"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.queue_start < 0:
-        parser.error(f"--queue-start must be >= 0, got {args.queue_start}")
-    if args.momentum_half_life is not None and not 0 < args.momentum_half_life < math.inf:
-        parser.error(f"--momentum-half-life must be a positive fraction of the run, got {args.momentum_half_life}")
     base_m = (momentum_for_half_life(args.momentum_half_life, args.steps)
               if args.momentum_half_life is not None else args.momentum)
     try:   # the user's evaluation data: paths and prompts now, the images once the training set is in
@@ -347,10 +181,6 @@ def main(argv=None):
                                                      args.retrieval_manifest)
     except evaluation.InputError as e:
         parser.error(str(e))
-    patch = PRESETS[args.preset]["patch_size"]
-    if args.image_size % patch:
-        parser.error(f"--image-size {args.image_size} is not divisible by the {args.preset} preset's "
-                     f"patch size {patch}: use a multiple of {patch}, e.g. {args.image_size // patch * patch or patch}")
     if args.resume and not os.path.exists(ckpt_path):
         parser.error(f"--resume: no checkpoint at {ckpt_path}")
     if not args.resume and os.path.exists(ckpt_path):

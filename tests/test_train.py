@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import options
 import train
 from synthetic import ZERO_SHOT_CLASSES
 
@@ -264,26 +265,26 @@ def test_resume_is_exact(reference_run, tmp_path, how):
     (100000, 96, 2016),   # a window that does not divide the cap: 21 x 96, the largest multiple below it
 ])
 def test_default_queue_size(n, window, expected):
-    assert train.default_queue_size(n, window) == expected
+    assert options.default_queue_size(n, window) == expected
 
 
 def test_default_queue_size_rule_and_default_run():
     # the rule: a multiple of the window, at most n / 8 and 2048, and one more window would not be
     for n in range(0, 30000, 37):
         for window in (16, 100, 128, 256):
-            k = train.default_queue_size(n, window)
+            k = options.default_queue_size(n, window)
             assert k % window == 0 and 0 <= k <= min(2048, n / 8) < k + window
     # the default run has no queue (README, Half the cost); auto gives the synthetic set 2048
-    _, args = train.get_args([])
+    _, args = options.get_args([])
     assert args.queue_size == 0
-    assert train.get_args(["--queue-size", "auto"])[1].queue_size is None
-    assert train.default_queue_size(args.n_train, args.batch_size * args.accum_steps) == 2048
+    assert options.get_args(["--queue-size", "auto"])[1].queue_size is None
+    assert options.default_queue_size(args.n_train, args.batch_size * args.accum_steps) == 2048
 
 
 def test_queue_size_is_a_number_or_auto(capsys):
-    assert train.get_args(["--queue-size", "512"])[1].queue_size == 512
+    assert options.get_args(["--queue-size", "512"])[1].queue_size == 512
     with pytest.raises(SystemExit):
-        train.get_args(["--queue-size", "big"])
+        options.get_args(["--queue-size", "big"])
     assert "--queue-size: expected a whole number or 'auto', got 'big'" in capsys.readouterr().err
 
 
@@ -295,8 +296,8 @@ def test_queue_size_is_a_number_or_auto(capsys):
     (["--steps", "1000", "--queue-start", "7"], (167, 167, 7)),
 ])
 def test_warm_ups_default_to_shares_of_the_run(argv, expected):
-    _, args = train.get_args(argv)
-    args = train.resolve_warmups(args)
+    _, args = options.get_args(argv)
+    args = options.resolve_warmups(args)
     assert (args.warmup_steps, args.alpha_warmup, args.queue_start) == expected
 
 
@@ -317,12 +318,18 @@ def test_unlabelled_prompt_classes():
     (["--momentum", "inf"], "--momentum must be a finite number, got inf"),
     (["--max-grad-norm=-inf"], "--max-grad-norm must be a finite number, got -inf"),
     (["--max-grad-norm=-1"], "--max-grad-norm must be >= 0, got -1.0"),
+    # the checks options.py makes after parsing, on the arguments alone
+    (["--steps", "0"], "--steps must be positive, got 0"),
+    (["--alpha", "1.5"], "--alpha must be in [0, 1], got 1.5"),
+    (["--queue-size=-64"], "--queue-size must be >= 0, got -64"),
+    (["--warmup-steps=-1"], "--warmup-steps must be >= 0, got -1"),
+    (["--image-size", "60"], "--image-size 60 is not divisible by the tiny preset's patch size 8: use a multiple of 8, e.g. 56"),
 ])
 def test_bad_numbers_are_parser_errors(extra, message, capsys):
     """Checked while parsing, before any data or model exists (a traceback would surface here as an
     exception other than SystemExit)."""
     with pytest.raises(SystemExit) as exit_info:
-        train.get_args(extra)
+        options.get_args(extra)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.strip().splitlines()[-1].endswith(f": error: {message}")
