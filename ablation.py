@@ -6,7 +6,9 @@
     python ablation.py                             # every arm, seeds 0,1 (hours on 2 CPU cores)
 
 With a micro-batch of b pairs (what the card holds), k micro-batches per window and S optimizer
-steps (defaults: the default run's 32, 4 and 600, so every arm sees its 76,800 samples):
+steps (defaults 32, 4 and 600: every arm sees 76,800 samples, the budget of train.py's default
+before the half-cost one of 500 steps of 2 x 32; the MSD arms keep that default's recipe too,
+m 0.995 and --queue-size auto, so the recorded arms stay reproducible):
 
     a  CLIP, batch b              --method clip       --batch-size b   --accum-steps 1   S·k steps
     b  CLIP, batch k·b            --method clip       --batch-size k·b --accum-steps 1   S steps
@@ -346,7 +348,8 @@ def parse_args(argv=None):
     a("--alpha", type=float, default=None,
       help="alpha of the MSD arms (default: train.py's); arm d always has 0")
     a("--momentum", type=float, default=0.995,
-      help="teacher EMA momentum per step of the k×b arms (train.py's); m^(1/k) for arm f")
+      help="teacher EMA momentum per step of the k×b arms (train.py's before the half-cost default, "
+           "which has 0.98); m^(1/k) for arm f")
     a("--n-train", type=int, default=20000, help="synthetic training pairs (train.py --n-train)")
     a("--seeds", default="0,1", help="comma-separated seeds; every arm runs every seed")
     a("--only", default=MAIN_ARMS, help="comma-separated arms to run, of " + ",".join(ARMS))

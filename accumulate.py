@@ -1,4 +1,4 @@
-"""One optimizer step over a window of k micro-batches: METHOD.md's steps 1-6, and CLIP's.
+"""One optimizer step over a window of k micro-batches: docs/method.md's steps 1-6, and CLIP's.
 
 A small GPU holds a micro-batch of b pairs; the contrastive batch we want is N = k · b (and the
 queue adds K more negatives). `msd_step` gets there without ever holding N student activations:
@@ -38,7 +38,8 @@ counted per sample; a backward costs about two forwards):
                    forward + backward and 1 teacher forward; the memory of b, N x D features and
                    a teacher copy of the weights.
 
-Depends on torch and the standard library (and the sibling concept files) only.
+Depends on torch, the standard library, loss.py and momentum.py: to copy this file out, take those
+two with it (the three travel together; model.py stands alone).
 """
 
 import contextlib

@@ -3,7 +3,7 @@
     python eval.py --checkpoint out            # the synthetic benchmark, one table
     python eval.py --checkpoint out --json results.json --show grid.png
 
-Three protocols (METHOD.md, "Evaluation"):
+Three protocols (docs/method.md, "Evaluation"):
 
 - Zero-shot classification (CLIP; CheXpert 5x200 in medical VLP papers such as ConVIRT, GLoRIA,
   MedCLIP): every class is described by a few prompts; a class embedding is the mean of its
@@ -28,139 +28,15 @@ import json
 import os
 import sys
 import time
-import zipfile
 
 import torch
 import torch.nn.functional as F
 
-from data import (ManifestError, load_tokenizer, read_class_manifest, read_pair_manifest,
-                  report_ids, tokenize)
-from model import DualEncoder, ModelConfig
-from plot import caption_font, draw_words
+from checkpoint import InputError, load_checkpoint
+from data import ManifestError, read_class_manifest, read_pair_manifest, report_ids, tokenize
+from metrics import few_shot, macro_auc_ovr, recall_at_k
+from runtime import pick_device
 from synthetic import EVAL_SEED, SECOND_EVAL_SEED, check_eval_seed, retrieval_set, zero_shot_set
-
-# -----------------------------------------------------------------------------
-# Metrics: plain functions of score tensors, no model involved.
-
-
-def roc_auc(scores, targets):
-    """Binary AUC-ROC: the probability that a random positive scores above a random negative,
-    ties counted as one half.
-
-    Computed with the Mann-Whitney U statistic: rank all scores (tied scores share the average of
-    the ranks they span), then
-        AUC = (sum of the positives' ranks - P (P + 1) / 2) / (P N)
-    for P positives and N negatives. The average ranks are exactly what makes a tie worth half a
-    pair. O(n log n), against O(P N) for counting pairs.
-    """
-    scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
-    targets = torch.as_tensor(targets).flatten().bool()
-    if scores.shape != targets.shape:
-        raise ValueError(f"roc_auc: {scores.numel()} scores but {targets.numel()} targets")
-    if not torch.isfinite(scores).all():
-        raise ValueError("roc_auc: scores contain NaN or infinity")
-    n_pos = int(targets.sum())
-    n_neg = targets.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"roc_auc is undefined with only one class present "
-                         f"({n_pos} positives, {n_neg} negatives)")
-    # unique() sorts, so group g holds the g-th smallest distinct score; its members occupy the
-    # 1-based ranks first .. first + count - 1, whose average is first + (count - 1) / 2.
-    _, group, counts = torch.unique(scores, return_inverse=True, return_counts=True)
-    counts = counts.double()
-    first = torch.cumsum(counts, 0) - counts + 1
-    ranks = (first + (counts - 1) / 2)[group]                   # (n,) average ranks
-    u = ranks[targets].sum() - n_pos * (n_pos + 1) / 2.0        # pairs a positive wins (+ ties / 2)
-    return float(u / (n_pos * n_neg))
-
-
-def macro_auc_ovr(scores, labels):
-    """Macro one-vs-rest AUC-ROC: for each class c, the AUC of column c of scores (n, C) at
-    separating images of class c from all others; then the plain mean over classes.
-
-    A class with no image in `labels` has no defined AUC and is left out of the mean (a prompt
-    file may name more findings than a given test set contains)."""
-    scores = torch.as_tensor(scores, dtype=torch.float64)
-    labels = torch.as_tensor(labels).long()
-    present = [c for c in range(scores.shape[1]) if (labels == c).any()]
-    if len(present) < 2:
-        raise ValueError(f"macro AUC needs images of at least two classes, got {len(present)}")
-    return sum(roc_auc(scores[:, c], labels == c) for c in present) / len(present)
-
-
-def recall_at_k(similarity, correct, ks=(1, 5, 10)):
-    """Recall@k for retrieval: the fraction of queries (rows) for which at least one of the k most
-    similar candidates (columns) is a correct match.
-
-    similarity (nq, nc) float; correct (nq, nc) bool. For image-text pairs with repeated reports,
-    `correct` is True wherever the candidate's report equals the query's (not just the diagonal).
-    Returns {k: recall}; k larger than the number of candidates means all of them."""
-    similarity = torch.as_tensor(similarity)
-    correct = torch.as_tensor(correct).bool()
-    if similarity.shape != correct.shape:
-        raise ValueError(f"similarity {tuple(similarity.shape)} and correct "
-                         f"{tuple(correct.shape)} differ in shape")
-    out = {}
-    for k in ks:
-        top = similarity.topk(min(k, similarity.shape[1]), dim=1).indices   # (nq, k)
-        hit = correct.gather(1, top).any(dim=1)                              # (nq,)
-        out[k] = hit.double().mean().item()
-    return out
-
-
-# -----------------------------------------------------------------------------
-# Few-shot: a linear probe on frozen image features.
-
-
-def _fit_linear_probe(x, y, num_classes, weight_decay=1e-3, max_iter=200):
-    """Multinomial logistic regression, min_W,b  mean CE(x W + b, y) + weight_decay * |W|^2,
-    solved with L-BFGS on the full (tiny: k * C rows) training set, as CLIP's linear-probe
-    evaluation does with scikit-learn's L-BFGS. The problem is convex, so starting from zero and
-    a deterministic solver make the result depend on the data alone. x (n, D), y (n,)."""
-    W = torch.zeros(x.shape[1], num_classes, dtype=x.dtype, requires_grad=True)   # (D, C)
-    b = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)               # (C,)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, history_size=10,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ W + b, y) + weight_decay * W.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return W.detach(), b.detach()
-
-
-def few_shot(image_features, labels, shots=(1, 2, 4, 8, 16), seeds=(0, 1, 2, 3, 4),
-             weight_decay=1e-3):
-    """For each k in shots and each seed: draw k images per class (torch generator seeded with
-    the seed), fit a linear probe on their L2-normalised features, and score macro one-vs-rest
-    AUC-ROC of its softmax probabilities on every image not drawn. Returns {str(k): mean AUC over
-    seeds}. Each class needs more than k images (at least one left to test on)."""
-    x = F.normalize(torch.as_tensor(image_features).detach().float().cpu(), dim=-1)   # (n, D)
-    # Relabel to 0..C-1 so that a class missing from the labels leaves no empty column.
-    _, y = torch.unique(torch.as_tensor(labels).cpu(), return_inverse=True)         # (n,)
-    num_classes = int(y.max()) + 1
-    members = [torch.nonzero(y == c).flatten() for c in range(num_classes)]
-    smallest = min(len(m) for m in members)
-    results = {}
-    for k in shots:
-        if k >= smallest:
-            raise ValueError(f"{k}-shot needs more than {k} images per class (one left to test "
-                             f"on); the smallest class has {smallest}")
-        aucs = []
-        for seed in seeds:
-            g = torch.Generator().manual_seed(seed)
-            train = torch.cat([m[torch.randperm(len(m), generator=g)[:k]] for m in members])
-            test = torch.ones(len(y), dtype=torch.bool)
-            test[train] = False
-            W, b = _fit_linear_probe(x[train], y[train], num_classes, weight_decay)
-            probs = torch.softmax(x[test] @ W + b, dim=-1)                          # (n_test, C)
-            aucs.append(macro_auc_ovr(probs, y[test]))
-        results[str(k)] = sum(aucs) / len(aucs)
-    return results
-
 
 # -----------------------------------------------------------------------------
 # Embeddings: the frozen model as a feature extractor.
@@ -360,111 +236,8 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def draw_predictions(path, images, labels, probs, classes, per_class=4, cell=160):
-    """Save a PNG grid: a row per true class, per_class images in it, each captioned with its true
-    finding and the model's top-3 zero-shot predictions (green when the top one is right)."""
-    from PIL import Image, ImageDraw   # Pillow comes with torchvision; only --show needs it
-
-    labels = torch.as_tensor(labels)
-    rows = [torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]
-    rows = [r for r in rows if len(r)]
-    line, text_lines = 13, 4
-    grid = Image.new("RGB", (per_class * cell, len(rows) * (cell + text_lines * line + 6)), "white")
-    draw, font = ImageDraw.Draw(grid), caption_font()
-    for r, indices in enumerate(rows):
-        for c, i in enumerate(indices.tolist()):
-            x0, y0 = c * cell, r * (cell + text_lines * line + 6)
-            pixels = images[i]                                                  # (C, H, W)
-            pixels = pixels if pixels.dtype == torch.uint8 else (pixels * 255).round().byte()
-            # (H, W) gives a grayscale picture, (H, W, 3) an RGB one.
-            picture = Image.fromarray(pixels.permute(1, 2, 0).squeeze(-1).cpu().numpy())
-            # Nearest neighbour: the model's own pixels, unsmoothed (and a PNG a third the size).
-            picture = picture.convert("RGB").resize((cell - 4, cell - 4), Image.NEAREST)
-            grid.paste(picture, (x0 + 2, y0 + 2))
-            top = probs[i].topk(min(3, len(classes)))
-            draw_words(draw, (x0 + 4, y0 + cell), f"true: {classes[labels[i]]}".split(), font, "black")
-            for j, (p, k) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
-                colour = ((0, 130, 0) if k == labels[i] else (200, 0, 0)) if j == 0 else "gray"
-                draw_words(draw, (x0 + 4, y0 + cell + (j + 1) * line), f"{classes[k]} {p:.2f}".split(),
-                           font, colour)
-    grid.quantize(256).save(path, optimize=True)   # grey pictures and a few colours: a palette is enough
-
-
 # -----------------------------------------------------------------------------
 # Command line.
-
-
-class InputError(Exception):
-    """A problem with what the user gave us (a path, a file's contents): reported in one line."""
-
-
-def default_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def _first_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def read_checkpoint(ckpt_path, advice):
-    """torch.load a train.py checkpoint with weights_only=True: it holds tensors and plain values
-    only, so loading one from a stranger cannot run code. A file torch cannot read raises InputError
-    in one line naming it, what is wrong with it and `advice` (what to do). Torch's own message is
-    never passed on: for some files it advises reloading with weights_only=False, which would let
-    the file run code, and this project never suggests that."""
-    try:
-        return torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except OSError as e:  # the file itself: a folder, no permission
-        raise InputError(f"cannot read checkpoint {ckpt_path}: {e.strerror or e}") from None
-    except Exception:  # torch raises many types for a bad file (RuntimeError, EOFError, KeyError, ...)
-        raise InputError(f"checkpoint {ckpt_path} {_what_is_wrong(ckpt_path)}: {advice}") from None
-
-
-def _what_is_wrong(ckpt_path):
-    """Why torch could not load the file, from its bytes. torch.save writes a zip archive; a zip
-    ends with its central directory, so a copy cut short or a save that filled the disk starts
-    like a checkpoint and lacks that end."""
-    with open(ckpt_path, "rb") as f:
-        head = f.read(4)
-    if not head:
-        return "is empty"
-    if head != b"PK\x03\x04":
-        return "is not a checkpoint of this project (torch.save writes a zip archive; this is not one)"
-    if not zipfile.is_zipfile(ckpt_path):
-        return "is truncated (a copy cut short, or a disk that filled up while it was written)"
-    return ("is corrupted, or holds objects other than tensors and plain values (not a checkpoint "
-            "of this project)")
-
-
-def load_checkpoint(path, use_teacher=False, device="cpu"):
-    """Rebuild the model saved by train.py. path: the run's folder or its ckpt.pt; the tokenizer is
-    tokenizer.json beside the .pt. Returns (model in eval mode on device, tokenizer, checkpoint)."""
-    ckpt_path = os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path
-    if not os.path.isfile(ckpt_path):
-        raise InputError(f"checkpoint not found: {ckpt_path}")
-    tokenizer_path = os.path.join(os.path.dirname(ckpt_path), "tokenizer.json")
-    if not os.path.isfile(tokenizer_path):
-        raise InputError(f"tokenizer not found: {tokenizer_path} (train.py writes it beside ckpt.pt)")
-    ckpt = read_checkpoint(ckpt_path, "train it again, or give --checkpoint another run")
-    key = "teacher" if use_teacher else "student"
-    if not isinstance(ckpt, dict) or key not in ckpt or "model" not in ckpt.get("config", {}):
-        raise InputError(f"{ckpt_path} is not a train.py checkpoint (no {key!r} weights or model config)")
-    # Weights saved from a compiled or DDP-wrapped model carry a prefix on every name.
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt[key].items()}
-    try:
-        model = DualEncoder(ModelConfig(**ckpt["config"]["model"]))
-        model.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError) as e:  # written by another version of model.py
-        raise InputError(f"{ckpt_path}: weights do not fit model.py's DualEncoder: {_first_line(e)}")
-    try:
-        tokenizer = load_tokenizer(tokenizer_path)
-    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
-        raise InputError(f"cannot read tokenizer {tokenizer_path}: {_first_line(e)}")
-    return model.to(device).eval(), tokenizer, ckpt
 
 
 def read_prompts(path):
@@ -482,6 +255,14 @@ def read_prompts(path):
         raise InputError(f'{path} must map at least two class names to lists of prompts, '
                          f'like {{"Edema": ["pulmonary edema", ...], ...}}')
     return prompts
+
+
+def unlabelled_prompt_classes(prompt_classes, label_names):
+    """The prompt classes that no training pair is labelled with (names compared without case, as
+    manifests compare them). Zero-shot on such a class tests transfer to a finding the labels never
+    name: worth knowing, not wrong."""
+    seen = {name.lower() for name in label_names}
+    return [c for c in prompt_classes if c.lower() not in seen]
 
 
 def check_benchmark_options(eval_manifest, prompts, retrieval_manifest):
@@ -552,8 +333,9 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     p.add_argument("--show", metavar="PNG",
                    help="draw zero-shot images with their true finding and top-3 predictions")
-    p.add_argument("--device", default=default_device(),
-                   help="cuda, mps or cpu (default: the first available, here %(default)s)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda, else mps, else cpu), or cpu, cuda, cuda:1, mps (default: "
+                        "%(default)s)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N",
                    help="images or texts per forward pass (default: %(default)s)")
     p.add_argument("--n-per-class", type=int, default=200, metavar="N",
@@ -585,6 +367,10 @@ def run(args):
     except ValueError as e:
         raise InputError(f"--eval-seed: {e}") from None
 
+    try:
+        args.device = pick_device(args.device)
+    except ValueError as e:
+        raise InputError(f"--device {e}") from None
     model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.use_teacher, args.device)
     cfg = model.cfg
     print(f"loaded the {'teacher' if args.use_teacher else 'student'} of {args.checkpoint} "
@@ -614,6 +400,7 @@ def run(args):
                           for c in range(len(zs["classes"]))])
         z = zero_shot(model, tokenizer, zs["images"][pick], zs["labels"][pick], zs["classes"],
                       zs["prompts"], args.device, args.batch_size)
+        from plot import draw_predictions   # Pillow: only --show needs it
         draw_predictions(args.show, zs["images"][pick], zs["labels"][pick], z["probs"],
                          zs["classes"])
         print(f"wrote {args.show}")

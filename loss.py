@@ -1,4 +1,4 @@
-"""Queue-based InfoNCE with soft distillation targets from the momentum teacher (METHOD.md steps 2-5).
+"""Queue-based InfoNCE with soft distillation targets from the momentum teacher (docs/method.md, steps 2-5).
 
 For a window of N image-report pairs, the teacher's features I', T' (N, D) and a queue of the K
 most recent teacher features Q_I, Q_T (K, D) form the banks
@@ -89,11 +89,17 @@ def positive_matrix(row_ids: torch.Tensor, bank_ids: torch.Tensor, offset: int,
 
     one-hot: the row's own pair sits at column offset + r.
     duplicate-aware: uniform over every column whose report id equals the row's (its own pair
-    included, since the window is part of the bank)."""
+    included, since the window is part of the bank). A row whose id is nowhere in the bank has no
+    positive at all, which can only mean the bank was assembled wrongly: ValueError, not NaN."""
     n, M = row_ids.shape[0], bank_ids.shape[0]
     if duplicate_aware:
         same = (row_ids[:, None] == bank_ids[None, :]).to(dtype)   # (n, M)
-        return same / same.sum(dim=1, keepdim=True)
+        count = same.sum(dim=1, keepdim=True)                      # (n, 1), >= 1 in a sound bank
+        if not bool((count > 0).all()):
+            missing = row_ids[(count[:, 0] == 0)].tolist()
+            raise ValueError(f"positive_matrix: report id(s) {missing[:5]} of the rows are not in "
+                             f"the bank; the bank must hold every row's own pair (the window)")
+        return same / count
     P = torch.zeros(n, M, device=bank_ids.device, dtype=dtype)
     P[torch.arange(n), offset + torch.arange(n)] = 1.0
     return P

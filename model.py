@@ -64,9 +64,11 @@ PRESETS = {
     "tiny": dict(image_size=64, patch_size=8, vision_width=128, vision_layers=4, vision_heads=4,
                  text_width=128, text_layers=3, text_heads=4, embed_dim=128, context_length=64),
     "small": dict(image_size=224, patch_size=16, vision_width=384, vision_layers=12, vision_heads=6,
-                  text_width=384, text_layers=6, text_heads=6, embed_dim=256, context_length=128,
-                  vocab_size=8192),
+                  text_width=384, text_layers=6, text_heads=6, embed_dim=256, context_length=128),
 }
+# Both presets keep ModelConfig's vocabulary of 2048, train.py's --vocab-size default, so the counts
+# `python model.py` prints are those of the models train.py builds (the tokenizer may come out a
+# little smaller on a small corpus; the model then takes its size).
 
 
 def make_config(preset="tiny", **overrides):
@@ -271,6 +273,17 @@ class DualEncoder(nn.Module):
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
+
+
+def param_groups(model, weight_decay):
+    """Decay the weight matrices; leave norms, biases, embeddings and logit_scale alone (decaying a
+    LayerNorm gain or a position table towards zero only fights the model)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        embedding = any(key in name for key in ("token_embed", "pos_embed", "cls_token"))
+        (no_decay if p.ndim < 2 or embedding or name == "logit_scale" else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
 
 
 if __name__ == "__main__":

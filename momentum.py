@@ -67,8 +67,9 @@ def momentum_for_half_life(fraction: float, total_steps: int) -> float:
     return 0.5 ** (1.0 / (fraction * total_steps))
 
 
-def momentum_at(step: int, total_steps: int, base: float = 0.995, schedule: str = "constant") -> float:
-    """The momentum for optimizer step `step` (0-based) of `total_steps`.
+def momentum_at(step: int, total_steps: int, base: float, schedule: str = "constant") -> float:
+    """The momentum for optimizer step `step` (0-based) of `total_steps`. `base` has no default: the
+    value that suits a run depends on its length (train.py's --momentum, 0.98 for 500 steps).
 
     constant: m = base.
     cosine (MoCo v3): m = 1 − (1 − base) · (cos(π · step / total_steps) + 1) / 2, which is `base`

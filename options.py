@@ -15,12 +15,6 @@ from model import PRESETS
 DESCRIPTION = ("Momentum self-distillation (MSD) image-report pretraining on one GPU (or a CPU), "
                "top to bottom.")
 
-# Options that may differ between a run and its --resume: they change what is logged or saved, never
-# the numbers the run computes.
-RESUME_MAY_CHANGE = {"resume", "out", "save_every", "eval_every", "log_every", "device", "workers",
-                     "data_cache", "grad_dump", "compile", "interrupt_at", "kill_at",
-                     "eval_per_class", "eval_retrieval", "eval_manifest", "prompts",
-                     "retrieval_manifest"}
 QUEUE_CAP = 2048   # the largest default queue (default_queue_size): the measured runs' K
 
 
@@ -108,7 +102,8 @@ def get_args(argv=None):
       help="auto: bf16 autocast on CUDA (fp16 + grad scaler where bf16 is missing), fp32 elsewhere")
     a("--compile", action="store_true", help="torch.compile the student (CUDA: faster after warm-up)")
     a("--resume", action="store_true", help="continue OUT/ckpt.pt exactly where it stopped")
-    a("--save-every", type=int, default=200, help="write OUT/ckpt.pt every this many steps (and at the end)")
+    a("--save-every", type=int, default=200,
+      help="write OUT/ckpt.pt every this many steps, and at the end and on Ctrl-C (0 = only then)")
     a("--eval-every", type=int, default=200, help="quick evaluation every this many steps (0 = off)")
     a("--log-every", type=int, default=10, help="print and log a metrics row every this many steps")
     a("--eval-per-class", type=int, default=200, help="final synthetic benchmark: zero-shot images per class")
@@ -121,11 +116,11 @@ def get_args(argv=None):
     a("--retrieval-manifest", default=None, metavar="CSV",
       help="final retrieval (and the quick checks, without --eval-manifest) on these held-out "
            "image,text pairs (with a split column: its test rows)")
-    # debugging hooks the tests use; each sends this process a real signal at a chosen step
-    a("--grad-dump", default=None, metavar="PATH",
-      help="debugging: save the first step's gradients here (the tests compare torchrun with one process)")
-    a("--interrupt-at", type=int, default=None, metavar="STEP", help="debugging: Ctrl-C after this step")
-    a("--kill-at", type=int, default=None, metavar="STEP", help="debugging: SIGKILL after this step")
+    # Hooks for the tests, hidden from --help: save the first step's gradients (torchrun against one
+    # process), and send this process a real Ctrl-C or SIGKILL after a chosen step.
+    a("--grad-dump", default=None, help=argparse.SUPPRESS)
+    a("--interrupt-at", type=int, default=None, help=argparse.SUPPRESS)
+    a("--kill-at", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     # float() accepts "nan" and "inf"; either would reach AdamW or the loss and fail far from here
     for name, value in vars(args).items():
@@ -133,7 +128,7 @@ def get_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if args.lr <= 0:
         p.error(f"--lr must be positive, got {args.lr}")
-    for name in ("weight_decay", "max_grad_norm"):
+    for name in ("weight_decay", "max_grad_norm", "save_every", "eval_every"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.image_size is None:
@@ -177,7 +172,7 @@ def resolve_warmups(args):
 
 def default_queue_size(n, window, cap=QUEUE_CAP):
     """--queue-size auto, for n training pairs and a window of `window` pairs (N
-    times the ranks). METHOD.md: K a multiple of the window (each step's enqueue then fills whole
+    times the ranks). docs/method.md: K a multiple of the window (each step's enqueue then fills whole
     slots, never splitting a window across the wrap), and small relative to the data set (a queue
     holding much of it holds the same reports many times, and stale features of pairs the student
     sees again soon). So: the largest multiple of the window not above n / 8 nor `cap`; 0 (no

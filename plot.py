@@ -1,5 +1,6 @@
 """Figures with Pillow alone: a training run's curves (the loss and the zero-shot accuracy against
-step), the grid of synthetic studies, and the words on every figure.
+step), the grid of synthetic studies, eval.py --show's zero-shot predictions, and the words on
+every figure.
 
     python plot.py out --out docs/curve.png
     python data.py show --out samples.png     # the grid (show below)
@@ -236,6 +237,39 @@ def draw_curves(run_dir, out):
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     canvas.save(out, optimize=True)
     return canvas.size
+
+
+# -----------------------------------------------------------------------------
+# eval.py --show: zero-shot predictions
+
+def draw_predictions(path, images, labels, probs, classes, per_class=4, cell=160):
+    """Save a PNG grid: a row per true class, per_class images in it, each captioned with its true
+    finding and the model's top-3 zero-shot predictions (green when the top one is right)."""
+    import torch   # only this figure needs torch: the curves and the grid are Pillow alone
+
+    labels = torch.as_tensor(labels)
+    rows = [torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]
+    rows = [r for r in rows if len(r)]
+    line, text_lines = 13, 4
+    grid = Image.new("RGB", (per_class * cell, len(rows) * (cell + text_lines * line + 6)), "white")
+    draw, font = ImageDraw.Draw(grid), caption_font()
+    for r, indices in enumerate(rows):
+        for c, i in enumerate(indices.tolist()):
+            x0, y0 = c * cell, r * (cell + text_lines * line + 6)
+            pixels = images[i]                                                  # (C, H, W)
+            pixels = pixels if pixels.dtype == torch.uint8 else (pixels * 255).round().byte()
+            # (H, W) gives a grayscale picture, (H, W, 3) an RGB one.
+            picture = Image.fromarray(pixels.permute(1, 2, 0).squeeze(-1).cpu().numpy())
+            # Nearest neighbour: the model's own pixels, unsmoothed (and a PNG a third the size).
+            picture = picture.convert("RGB").resize((cell - 4, cell - 4), Image.NEAREST)
+            grid.paste(picture, (x0 + 2, y0 + 2))
+            top = probs[i].topk(min(3, len(classes)))
+            draw_words(draw, (x0 + 4, y0 + cell), f"true: {classes[labels[i]]}".split(), font, "black")
+            for j, (p, k) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+                colour = ((0, 130, 0) if k == labels[i] else (200, 0, 0)) if j == 0 else "gray"
+                draw_words(draw, (x0 + 4, y0 + cell + (j + 1) * line), f"{classes[k]} {p:.2f}".split(),
+                           font, colour)
+    grid.quantize(256).save(path, optimize=True)   # grey pictures and a few colours: a palette is enough
 
 
 def main(argv=None):

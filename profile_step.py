@@ -35,9 +35,9 @@ import data
 import synthetic
 from accumulate import _optimizer_step, msd_step
 from loss import FeatureQueue, msd_loss, positive_matrix, soft_targets
-from model import DualEncoder, make_config
+from model import DualEncoder, make_config, param_groups
 from momentum import ema_update, make_teacher
-from train import param_groups
+from runtime import pick_device
 
 
 def timed(fn, repeats, warmup, device):
@@ -82,7 +82,7 @@ def setup(args, device):
 
 
 def profile(args):
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, train, tokens, ids, student, teacher, queue, optimizer = setup(args, device)
@@ -100,7 +100,7 @@ def profile(args):
 
     rep = dict(repeats=args.repeats, warmup=args.warmup, device=device)
     step = timed(lambda: msd_step(student, teacher, queue, optimizer, window(), alpha=0.4,
-                                  momentum=0.995, duplicate_aware=True, max_grad_norm=1.0), **rep)
+                                  momentum=0.98, duplicate_aware=True, max_grad_norm=1.0), **rep)
     batches = window()
 
     parts = {}
@@ -147,7 +147,7 @@ def profile(args):
 
     def optimizer_part():
         _optimizer_step(student, optimizer, torch.tensor(1.0), None, 1.0)
-        ema_update(teacher, student, 0.995)
+        ema_update(teacher, student, 0.98)
         queue.enqueue(bank_img[:N], bank_txt[:N], bank_ids[:N])
     parts["optimizer + EMA"] = timed(optimizer_part, **rep)
     return step, parts, N

@@ -1,6 +1,6 @@
 """Momentum self-distillation (MSD) image-report pretraining on one GPU (or a CPU), top to bottom.
 
-    python train.py                                   # synthetic chest X-rays, tiny model, ~4 min on 2 CPU cores
+    python train.py                                   # synthetic chest X-rays, tiny model, ~3 min on 2 CPU cores
     python train.py --preset small --image-size 128   # a consumer GPU
     python train.py --train-manifest data/train.csv   # your own image-report pairs
     torchrun --nproc_per_node=2 train.py ...          # DDP, one process per GPU (or CPU share)
@@ -8,19 +8,17 @@
 The pieces: model.py (the two encoders), momentum.py (the EMA teacher), loss.py (queue and soft
 targets), accumulate.py (one optimizer step over k micro-batches), synthetic.py (the generated
 data set), data.py (manifests, tokenizer, augmentation), eval.py (the benchmark), options.py (the
-command line and its checks). This file only glues them: data, the loop, logging, checkpoints.
+command line and its checks), checkpoint.py (saving and resuming), runtime.py (device, precision,
+memory). This file only glues them: `main` reads as the run's stages, then the loop.
 """
 
-import contextlib
-import dataclasses
 import functools
 import json
 import math
 import os
-import resource
-import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -29,14 +27,296 @@ import data
 import eval as evaluation
 import synthetic
 from accumulate import NonFiniteLossError, clip_naive_step, clip_step, msd_step, unwrap
+from checkpoint import InputError, read_for_resume, restore, save_atomic, training_state
 from loss import FeatureQueue
-from model import DualEncoder, make_config
+from model import DualEncoder, make_config, param_groups
 from momentum import make_teacher, momentum_at, momentum_for_half_life
-from options import QUEUE_CAP, RESUME_MAY_CHANGE, default_queue_size, get_args
+from options import QUEUE_CAP, default_queue_size, get_args
+from runtime import (Clock, StopFlag, fmt_time, peak_memory_mb, pick_precision, send_signal_to_self,
+                     setup_distributed)
+
+
+def main(argv=None):
+    parser, args = get_args(argv)
+    try:
+        return train(args)
+    except (InputError, data.ManifestError) as e:   # the user's input, not the code: one line, exit 2
+        parser.error(str(e))
+
+
+def train(args):
+    try:
+        run = setup_distributed(args.device)
+    except ValueError as e:
+        raise InputError(f"--device {e}") from None
+    log = print if run.master else (lambda *a, **k: None)
+    ckpt = resume_or_start(args)                      # every check of the output folder, first
+    prompts = evaluation.check_benchmark_options(args.eval_manifest, args.prompts,
+                                                 args.retrieval_manifest)
+    torch.manual_seed(args.seed)                      # the same initial model on every rank
+    os.makedirs(args.out, exist_ok=True)
+
+    t0 = time.time()
+    pairs = load_training_data(args, run, log)        # {"images" uint8, "texts", "source", ...}
+    queue_note = size_the_queue(args, ckpt, len(pairs["texts"]), run.world)
+    tokenizer, cfg = tokenize_reports(args, pairs, ckpt, run)
+    log(f"data: {len(pairs['texts'])} pairs from {pairs['source']}, "
+        f"{len(set(pairs['ids'].tolist()))} distinct reports, vocabulary {cfg.vocab_size}, "
+        f"ready in {time.time() - t0:.1f}s", flush=True)
+    zs, ret = load_benchmark(args, prompts, pairs.get("label_names"), run, log)
+    evaluate = not (zs is False and ret is False)    # False, False: a manifest without eval sets
+
+    parts = build(args, cfg, run, ckpt, log)           # student, teacher, queue, optimizer, ...
+    del ckpt
+    log(describe_run(args, parts, run, queue_note), flush=True)
+
+    # ---- the loop: one optimizer step per window of k micro-batches ------------------------------
+    step, stop, clock, status = parts.step, StopFlag(), Clock(), 0
+    while step < args.steps:
+        lr, alpha = lr_at(step, args), alpha_at(step, args)
+        m = momentum_at(step, args.steps, parts.base_momentum, args.momentum_schedule)
+        for group in parts.optimizer.param_groups:
+            group["lr"] = lr
+        t = time.time()
+        batches = window(pairs, step, args, run)
+        try:
+            loss = optimizer_step(parts, batches, args, step, alpha, m)
+        except NonFiniteLossError as e:
+            log(f"error: {e} at step {step}. Stopping; the last good checkpoint is "
+                f"{parts.ckpt_path if os.path.exists(parts.ckpt_path) else '(none was written yet)'}. "
+                f"Try a lower --lr or --precision fp32.", flush=True)
+            status = 1
+            break
+        if args.grad_dump and step == 0 and run.master:
+            save_atomic({n: p.grad.detach().cpu() for n, p in parts.student.named_parameters()},
+                        args.grad_dump)
+        step += 1
+        if step in (args.interrupt_at, args.kill_at):          # the tests' Ctrl-C and power cut
+            send_signal_to_self("interrupt" if step == args.interrupt_at else "kill")
+        clock.step_done(time.time() - t, loss.item())          # .item() waits: the time is honest
+
+        if run.master and (step % args.log_every == 0 or step == args.steps):
+            log_step(parts, args, run, step, clock, lr, alpha, m)
+        if (run.master and evaluate and args.eval_every and step % args.eval_every == 0
+                and step < args.steps):
+            with clock.paused():                                 # evaluation stays out of the ETA
+                quick_check(parts, tokenizer, args, run, step, zs, ret, log)
+        if stop.requested or step == args.steps or (args.save_every and step % args.save_every == 0):
+            save_checkpoint(parts, args, run, cfg, step)
+        if stop.requested:
+            log(f"saved {parts.ckpt_path} at step {step}; continue with the same command plus --resume")
+            break
+
+    if run.master and status == 0 and step == args.steps:
+        final_report(parts, tokenizer, args, run, zs, ret, clock, log)
+    if run.ddp:
+        # Leave together: a rank that tore down its gloo connections while rank 0 was still
+        # evaluating aborted at exit now and then ("terminate called without an active exception").
+        dist.barrier()
+        dist.destroy_process_group()
+    return status
 
 
 # -----------------------------------------------------------------------------
-# Small pieces the loop uses.
+# The stages main() runs, in its order.
+
+def resume_or_start(args):
+    """The checkpoint --resume continues (its settings already compared with these), or None for a
+    new run, which may not overwrite one. Raises InputError before any data is prepared."""
+    ckpt_path = os.path.join(args.out, "ckpt.pt")
+    if not args.resume:
+        if os.path.exists(ckpt_path):
+            raise InputError(f"{ckpt_path} exists: add --resume to continue it, or choose another --out")
+        return None
+    if not os.path.exists(ckpt_path):
+        raise InputError(f"--resume: no checkpoint at {ckpt_path}")
+    try:
+        return read_for_resume(ckpt_path, args)
+    except InputError as e:
+        raise InputError(f"--resume: {e}") from None
+
+
+def load_training_data(args, run, log):
+    """The training pairs: images as uint8 (a manifest's memory-mapped from its cache), texts, and
+    the finding names their labels use. Rank 0 builds a manifest's cache; the others then open it."""
+    if not args.train_manifest:
+        log(f"rendering {args.n_train} synthetic training studies at {args.image_size} px "
+            f"(cached in {args.data_cache or 'memory only'})...", flush=True)
+        pairs = synthetic.load_or_render("train", args.n_train, args.image_size,
+                                         cache_dir=args.data_cache or None, workers=args.workers)
+        if args.channels == 3:
+            pairs["images"] = pairs["images"].expand(-1, 3, -1, -1)
+        return {**pairs, "label_names": list(synthetic.FINDINGS), "source": "synthetic"}
+    cache = args.data_cache or None
+    if run.ddp and cache and not run.master:
+        dist.barrier()
+    pairs = data.read_pair_manifest(args.train_manifest, args.image_size, args.channels,
+                                    cache_dir=cache, workers=args.workers, log=log)
+    if run.ddp and cache and run.master:
+        dist.barrier()
+    return {**pairs, "source": args.train_manifest}
+
+
+def size_the_queue(args, ckpt, n, world):
+    """Check the window and the queue against the n training pairs, and resolve --queue-size auto
+    (saved resolved, so a --resume with the default compares numbers). Returns a note for the log."""
+    window = args.batch_size * args.accum_steps * world
+    if window > n:
+        raise InputError(f"the window ({world} rank(s) x {args.accum_steps} x {args.batch_size} = "
+                         f"{window} pairs) is larger than the training set ({n} pairs)")
+    note = ""
+    if args.queue_size is None:
+        args.queue_size = default_queue_size(n, window)
+        note = f" (auto: <= n/8 and {QUEUE_CAP}, a multiple of the window)"
+        saved = ckpt["config"]["train"].get("queue_size") if ckpt is not None else args.queue_size
+        if saved != args.queue_size:
+            raise InputError(f"--resume: the checkpoint's queue holds {saved} features, auto sizes "
+                             f"it {args.queue_size} for this training set: add --queue-size {saved}")
+    if args.method == "msd" and args.queue_size + window > n:
+        raise InputError(f"--queue-size {args.queue_size} plus the window {window} exceeds the "
+                         f"training set ({n} pairs): the queue would hold copies of the current "
+                         f"pairs as negatives. Use --queue-size <= {max(0, n - window)}")
+    return note
+
+
+def tokenize_reports(args, pairs, ckpt, run):
+    """A new run trains a WordPiece tokenizer on its reports (rank 0, saved beside the checkpoint);
+    a resumed one reads it back. Adds pairs["tokens"] (n, L) and pairs["ids"] (n,), the report ids
+    that duplicate-aware positives compare. Returns (tokenizer, model config)."""
+    tok_path = os.path.join(args.out, "tokenizer.json")
+    if ckpt is None and run.master:
+        data.train_tokenizer(pairs["texts"], args.vocab_size).save(tok_path)
+    if ckpt is None and run.ddp:
+        dist.barrier()                                # rank 0 wrote tokenizer.json
+    tokenizer = data.load_tokenizer(tok_path)
+    cfg = make_config(args.preset, image_size=args.image_size, in_channels=args.channels,
+                      stem=args.stem, pool=args.pool, vocab_size=tokenizer.get_vocab_size())
+    pairs["tokens"], _ = data.tokenize(tokenizer, pairs["texts"], cfg.context_length)   # (n, L)
+    pairs["ids"] = data.report_ids(pairs["texts"])                                       # (n,)
+    return tokenizer, cfg
+
+
+def load_benchmark(args, prompts, label_names, run, log):
+    """What to evaluate on: the user's sets, the synthetic benchmark (None), or nothing (False,
+    when training on a manifest without evaluation sets: the synthetic numbers would say nothing
+    about the user's data)."""
+    if not (args.eval_manifest or args.retrieval_manifest):
+        if not args.train_manifest:
+            return None, None
+        log("no --eval-manifest/--retrieval-manifest given: skipping evaluation on the synthetic "
+            "benchmark, which says nothing about your data (eval.py can evaluate ckpt.pt later)",
+            flush=True)
+        return False, False
+    zs = ret = None
+    if run.master:                                    # rank 0 alone evaluates
+        zs, ret = evaluation.read_benchmark(args.eval_manifest, prompts, args.retrieval_manifest,
+                                            args.image_size, args.channels,
+                                            cache_dir=args.data_cache or None, log=log)
+    if prompts and label_names:
+        missing = evaluation.unlabelled_prompt_classes(list(prompts), label_names)
+        log(f"prompt classes no training report is labelled with: {missing}" if missing else
+            "every prompt class is among the training labels", flush=True)
+    return zs, ret
+
+
+@dataclass
+class Parts:
+    """What the loop steps: the student (and `model`, the same one compiled or DDP-wrapped), the
+    EMA teacher and its queue (None for CLIP), the optimizer and the precision."""
+    student: DualEncoder
+    model: torch.nn.Module
+    teacher: torch.nn.Module
+    queue: FeatureQueue
+    no_queue: FeatureQueue
+    optimizer: torch.optim.Optimizer
+    autocast: object
+    scaler: object
+    precision: str
+    base_momentum: float
+    step: int
+    ckpt_path: str
+    metrics_path: str
+
+
+def build(args, cfg, run, ckpt, log):
+    """The student, its teacher and queue, the optimizer; restored from `ckpt` when resuming."""
+    device = run.device
+    student = DualEncoder(cfg).to(device)
+    msd = args.method == "msd"
+    teacher = make_teacher(student) if msd else None
+    queue = FeatureQueue(args.queue_size, cfg.embed_dim).to(device) if msd else None
+    autocast, scaler, precision = pick_precision(args.precision, device)
+    optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.lr,
+                                  betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda")
+    parts = Parts(student, student, teacher, queue,
+                  no_queue=FeatureQueue(0, cfg.embed_dim).to(device),  # the bank before --queue-start
+                  optimizer=optimizer, autocast=autocast, scaler=scaler, precision=precision,
+                  base_momentum=(momentum_for_half_life(args.momentum_half_life, args.steps)
+                                 if args.momentum_half_life is not None else args.momentum),
+                  step=0, ckpt_path=os.path.join(args.out, "ckpt.pt"),
+                  metrics_path=os.path.join(args.out, "metrics.jsonl"))
+    if ckpt is None:
+        torch.manual_seed(args.seed + run.rank)       # each rank augments differently
+    else:
+        parts.step = restore(ckpt, student=student, teacher=teacher, queue=queue,
+                             optimizer=optimizer, scaler=scaler, rank=run.rank, device=device)
+        log(f"resumed from {parts.ckpt_path} at step {parts.step}")
+        was = (ckpt["config"].get("device_type"), ckpt["config"].get("precision"))
+        if None not in was and was != (device.type, precision):
+            log(f"note: this run computed on {was[0]} in {was[1]} and continues on {device.type} "
+                f"in {precision}: the same run, but not bit for bit what it would have computed")
+        if run.master:
+            drop_rows_after(parts.metrics_path, parts.step)
+    if args.compile:
+        parts.model = torch.compile(parts.model)
+    if run.ddp:
+        parts.model = torch.nn.parallel.DistributedDataParallel(
+            parts.model, device_ids=[device.index] if device.type == "cuda" else None)
+    return parts
+
+
+def drop_rows_after(metrics_path, step):
+    """Drop the rows an interrupted run logged after its checkpoint: the resumed run redoes them."""
+    if not os.path.exists(metrics_path):
+        return
+    with open(metrics_path) as f:
+        rows = [line for line in f if json.loads(line).get("step", 0) <= step]
+    with open(metrics_path, "w") as f:
+        f.writelines(rows)
+
+
+def describe_run(args, parts, run, queue_note):
+    """The start-up lines: the model, the device, and what one optimizer step computes."""
+    N = args.batch_size * args.accum_steps * run.world
+    model = (f"model: {args.preset} preset, {parts.student.num_params() / 1e6:.2f}M parameters, "
+             f"{args.image_size} px, {args.channels} channel(s) | device {run.device}, "
+             f"{parts.precision}, {run.world} process(es)")
+    if args.method == "msd":
+        what = "momentum self-distillation"
+        queue = f", queue {args.queue_size}{queue_note}"
+        if args.queue_start and args.queue_size:
+            queue += f" from step {args.queue_start}"
+        half_life = (f", half-life {args.momentum_half_life:g} of the run"
+                     if args.momentum_half_life else "")
+        extra = (f"{queue}, alpha {args.alpha} (warm-up {args.alpha_warmup} steps), momentum "
+                 f"{parts.base_momentum:.4g} ({args.momentum_schedule}{half_life})")
+    elif args.method == "clip" and N > args.batch_size:
+        what = (f"exact accumulation over the window (feature cache), {N - 1} negatives per row, "
+                f"2 student forwards per sample")
+        extra = ""
+    else:
+        naive = args.method == "clip-naive"
+        what = ("naive accumulation" if naive and args.accum_steps > 1 else "plain CLIP") + (
+            ", each micro-batch alone:" if naive else ",") + f" {args.batch_size - 1} negatives per row"
+        extra = ""
+    method = (f"method: {args.method}: {what} | micro-batch {args.batch_size} x {args.accum_steps} "
+              f"accumulation x {run.world} rank(s) = {N} pairs per step{extra} | {args.steps} steps, "
+              f"{(args.steps - parts.step) * N} samples to go")
+    return f"{model}\n{method}"
+
+
+# -----------------------------------------------------------------------------
+# What the loop calls.
 
 def lr_at(step, args):
     """Linear warm-up, then a half cosine from lr down to lr / 10 (nanoGPT's schedule)."""
@@ -51,17 +331,6 @@ def alpha_at(step, args):
     if args.alpha_warmup <= 0:
         return args.alpha
     return args.alpha * min(1.0, step / args.alpha_warmup)
-
-
-def param_groups(model, weight_decay):
-    """Decay the weight matrices; leave norms, biases, embeddings and logit_scale alone (decaying a
-    LayerNorm gain or a position table towards zero only fights the model)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        embedding = any(key in name for key in ("token_embed", "pos_embed", "cls_token"))
-        (no_decay if p.ndim < 2 or embedding or name == "logit_scale" else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,421 +351,107 @@ def window_indices(step, n, args, rank, world):
     return epoch_order(n, args.seed, epoch)[start:start + N]
 
 
-def unlabelled_prompt_classes(prompt_classes, label_names):
-    """The prompt classes that no training pair is labelled with (names compared without case, as
-    manifests compare them). Zero-shot on such a class tests transfer to a finding the labels never
-    name: worth knowing, not wrong."""
-    seen = {name.lower() for name in label_names}
-    return [c for c in prompt_classes if c.lower() not in seen]
+def window(pairs, step, args, run):
+    """This rank's window at `step` as k micro-batches (images, tokens, report ids) on the device.
+    The window is gathered in uint8 on the host, then converted and augmented on the device: a GPU
+    receives a quarter of the bytes and augments the whole window in a few kernels."""
+    idx = window_indices(step, len(pairs["texts"]), args, run.rank, run.world)
+    images = pairs["images"][idx].to(run.device, non_blocking=True).float() / 255   # (N, C, H, W)
+    if args.augment:
+        images = data.train_augment(images)
+    batches = []
+    for im, tok, rid in zip(*(t.split(args.batch_size)
+                              for t in (images, pairs["tokens"][idx], pairs["ids"][idx]))):
+        tok = data.trim_padding(tok, multiple=16 if args.compile else 1)
+        batches.append((im, *(t.to(run.device, non_blocking=True) for t in (tok, rid))))
+    return batches
 
 
-def peak_memory_mb(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # the process's maximum resident size (Linux reports kB, macOS bytes)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-
-
-def fmt_time(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def save_atomic(obj, path):
-    """Write to a temporary file, then rename: an interrupted save never leaves a torn file."""
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def pick_device(name):
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_precision(args, device):
-    """(autocast factory, GradScaler or None, name)."""
-    precision = args.precision
-    if precision == "auto":
-        if device.type != "cuda":
-            precision = "fp32"
-        else:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp32":
-        return contextlib.nullcontext, None, precision
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    autocast = functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
-    # fp16 has a narrow exponent range: scale the loss so small gradients do not flush to zero.
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    return autocast, scaler, precision
-
-
-class StopFlag:
-    """Ctrl-C (SIGINT) or SIGTERM ask the loop to stop after the step in progress, save and exit."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGINT, self._handler)
-        signal.signal(signal.SIGTERM, self._handler)
-
-    def _handler(self, signum, frame):
-        if self.requested:                 # a second Ctrl-C: the user really wants out now
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstop requested: finishing this step, saving a checkpoint, then exiting "
-              "(Ctrl-C again to quit without saving)", flush=True)
-
-
-# -----------------------------------------------------------------------------
-
-def main(argv=None):
-    parser, args = get_args(argv)
-    # ---- distributed setup: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK --------------------------
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-        device = pick_device(args.device)
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    else:
-        rank, world = 0, 1
-        device = pick_device(args.device)
-    master = rank == 0
-    log = print if master else (lambda *a, **k: None)
-
-    ckpt_path = os.path.join(args.out, "ckpt.pt")
-    tok_path = os.path.join(args.out, "tokenizer.json")
-    base_m = (momentum_for_half_life(args.momentum_half_life, args.steps)
-              if args.momentum_half_life is not None else args.momentum)
-    try:   # the user's evaluation data: paths and prompts now, the images once the training set is in
-        prompts = evaluation.check_benchmark_options(args.eval_manifest, args.prompts,
-                                                     args.retrieval_manifest)
-    except evaluation.InputError as e:
-        parser.error(str(e))
-    if args.resume and not os.path.exists(ckpt_path):
-        parser.error(f"--resume: no checkpoint at {ckpt_path}")
-    if not args.resume and os.path.exists(ckpt_path):
-        parser.error(f"{ckpt_path} exists: add --resume to continue it, or choose another --out")
-    ckpt = None
-    if args.resume:
-        try:
-            ckpt = evaluation.read_checkpoint(ckpt_path, "delete it to start the run again from step "
-                                              "0, or use another --out")
-        except evaluation.InputError as e:
-            parser.error(f"--resume: {e}")
-        needed = {"student", "optimizer", "step", "rng", "config"}
-        if not (isinstance(ckpt, dict) and needed <= ckpt.keys()
-                and isinstance(ckpt["config"], dict) and "train" in ckpt["config"]):
-            parser.error(f"--resume: {ckpt_path} is not a train.py checkpoint (no training settings "
-                         f"or weights in it): delete it, or use another --out")
-        saved = ckpt["config"]["train"]
-        # Before clip_step had its feature cache, --method clip over several micro-batches or
-        # ranks was naive accumulation; its checkpoints lack the "clip_accumulation" entry.
-        if saved.get("method") == "clip" and "clip_accumulation" not in ckpt["config"] and (
-                saved.get("accum_steps", 1) > 1 or len(ckpt["rng"]["torch"]) > 1):
-            saved = {**saved, "method": "clip-naive"}        # what that run computed
-            if args.method != "clip-naive":
-                parser.error(f"--resume: {ckpt_path} was trained by an older train.py whose "
-                             f"--method clip was naive accumulation (b-1 negatives per row); "
-                             f"--method clip is now exact over the window. To continue it as it "
-                             f"was trained, pass --method clip-naive")
-        # --queue-size auto is resolved from the training set below, then compared.
-        changed = {k: (saved.get(k), v) for k, v in vars(args).items()
-                   if k not in RESUME_MAY_CHANGE and saved.get(k) != v
-                   and not (k == "queue_size" and v is None)}
-        if changed:
-            parser.error("--resume with different settings than the checkpoint: " +
-                         ", ".join(f"--{k.replace('_', '-')} {old} (saved) vs {new}"
-                                   for k, (old, new) in changed.items()))
-    N = args.batch_size * args.accum_steps            # this rank's window
-    torch.manual_seed(args.seed)                      # the same initial model on every rank
-    os.makedirs(args.out, exist_ok=True)
-
-    # ---- data: images as uint8 (a manifest's memory-mapped from its cache), reports tokenized once ---
-    t0 = time.time()
-    if args.train_manifest:
-        cache = args.data_cache or None
-        if ddp and cache and not master:
-            dist.barrier()                            # rank 0 builds the cache; the others then open it
-        try:
-            train = data.read_pair_manifest(args.train_manifest, args.image_size, args.channels,
-                                            cache_dir=cache, workers=args.workers, log=log)
-        except data.ManifestError as e:
-            parser.error(str(e))
-        if ddp and cache and master:
-            dist.barrier()
-        source = args.train_manifest
-    else:
-        log(f"rendering {args.n_train} synthetic training studies at {args.image_size} px "
-            f"(cached in {args.data_cache or 'memory only'})...", flush=True)
-        train = synthetic.load_or_render("train", args.n_train, args.image_size,
-                                         cache_dir=args.data_cache or None, workers=args.workers)
-        if args.channels == 3:
-            train["images"] = train["images"].expand(-1, 3, -1, -1)
-        train["label_names"] = list(synthetic.FINDINGS)  # the columns of train["labels"]
-        source = "synthetic"
-    n = len(train["texts"])
-    if N * world > n:
-        parser.error(f"the window ({world} rank(s) x {args.accum_steps} x {args.batch_size} = "
-                     f"{N * world} pairs) is larger than the training set ({n} pairs)")
-    queue_from = ""
-    if args.queue_size is None:
-        # resolved here and saved resolved, so a --resume with the default compares numbers
-        args.queue_size = default_queue_size(n, N * world)
-        queue_from = f" (auto: <= n/8 and {QUEUE_CAP}, a multiple of the window)"
-        if ckpt is not None and saved.get("queue_size") != args.queue_size:
-            parser.error(f"--resume: the checkpoint's queue holds {saved.get('queue_size')} "
-                         f"features, auto sizes it {args.queue_size} for this training set: add "
-                         f"--queue-size {saved.get('queue_size')}")
-    if args.method == "msd" and args.queue_size + N * world > n:
-        parser.error(f"--queue-size {args.queue_size} plus the window {N * world} exceeds the "
-                     f"training set ({n} pairs): the queue would hold copies of the current pairs "
-                     f"as negatives. Use --queue-size <= {max(0, n - N * world)}")
-    if ckpt is not None:
-        tokenizer = data.load_tokenizer(tok_path)
-    else:
-        if master:
-            tokenizer = data.train_tokenizer(train["texts"], args.vocab_size)
-            tokenizer.save(tok_path)
-        if ddp:
-            dist.barrier()                            # rank 0 wrote tokenizer.json
-        tokenizer = data.load_tokenizer(tok_path)
-    cfg = make_config(args.preset, image_size=args.image_size, in_channels=args.channels,
-                      stem=args.stem, pool=args.pool, vocab_size=tokenizer.get_vocab_size())
-    tokens, _ = data.tokenize(tokenizer, train["texts"], cfg.context_length)   # (n, L)
-    ids = data.report_ids(train["texts"])                                       # (n,)
-    log(f"data: {n} pairs from {source}, {len(set(ids.tolist()))} distinct reports, vocabulary "
-        f"{cfg.vocab_size}, ready in {time.time() - t0:.1f}s", flush=True)
-
-    # ---- what to evaluate on: the user's sets, the synthetic benchmark (None), or nothing (False) ----
-    zs = ret = None
-    if args.eval_manifest or args.retrieval_manifest:
-        if master:                                    # rank 0 alone evaluates
-            try:
-                zs, ret = evaluation.read_benchmark(args.eval_manifest, prompts,
-                                                    args.retrieval_manifest, args.image_size,
-                                                    args.channels, cache_dir=args.data_cache or None,
-                                                    log=log)
-            except (evaluation.InputError, data.ManifestError) as e:
-                parser.error(str(e))
-        if prompts and train.get("label_names"):
-            missing = unlabelled_prompt_classes(list(prompts), train["label_names"])
-            log(f"prompt classes no training report is labelled with: {missing}" if missing else
-                "every prompt class is among the training labels", flush=True)
-    elif args.train_manifest:
-        zs = ret = False
-        log("no --eval-manifest/--retrieval-manifest given: skipping evaluation on the synthetic "
-            "benchmark, which says nothing about your data (eval.py can evaluate ckpt.pt later)",
-            flush=True)
-    skip_eval = zs is False and ret is False
-
-    # ---- model, teacher, queue, optimizer -------------------------------------------------------------
-    student = DualEncoder(cfg).to(device)
-    teacher = make_teacher(student) if args.method == "msd" else None
-    queue = FeatureQueue(args.queue_size, cfg.embed_dim).to(device) if args.method == "msd" else None
-    no_queue = FeatureQueue(0, cfg.embed_dim).to(device)   # the bank before --queue-start: window only
-    autocast, scaler, precision = pick_precision(args, device)
-    optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.lr,
-                                  betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda")
-    step = 0
-    if ckpt is not None:
-        student.load_state_dict(ckpt["student"])
-        if teacher is not None:
-            teacher.load_state_dict(ckpt["teacher"])
-            queue.load_state_dict(ckpt["queue"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
-        step = ckpt["step"]
-        torch.set_rng_state(ckpt["rng"]["torch"][rank])
-        if device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][rank], device)
-        log(f"resumed from {ckpt_path} at step {step}")
-        del ckpt
-    else:
-        torch.manual_seed(args.seed + rank)           # each rank augments differently
-    model = student
-    if args.compile:
-        model = torch.compile(model)
-    if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    metrics_path = os.path.join(args.out, "metrics.jsonl")
-    if master and step > 0 and os.path.exists(metrics_path):
-        # drop rows logged after the checkpoint by the run that was interrupted: they are redone
-        with open(metrics_path) as f:
-            rows = [line for line in f if json.loads(line).get("step", 0) <= step]
-        with open(metrics_path, "w") as f:
-            f.writelines(rows)
-
-    def checkpoint():
-        """Everything the next step depends on: weights, teacher, queue, optimizer, scaler, step,
-        RNG of every rank. Tensors and plain Python values only: torch.load(weights_only=True)."""
-        rng = {"torch": [torch.get_rng_state()],
-               "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
-        if ddp:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, rng)
-            rng = {k: [g[k][0] for g in gathered] if rng[k] else [] for k in rng}
-        if master:
-            save_atomic({
-                "student": student.state_dict(),
-                "teacher": teacher.state_dict() if teacher is not None else None,
-                "queue": queue.state_dict() if queue is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "step": step,
-                "samples_seen": step * N * world,
-                "rng": rng,
-                "config": {"model": dataclasses.asdict(cfg), "train": vars(args),
-                           "clip_accumulation": "exact"},     # what --method clip means here
-            }, ckpt_path)
-
-    def micro_batches():
-        idx = window_indices(step, n, args, rank, world)
-        # gather the window in uint8 on the host, then convert and augment on the device: a GPU
-        # receives a quarter of the bytes and augments the whole window in a few kernels
-        images = train["images"][idx].to(device, non_blocking=True).float() / 255   # (N, C, H, W)
-        if args.augment:
-            images = data.train_augment(images)
-        window = (images, tokens[idx], ids[idx])
-        batches = []
-        for im, tok, rid in zip(*(t.split(args.batch_size) for t in window)):
-            tok = data.trim_padding(tok, multiple=16 if args.compile else 1)
-            batches.append((im, *(t.to(device, non_blocking=True) for t in (tok, rid))))
-        return batches
-
-    n_params = student.num_params()
-    log(f"model: {args.preset} preset, {n_params / 1e6:.2f}M parameters, {args.image_size} px, "
-        f"{args.channels} channel(s) | device {device}, {precision}, {world} process(es)")
-    exact = args.accum_steps > 1 or world > 1            # --method clip needs its feature cache
-    what = {"msd": "momentum self-distillation",
-            "clip": (f"exact accumulation over the window (feature cache), {N * world - 1} negatives "
-                     f"per row, 2 student forwards per sample" if exact
-                     else f"plain CLIP, {N - 1} negatives per row"),
-            "clip-naive": ("naive accumulation" if args.accum_steps > 1 else "plain CLIP") +
-                          f", each micro-batch alone: {args.batch_size - 1} negatives per row"}[args.method]
-    method_line = (f"method: {args.method}: {what} | micro-batch {args.batch_size} x {args.accum_steps}"
-                   f" accumulation x {world} rank(s) = {N * world} pairs per step")
+def optimizer_step(parts, batches, args, step, alpha, m):
+    """One optimizer step of the chosen method over the window (accumulate.py)."""
+    common = dict(autocast=parts.autocast, scaler=parts.scaler, max_grad_norm=args.max_grad_norm)
     if args.method == "msd":
-        method_line += (f", queue {args.queue_size}{queue_from}" +
-                        (f" from step {args.queue_start}" if args.queue_start and args.queue_size else "") +
-                        f", alpha {args.alpha} (warm-up {args.alpha_warmup} steps), momentum {base_m:.4g}"
-                        f" ({args.momentum_schedule}" +
-                        (f", half-life {args.momentum_half_life:g} of the run" if args.momentum_half_life else "")
-                        + ")")
-    log(f"{method_line} | {args.steps} steps, {(args.steps - step) * N * world} samples to go", flush=True)
+        bank_queue = parts.queue if step >= args.queue_start else parts.no_queue
+        return msd_step(parts.model, parts.teacher, bank_queue, parts.optimizer, batches,
+                        alpha=alpha, momentum=m, duplicate_aware=args.duplicate_aware, **common)
+    step_fn = clip_step if args.method == "clip" else clip_naive_step   # exact, or per micro-batch
+    return step_fn(parts.model, parts.optimizer, batches, **common)
 
-    # ---- the loop -------------------------------------------------------------------------------------
-    stop = StopFlag()
-    t_start, steps_timed, t_timed = time.time(), 0, 0.0
-    exit_code = 0
-    while step < args.steps:
-        lr, alpha = lr_at(step, args), alpha_at(step, args)
-        m = momentum_at(step, args.steps, base_m, args.momentum_schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t = time.time()
-        batches = micro_batches()
-        try:
-            if args.method == "msd":
-                bank_queue = queue if step >= args.queue_start else no_queue
-                loss = msd_step(model, teacher, bank_queue, optimizer, batches, alpha=alpha, momentum=m,
-                                duplicate_aware=args.duplicate_aware, autocast=autocast,
-                                scaler=scaler, max_grad_norm=args.max_grad_norm)
-            else:   # clip: exact over the window (feature cache); clip-naive: per micro-batch
-                step_fn = clip_step if args.method == "clip" else clip_naive_step
-                loss = step_fn(model, optimizer, batches, autocast=autocast, scaler=scaler,
-                               max_grad_norm=args.max_grad_norm)
-        except NonFiniteLossError as e:
-            log(f"error: {e} at step {step}. Stopping; the last good checkpoint is "
-                f"{ckpt_path if os.path.exists(ckpt_path) else '(none was written yet)'}. "
-                f"Try a lower --lr or --precision fp32.", flush=True)
-            exit_code = 1
-            break
-        if args.grad_dump and step == 0 and master:
-            save_atomic({name: p.grad.detach().cpu() for name, p in student.named_parameters()},
-                        args.grad_dump)
-        step += 1
-        if step == args.interrupt_at:
-            os.kill(os.getpid(), signal.SIGINT)             # as if the user pressed Ctrl-C now
-        if step == args.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)            # as if the machine died: nothing saved
-        loss = loss.item()                                  # waits for the device: time is honest
-        dt = time.time() - t
-        if step > 1:                                        # step 1 includes warm-up / compilation
-            steps_timed, t_timed = steps_timed + 1, t_timed + dt
 
-        if master and (step % args.log_every == 0 or step == args.steps):
-            sec_per_step = t_timed / steps_timed if steps_timed else dt
-            row = {"step": step, "loss": round(loss, 5), "lr": lr, "alpha": alpha, "momentum": m,
-                   "temperature": round(1 / unwrap(model).logit_scale.exp().item(), 5),
-                   "samples_per_s": round(N * world / sec_per_step, 1),
-                   "peak_mem_mb": round(peak_memory_mb(device), 1),
-                   "elapsed_s": round(time.time() - t_start, 1),
-                   "eta_s": round((args.steps - step) * sec_per_step, 1)}
-            teacher_part = f"alpha {alpha:.2f} | m {m:.4f} | " if args.method == "msd" else ""  # CLIP has neither
-            log(f"step {step:5d}/{args.steps} | loss {loss:.4f} | lr {lr:.2e} | {teacher_part}"
-                f"temp {row['temperature']:.4f} | {row['samples_per_s']:.0f} samples/s | "
-                f"mem {row['peak_mem_mb']:.0f} MB | {fmt_time(row['elapsed_s'])} elapsed, "
-                f"{fmt_time(row['eta_s'])} left", flush=True)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        if (master and args.eval_every and step % args.eval_every == 0 and step < args.steps
-                and not skip_eval):
-            t_eval = time.time()
-            res = evaluation.evaluate(student, tokenizer, device, args.image_size, zs=zs, ret=ret,
-                                      quick=True)
-            if "zero_shot" in res:
-                z = res["zero_shot"]
-                row = {"step": step, "zero_shot_accuracy": z["accuracy"], "zero_shot_auc": z["auc"]}
-                said = f"quick zero-shot: accuracy {z['accuracy']:.3f}, AUC {z['auc']:.3f}"
-            else:                                           # a --retrieval-manifest alone
-                r = res["retrieval"]
-                row = {"step": step, "retrieval_i2t_r1": r["i2t_r1"], "retrieval_t2i_r1": r["t2i_r1"]}
-                said = (f"quick retrieval: image->text R@1 {r['i2t_r1']:.3f}, "
-                        f"text->image R@1 {r['t2i_r1']:.3f}")
-            log(f"step {step:5d} {said} ({time.time() - t_eval:.1f}s)", flush=True)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            t_start += time.time() - t_eval                 # keep evaluation out of the ETA
-        if step % args.save_every == 0 or step == args.steps or stop.requested:
-            checkpoint()
-        if stop.requested:
-            log(f"saved {ckpt_path} at step {step}; continue with the same command plus --resume")
-            break
+def log_step(parts, args, run, step, clock, lr, alpha, m):
+    per_step = clock.per_step()
+    mem = peak_memory_mb(run.device)
+    row = {"step": step, "loss": round(clock.loss, 5), "lr": lr, "alpha": alpha, "momentum": m,
+           "temperature": round(1 / unwrap(parts.model).logit_scale.exp().item(), 5),
+           "samples_per_s": round(args.batch_size * args.accum_steps * run.world / per_step, 1),
+           "peak_mem_mb": None if mem is None else round(mem, 1),
+           "elapsed_s": round(clock.elapsed(), 1), "eta_s": round((args.steps - step) * per_step, 1)}
+    teacher = f"alpha {alpha:.2f} | m {m:.4f} | " if args.method == "msd" else ""  # CLIP has neither
+    print(f"step {step:5d}/{args.steps} | loss {clock.loss:.4f} | lr {lr:.2e} | {teacher}"
+          f"temp {row['temperature']:.4f} | {row['samples_per_s']:.0f} samples/s | "
+          f"mem {'n/a' if mem is None else f'{mem:.0f} MB'} | {fmt_time(row['elapsed_s'])} elapsed, "
+          f"{fmt_time(row['eta_s'])} left", flush=True)
+    append_row(parts.metrics_path, row)
 
-    # ---- the end: the full benchmark on the final model ------------------------------------------------
-    if master and exit_code == 0 and step == args.steps and skip_eval:
-        log(f"training done in {fmt_time(time.time() - t_start)}; not evaluated (no --eval-manifest/"
+
+def append_row(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def quick_check(parts, tokenizer, args, run, step, zs, ret, log):
+    """A quick zero-shot check (5 x 50 synthetic images, or the user's set), or retrieval when only
+    a --retrieval-manifest was given; logged and appended to metrics.jsonl."""
+    t = time.time()
+    res = evaluation.evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs, ret=ret,
+                              quick=True)
+    if "zero_shot" in res:
+        z = res["zero_shot"]
+        row = {"step": step, "zero_shot_accuracy": z["accuracy"], "zero_shot_auc": z["auc"]}
+        said = f"quick zero-shot: accuracy {z['accuracy']:.3f}, AUC {z['auc']:.3f}"
+    else:
+        r = res["retrieval"]
+        row = {"step": step, "retrieval_i2t_r1": r["i2t_r1"], "retrieval_t2i_r1": r["t2i_r1"]}
+        said = f"quick retrieval: image->text R@1 {r['i2t_r1']:.3f}, text->image R@1 {r['t2i_r1']:.3f}"
+    log(f"step {step:5d} {said} ({time.time() - t:.1f}s)", flush=True)
+    append_row(parts.metrics_path, row)
+
+
+def save_checkpoint(parts, args, run, cfg, step):
+    """Every rank takes part (their random states are gathered); rank 0 writes."""
+    device = run.device
+    rng = {"torch": [torch.get_rng_state()],
+           "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
+    if run.ddp:
+        gathered = [None] * run.world
+        dist.all_gather_object(gathered, rng)
+        rng = {k: [g[k][0] for g in gathered] if rng[k] else [] for k in rng}
+    if run.master:
+        save_atomic(training_state(
+            student=parts.student, teacher=parts.teacher, queue=parts.queue,
+            optimizer=parts.optimizer, scaler=parts.scaler, step=step,
+            samples_seen=step * args.batch_size * args.accum_steps * run.world, rng=rng,
+            model_cfg=cfg, args=args, device_type=device.type, precision=parts.precision),
+            parts.ckpt_path)
+
+
+def final_report(parts, tokenizer, args, run, zs, ret, clock, log):
+    """The full benchmark on the final model, printed and written to eval.json."""
+    written = f"{parts.ckpt_path}, {os.path.join(args.out, 'tokenizer.json')} and {parts.metrics_path}"
+    if zs is False and ret is False:
+        log(f"training done in {fmt_time(clock.elapsed())}; not evaluated (no --eval-manifest/"
             f"--retrieval-manifest given), so no eval.json: evaluate later with python eval.py "
             f"--checkpoint {args.out} --eval-manifest CSV --prompts JSON --retrieval-manifest CSV")
-        log(f"wrote {ckpt_path}, {tok_path} and {metrics_path}")
-    elif master and exit_code == 0 and step == args.steps:
-        log(f"training done in {fmt_time(time.time() - t_start)}; evaluating the final model...",
-            flush=True)
-        results = evaluation.evaluate(student, tokenizer, device, args.image_size, zs=zs, ret=ret,
-                                      n_per_class=args.eval_per_class, n_retrieval=args.eval_retrieval,
-                                      log=lambda s: log(s, flush=True))
-        with open(os.path.join(args.out, "eval.json"), "w") as f:
-            json.dump(results, f, indent=1)
-        log(evaluation.format_table(results))
-        log(f"wrote {ckpt_path}, {tok_path}, {metrics_path} and eval.json")
-    if ddp:
-        # Leave together: a rank that tore down its gloo connections while rank 0 was still
-        # evaluating aborted at exit now and then ("terminate called without an active exception").
-        dist.barrier()
-        dist.destroy_process_group()
-    return exit_code
+        log(f"wrote {written}")
+        return
+    log(f"training done in {fmt_time(clock.elapsed())}; evaluating the final model...", flush=True)
+    results = evaluation.evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs,
+                                  ret=ret, n_per_class=args.eval_per_class,
+                                  n_retrieval=args.eval_retrieval, log=lambda s: log(s, flush=True))
+    with open(os.path.join(args.out, "eval.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    log(evaluation.format_table(results))
+    log(f"wrote {written.replace(' and ', ', ')} and eval.json")
 
 
 if __name__ == "__main__":

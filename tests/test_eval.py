@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
+import metrics  # noqa: E402
 from data import tokenize, train_tokenizer  # noqa: E402
 from model import DualEncoder, make_config  # noqa: E402
 from synthetic import (CLASS_PROMPTS, EVAL_SEED, SECOND_EVAL_SEED, TRAIN_SEED,  # noqa: E402
@@ -39,7 +40,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ([0.1, 0.5, 0.7, 0.5, 0.9], [0, 0, 0, 1, 1], 0.75),
 ])
 def test_roc_auc_hand_cases(scores, targets, expected):
-    assert ev.roc_auc(torch.tensor(scores), torch.tensor(targets)) == pytest.approx(expected)
+    assert metrics.roc_auc(torch.tensor(scores), torch.tensor(targets)) == pytest.approx(expected)
 
 
 def test_roc_auc_matches_pairwise_count_with_ties():
@@ -50,12 +51,12 @@ def test_roc_auc_matches_pairwise_count_with_ties():
         targets = torch.rand(200, generator=g) < 0.3
         pos, neg = scores[targets], scores[~targets]
         wins = (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
-        assert ev.roc_auc(scores, targets) == pytest.approx(wins.mean().item(), abs=1e-12)
+        assert metrics.roc_auc(scores, targets) == pytest.approx(wins.mean().item(), abs=1e-12)
 
 
 def test_roc_auc_one_class_is_an_error():
     with pytest.raises(ValueError, match="one class"):
-        ev.roc_auc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1]))
+        metrics.roc_auc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1]))
 
 
 def test_macro_auc_ovr_hand_case():
@@ -68,7 +69,7 @@ def test_macro_auc_ovr_hand_case():
                            [0.2, 0.5, 0.3],
                            [0.1, 0.6, 0.3]])
     labels = torch.tensor([0, 0, 1, 1])
-    assert ev.macro_auc_ovr(scores, labels) == pytest.approx((1.0 + 0.625) / 2)
+    assert metrics.macro_auc_ovr(scores, labels) == pytest.approx((1.0 + 0.625) / 2)
 
 
 # -----------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_recall_at_k_hand_cases():
                         [0.9, 0.1, 0.5],     # the correct candidate 1 is last (rank 3)
                         [0.2, 0.9, 0.5]])    # the correct candidate 2 is second
     correct = torch.eye(3, dtype=torch.bool)
-    r = ev.recall_at_k(sim, correct, ks=(1, 2, 3))
+    r = metrics.recall_at_k(sim, correct, ks=(1, 2, 3))
     assert r == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: pytest.approx(1.0)}
 
 
@@ -92,9 +93,9 @@ def test_recall_at_k_counts_identical_reports_as_correct():
                         [0.9, 0.1, 0.0],
                         [0.9, 0.0, 0.5]])
     correct = reports[:, None] == reports[None, :]
-    assert ev.recall_at_k(sim, correct, ks=(1,))[1] == pytest.approx(2 / 3)
+    assert metrics.recall_at_k(sim, correct, ks=(1,))[1] == pytest.approx(2 / 3)
     # With only the diagonal counted correct, query 1 would be a miss.
-    assert ev.recall_at_k(sim, torch.eye(3, dtype=torch.bool), ks=(1,))[1] == pytest.approx(1 / 3)
+    assert metrics.recall_at_k(sim, torch.eye(3, dtype=torch.bool), ks=(1,))[1] == pytest.approx(1 / 3)
 
 
 # -----------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def test_few_shot_separable_features_give_high_auc():
     centres = torch.randn(5, 32, generator=g)
     labels = torch.arange(5).repeat_interleave(30)                              # (150,)
     features = centres[labels] + 0.3 * torch.randn(150, 32, generator=g)        # (150, 32)
-    result = ev.few_shot(features, labels, seeds=(0, 1))
+    result = metrics.few_shot(features, labels, seeds=(0, 1))
     assert list(result) == ["1", "2", "4", "8", "16"]
     assert all(auc > 0.99 for auc in result.values()), result
 
@@ -117,14 +118,14 @@ def test_few_shot_random_labels_are_chance():
     g = torch.Generator().manual_seed(1)
     features = torch.randn(150, 32, generator=g)
     labels = torch.randint(0, 5, (150,), generator=g)
-    result = ev.few_shot(features, labels, shots=(1, 4, 16), seeds=(0, 1, 2))
+    result = metrics.few_shot(features, labels, shots=(1, 4, 16), seeds=(0, 1, 2))
     assert all(auc < 0.7 for auc in result.values()), result
 
 
 def test_few_shot_refuses_k_without_test_images():
     labels = torch.arange(3).repeat_interleave(4)
     with pytest.raises(ValueError, match="4-shot"):
-        ev.few_shot(torch.randn(12, 8), labels, shots=(4,), seeds=(0,))
+        metrics.few_shot(torch.randn(12, 8), labels, shots=(4,), seeds=(0,))
 
 
 
@@ -190,7 +191,7 @@ def test_zero_shot_prompt_ensemble_temperature_and_mode(word_tokenizer):
     assert out["accuracy"] == pytest.approx(0.75)
     expected = torch.softmax(10.0 * F.normalize(image_vectors, dim=-1) @ torch.eye(3), dim=-1)
     torch.testing.assert_close(out["probs"], expected)
-    assert out["auc"] == pytest.approx(ev.macro_auc_ovr(expected, labels))
+    assert out["auc"] == pytest.approx(metrics.macro_auc_ovr(expected, labels))
     # Encoded in eval mode without gradients, and put back in training mode afterwards.
     assert model.calls and all(call == (False, False) for call in model.calls)
     assert model.training

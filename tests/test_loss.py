@@ -146,3 +146,11 @@ def test_zero_size_queue_is_always_empty():
     assert len(q) == 0 and q.contents()[0].shape == (0, 4)
     with pytest.raises(ValueError, match="queue size must be >= 0"):
         FeatureQueue(-1, 4)
+
+
+def test_a_row_whose_report_is_not_in_the_bank_is_an_error_not_nan():
+    """Duplicate-aware positives divide by the number of matching bank columns: a row whose id is
+    nowhere in the bank would be 0 / 0 = NaN in every column. That can only be a wrongly assembled
+    bank, so it is refused with the ids at fault."""
+    with pytest.raises(ValueError, match=r"report id\(s\) \[9\] of the rows are not in the bank"):
+        positive_matrix(torch.tensor([3, 9]), torch.tensor([3, 4, 5]), 0, duplicate_aware=True)

@@ -109,3 +109,10 @@ def test_half_life_momentum_halves_an_old_weight_in_that_share_of_the_run():
     for bad in [(0, 600), (-0.1, 600), (0.1, 0)]:
         with pytest.raises(ValueError, match="must be positive"):
             momentum_for_half_life(*bad)
+
+
+def test_momentum_at_has_no_default_base():
+    """The right m depends on the run's length (0.98 for the 500-step default, ALBEF's 0.995 for
+    long runs): a default here would silently disagree with train.py's."""
+    import inspect
+    assert inspect.signature(momentum_at).parameters["base"].default is inspect.Parameter.empty

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import options
+import eval as evaluation  # noqa: E402  (the repository's eval.py)
 import train
 from synthetic import ZERO_SHOT_CLASSES
 
@@ -302,9 +303,9 @@ def test_warm_ups_default_to_shares_of_the_run(argv, expected):
 
 
 def test_unlabelled_prompt_classes():
-    assert train.unlabelled_prompt_classes(["Edema", "fracture", "No Finding"],
+    assert evaluation.unlabelled_prompt_classes(["Edema", "fracture", "No Finding"],
                                            ["edema", "no finding", "cardiomegaly"]) == ["fracture"]
-    assert train.unlabelled_prompt_classes(["edema"], ["Edema"]) == []
+    assert evaluation.unlabelled_prompt_classes(["edema"], ["Edema"]) == []
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -461,7 +462,7 @@ def test_exact_clip_accumulation_trains_and_resumes_exactly(exact_clip_runs):
     assert load(root / "cut" / "ckpt.pt")["step"] == 2
     run("train.py", "--out", str(root / "cut"), *CLIP4, "--resume")
     a, b = load(root / "ref" / "ckpt.pt"), load(root / "cut" / "ckpt.pt")
-    assert a["step"] == 4 and a["teacher"] is None and a["config"]["clip_accumulation"] == "exact"
+    assert a["step"] == 4 and a["teacher"] is None and a["config"]["format"] == 2
     for key in ("student", "optimizer", "step", "rng"):
         assert_same_tensors(a[key], b[key], key)
     losses = [[json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
@@ -469,22 +470,77 @@ def test_exact_clip_accumulation_trains_and_resumes_exactly(exact_clip_runs):
     assert losses[0] == losses[1] and len(losses[0]) == 4
 
 
-def test_resume_refuses_a_changed_method_and_an_old_naive_clip_checkpoint(exact_clip_runs):
+def test_resume_refuses_a_changed_method_and_a_checkpoint_of_an_older_layout(exact_clip_runs):
     root, _ = exact_clip_runs
     at2 = root / "at2"
     proc = run("train.py", "--out", str(at2), *CLIP4, "--method", "clip-naive", "--resume", check=False)
     assert proc.returncode == 2 and "--method clip (saved) vs clip-naive" in proc.stderr
-    # A checkpoint of the older train.py, whose --method clip with k > 1 was naive accumulation,
-    # has no "clip_accumulation" entry: it may not continue under the exact meaning...
+    # A checkpoint of the train.py whose --method clip over k > 1 was naive accumulation has neither
+    # "format" nor "clip_accumulation": refused by --resume, still read by eval.py.
     ckpt = load(at2 / "ckpt.pt")
-    del ckpt["config"]["clip_accumulation"]
+    del ckpt["config"]["format"]
     torch.save(ckpt, at2 / "ckpt.pt")
     proc = run("train.py", "--out", str(at2), *CLIP4, "--resume", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "whose --method clip was naive accumulation" in proc.stderr
-    assert "pass --method clip-naive" in proc.stderr
-    # ... but continues as it was trained with --method clip-naive, and says so from then on
-    proc = run("train.py", "--out", str(at2), *CLIP4, "--method", "clip-naive", "--resume")
-    assert "method: clip-naive: naive accumulation, each micro-batch alone: 7 negatives" in proc.stdout
-    ckpt = load(at2 / "ckpt.pt")
-    assert ckpt["step"] == 4 and ckpt["config"]["train"]["method"] == "clip-naive"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: --resume: {at2 / 'ckpt.pt'} was written by an older train.py, whose "
+        f"options did not all mean what they mean now: it cannot be resumed (eval.py still "
+        f"evaluates it); train again in another --out")
+    run("eval.py", "--checkpoint", str(at2), "--n-per-class", "4", "--n-retrieval", "10",
+        "--seeds", "1")
+    # The layout just before "format" (with "clip_accumulation": "exact") means the same: it resumes.
+    ckpt["config"]["clip_accumulation"] = "exact"
+    torch.save(ckpt, at2 / "ckpt.pt")
+    proc = run("train.py", "--out", str(at2), *CLIP4, "--resume")
+    assert load(at2 / "ckpt.pt")["step"] == 4
+
+
+# ---- small promises of the command line ------------------------------------------------------------
+
+def test_save_every_0_saves_only_at_the_end(tmp_path):
+    """--save-every 0 means "only at the end" (as --eval-every 0 means "off"): a run killed before
+    the end has no checkpoint, one that ends has the last step's."""
+    out = tmp_path / "x"
+    common = [*SMALL, "--steps", "3", "--save-every", "0", "--eval-every", "0"]
+    killed = run("train.py", "--out", str(out), *common, "--kill-at", "2", check=False)
+    assert killed.returncode == -9 and not (out / "ckpt.pt").exists()
+    shutil.rmtree(out)
+    run("train.py", "--out", str(out), *common)
+    assert load(out / "ckpt.pt")["step"] == 3
+    proc = run("train.py", "--out", str(tmp_path / "y"), *SMALL, "--save-every=-5", check=False)
+    assert proc.returncode == 2 and "--save-every must be >= 0, got -5" in proc.stderr
+
+
+def test_test_hooks_are_hidden_from_help():
+    help_text = run("train.py", "--help").stdout
+    assert "--save-every" in help_text
+    for hook in ("--grad-dump", "--interrupt-at", "--kill-at"):
+        assert hook not in help_text
+        options.get_args([hook, "1"])                    # still accepted
+
+
+def test_a_device_that_is_not_here_is_refused_before_the_data(tmp_path):
+    """On this CPU-only machine --device cuda is one line, before anything is rendered or written."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    proc = run("train.py", "--out", str(tmp_path / "x"), *SMALL, "--device", "cuda", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "train.py: error: --device cuda: no usable CUDA device here")
+    assert "rendering" not in proc.stdout and not (tmp_path / "x").exists()
+
+
+def test_resume_on_another_device_or_precision_says_so(reference_run, tmp_path):
+    """The device and --precision auto may change between a run and its --resume (a run moved
+    from a GPU to a laptop); the resume says that it will not be bit for bit the same run."""
+    ref, _ = reference_run
+    out = tmp_path / "moved"
+    shutil.copytree(ref, out)
+    ckpt = load(out / "ckpt.pt")
+    assert (ckpt["config"]["device_type"], ckpt["config"]["precision"]) == ("cpu", "fp32")
+    ckpt["config"].update(device_type="cuda", precision="bf16")
+    ckpt["step"] = 5
+    torch.save(ckpt, out / "ckpt.pt")
+    proc = run("train.py", "--out", str(out), *SMALL, "--resume")
+    assert ("note: this run computed on cuda in bf16 and continues on cpu in fp32: the same run, "
+            "but not bit for bit what it would have computed") in proc.stdout

@@ -1,0 +1,75 @@
+"""runtime.py: the device and precision rules every script shares, peak memory on any OS, and no
+Unix-only import at load time."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_precision_rule(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert runtime.resolve_precision("bf16", cpu) == "bf16"          # asked for: given
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert runtime.resolve_precision("auto", cuda) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert runtime.resolve_precision("auto", cuda) == "fp16"         # a card without bf16
+    autocast, scaler, name = runtime.pick_precision("fp32", cpu)
+    assert name == "fp32" and scaler is None
+    _, scaler, name = runtime.pick_precision("fp16", cpu)
+    assert name == "fp16" and isinstance(scaler, torch.amp.GradScaler)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("cuda", "cuda: no usable CUDA device here"),
+    ("cuda:3", "cuda:3: no usable CUDA device here"),
+    ("mps", "mps: Apple's MPS is not available here"),
+    ("gpu", "gpu: not a device name; use auto, cpu, cuda, cuda:N or mps"),
+    ("meta", "meta: this project runs on cpu, cuda or mps"),
+])
+def test_a_device_that_is_not_here_is_one_clear_error(monkeypatch, name, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: False)
+    with pytest.raises(ValueError) as info:
+        runtime.pick_device(name)
+    assert str(info.value).startswith(message)
+    assert runtime.pick_device("auto") == torch.device("cpu")
+
+
+def test_peak_memory_without_proc_or_resource(monkeypatch):
+    """Windows has neither /proc nor the resource module: the peak is then the Win32 call's, and
+    where no source answers, None (the log says "mem n/a"), never an exception."""
+    assert runtime.peak_rss_mb() > 0                                  # here: /proc/self/status
+    monkeypatch.setattr(runtime, "_proc_status_mb", lambda field: None)
+    assert runtime.peak_rss_mb() > 0                                  # here: resource
+    monkeypatch.setitem(sys.modules, "resource", None)                # import resource fails
+    monkeypatch.setattr(sys, "platform", "plan9")
+    assert runtime.peak_rss_mb() is None
+    calls = []
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(runtime, "_windows_peak_mb", lambda: calls.append(1) or 123.0)
+    assert runtime.peak_rss_mb() == 123.0 and calls == [1]
+
+
+def test_every_script_imports_without_unix_only_modules():
+    """`import resource` (or fcntl) at module level breaks `python train.py` on Windows."""
+    code = ("import sys\n"
+            "sys.modules['resource'] = None\n"
+            "sys.modules['fcntl'] = None\n"
+            "import train, eval, bench, profile_step, ablation, data, runtime, checkpoint\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_fmt_time():
+    assert runtime.fmt_time(0) == "0:00:00"
+    assert runtime.fmt_time(3723.9) == "1:02:03"
