@@ -14,6 +14,7 @@ import zipfile
 import torch
 
 from model import DualEncoder, ModelConfig
+from runtime import InputError, save_atomic  # noqa: F401  (save_atomic: what train.py saves with)
 
 # Options that may differ between a run and its --resume: they change what is logged, saved or
 # evaluated, or where the run computes, never which numbers it computes on a given device.
@@ -26,23 +27,12 @@ RESUME_MAY_CHANGE = {"resume", "out", "save_every", "eval_every", "log_every", "
 FORMAT = 2
 
 
-class InputError(Exception):
-    """A problem with what the user gave us (a path, a file's contents): reported in one line."""
-
-
 def first_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 # -----------------------------------------------------------------------------
-# Writing.
-
-def save_atomic(obj, path):
-    """Write to a temporary file, then rename: an interrupted save never leaves a torn file."""
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
+# Writing (runtime.save_atomic: a temporary file renamed when complete, a full disk one line).
 
 def training_state(*, student, teacher, queue, optimizer, scaler, step, samples_seen, rng, model_cfg,
                    args, device_type, precision):
@@ -126,6 +116,9 @@ def load_checkpoint(path, use_teacher=False, device="cpu"):
         tokenizer = load_tokenizer(tokenizer_path)
     except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
         raise InputError(f"cannot read tokenizer {tokenizer_path}: {first_line(e)}")
+    if tokenizer.get_vocab_size() != model.cfg.vocab_size:   # its ids would index other rows
+        raise InputError(f"{tokenizer_path} has {tokenizer.get_vocab_size()} tokens, the model in "
+                         f"{ckpt_path} {model.cfg.vocab_size}: it is another run's tokenizer")
     return model.to(device).eval(), tokenizer, ckpt
 
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 import synthetic
+from runtime import WriteError, reason
 
 # -----------------------------------------------------------------------------
 # Augmentation for radiographs
@@ -326,8 +327,8 @@ def _build_cache(csv_path, table, folder, image_size, channels, workers, log):
         if not _running(old.name.rsplit("-", 1)[1]):
             shutil.rmtree(old)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         shape = (len(table["lines"]), channels, image_size, image_size)
         out = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, shape)
         if hasattr(os, "posix_fallocate"):
@@ -350,8 +351,12 @@ def _build_cache(csv_path, table, folder, image_size, channels, workers, log):
             if not (folder / "index.json").is_file():  # not another process that finished first
                 raise
             shutil.rmtree(tmp)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):   # the cache's disk or folder, not the manifest: say so in a line
+            raise WriteError(f"cannot write the cache of {csv_path} in {folder.parent}: "
+                             f"{reason(e)}; nothing of it was kept: free space, or --data-cache '' "
+                             f"to decode into memory") from None
         raise
     log(f"data: cached in {folder}", flush=True)
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from checkpoint import InputError, load_checkpoint
 from data import ManifestError, read_class_manifest, read_pair_manifest, report_ids, tokenize
 from metrics import few_shot, macro_auc_ovr, recall_at_k
-from runtime import pick_device
+from runtime import WriteError, check_output_file, pick_device, reason, write_text
 from synthetic import EVAL_SEED, SECOND_EVAL_SEED, check_eval_seed, retrieval_set, zero_shot_set
 
 # -----------------------------------------------------------------------------
@@ -367,6 +367,9 @@ def run(args):
     except ValueError as e:
         raise InputError(f"--eval-seed: {e}") from None
 
+    for flag in ("json", "show"):
+        if getattr(args, flag):
+            check_output_file(f"--{flag}", getattr(args, flag))
     try:
         args.device = pick_device(args.device)
     except ValueError as e:
@@ -388,9 +391,7 @@ def run(args):
     print(f"\n({time.time() - t0:.0f} s)")
 
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_text(args.json, json.dumps(results, indent=2))
         print(f"wrote {args.json}")
     if args.show:
         if zs is None:   # evaluate rendered the synthetic set; the cache hands back the same one
@@ -401,8 +402,11 @@ def run(args):
         z = zero_shot(model, tokenizer, zs["images"][pick], zs["labels"][pick], zs["classes"],
                       zs["prompts"], args.device, args.batch_size)
         from plot import draw_predictions   # Pillow: only --show needs it
-        draw_predictions(args.show, zs["images"][pick], zs["labels"][pick], z["probs"],
-                         zs["classes"])
+        try:
+            draw_predictions(args.show, zs["images"][pick], zs["labels"][pick], z["probs"],
+                             zs["classes"])
+        except OSError as e:
+            raise WriteError(f"cannot write {args.show}: {reason(e)}") from None
         print(f"wrote {args.show}")
 
 
@@ -415,6 +419,9 @@ def main(argv=None):
         # (argparse's convention for usage errors).
         print(f"eval.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except WriteError as e:   # the disk or a permission, found while writing: one line, status 1
+        print(f"eval.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def queue_size_arg(text):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="train.py", description=DESCRIPTION, formatter_class=HelpFormatter)
     a = p.add_argument
     # what to train on and where to write
     a("--out", default="out", help="folder for ckpt.pt, tokenizer.json, metrics.jsonl, eval.json")
@@ -86,7 +86,7 @@ def get_args(argv=None):
            "so its lag scales with the run (replaces --momentum; 0.98 is 0.07 of 500 steps)")
     a("--queue-size", type=queue_size_arg, default=0,
       help="K, teacher features kept as extra negatives (0 = none: at this repository's budgets the "
-           "queue did not help, README 'Half the cost'; auto: the largest multiple of the window "
+           "queue did not help, docs/experiments.md 'Half the cost'; auto: the largest multiple of the window "
            f"<= n/8 and <= {QUEUE_CAP} for n training pairs, 2048 on the synthetic set)")
     a("--queue-start", type=int, default=None, metavar="STEP",
       help="the queue fills and joins the bank from this step on; before it, the window's negatives "

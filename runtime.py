@@ -1,12 +1,15 @@
 """The machine a run is on: which device and precision, how much memory it peaked at, how long it
-has left, and how a Ctrl-C stops it cleanly. train.py, eval.py, bench.py and profile_step.py all
-choose their device and precision here, so the four agree.
+has left, how a Ctrl-C stops it cleanly, and what happens when its disk fills or a second run
+starts in its folder. train.py, eval.py, bench.py and profile_step.py all choose their device and
+precision here, so the four agree.
 
 Nothing here is Unix-only at import time: the peak resident size comes from /proc on Linux, from
-`resource` on macOS and other Unixes, and from the Win32 API on Windows.
+`resource` on macOS and other Unixes, and from the Win32 API on Windows; the folder lock is
+fcntl's on Unix and msvcrt's on Windows, each imported where it is used.
 """
 
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -16,6 +19,152 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+
+class InputError(Exception):
+    """A problem with what the user gave us (a path, a file's contents, an option): one line."""
+
+
+class WriteError(Exception):
+    """A write that failed for a reason of the machine, not of the code (no space left, no
+    permission): one line naming the path, what failed and what is still good."""
+
+
+# -----------------------------------------------------------------------------
+# Writes that fail cleanly.
+
+def os_error_of(error):
+    """The OSError behind `error`: itself, or the one torch.save wrapped into a RuntimeError
+    ("[enforce fail at inline_container.cc] unexpected pos ...") when the file object failed."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def reason(error):
+    """"no space left on device", "permission denied", ...: the OS's words, lower case."""
+    text = error.strerror or os.strerror(error.errno) if error.errno else str(error)
+    return text[:1].lower() + text[1:]
+
+
+def save_atomic(obj, path, tmp=None):
+    """torch.save to a temporary file, flushed to the disk, then renamed over `path`: a save that is
+    interrupted or fills the disk never leaves a torn file, and the earlier `path` stays intact.
+    A failure of the machine (the disk full, no permission) removes the temporary file and raises
+    WriteError naming `path` and the reason; anything else is raised as it is."""
+    tmp = tmp or f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())          # a full disk shows here, not later on close or rename
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        cause = os_error_of(e)
+        if cause is None:
+            raise
+        raise WriteError(f"cannot write {path}: {reason(cause)}") from None
+
+
+def write_text(path, text, mode="w"):
+    """Write (or with mode "a", append) text; a failure of the machine is a WriteError. A new file
+    is written to a temporary one and renamed, like save_atomic."""
+    tmp = f"{path}.tmp" if mode == "w" else path
+    try:
+        with open(tmp, mode, encoding="utf-8") as f:
+            f.write(text)
+        if tmp != path:
+            os.replace(tmp, path)
+    except OSError as e:
+        if tmp != path:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        raise WriteError(f"cannot write {path}: {reason(e)}") from None
+
+
+def make_folder(option, folder, given=None):
+    """Create `folder` (and its parents) for `option`, or InputError in one line naming the option
+    and the value `given` to it (default: the folder): a file in the way (the folder itself, or a
+    parent on its path), no permission to write."""
+    given = given or folder
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = os.path.abspath(folder)
+        while not os.path.exists(blocker):
+            blocker = os.path.dirname(blocker)
+        raise InputError(f"{option} {given}: {blocker} is a file, not a folder: choose another "
+                         f"{option}") from None
+    except OSError as e:
+        raise InputError(f"{option} {given}: cannot create {folder} ({reason(e)}): choose another "
+                         f"{option}") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{option} {given}: no permission to write in {folder}: choose another "
+                         f"{option}")
+
+
+def check_output_file(option, path):
+    """Before any slow work: `path` can be written (its folder is created). InputError naming the
+    option otherwise: a folder in the way, a path through a file, no permission."""
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path} is a folder: give a file name")
+    make_folder(option, os.path.dirname(os.path.abspath(path)), given=path)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InputError(f"{option} {path}: no permission to write there")
+
+
+# -----------------------------------------------------------------------------
+# One run per output folder.
+
+LOCK_NAME = ".lock"
+_LOCK_AT = 1 << 20   # Windows locks a byte range: one far past the pid written at the start
+
+
+class FolderLock:
+    """An exclusive lock on FOLDER/.lock for as long as this process lives. The operating system
+    releases it when the process ends, however it ends (a kill, a power cut of the process), so a
+    dead run never leaves a stale lock. A second process asking for it gets InputError at once,
+    naming the folder and the process that holds it (its pid is written in the file). Readers,
+    such as eval.py on a folder that a run is writing, take no lock."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, LOCK_NAME)
+        self.file = open(self.path, "a+", encoding="ascii")
+        try:
+            self._lock()
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read(32).strip()
+            self.file.close()
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise InputError(f"--out {folder} is in use by {who} (another train.py on the same "
+                             f"folder): wait for it to end, or choose another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def _lock(self):
+        if sys.platform == "win32":
+            import msvcrt
+            self.file.seek(_LOCK_AT)
+            msvcrt.locking(self.file.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    @classmethod
+    def none(cls):
+        """A lock that holds nothing: what the ranks other than 0 of one torchrun get."""
+        lock = cls.__new__(cls)
+        lock.file = None
+        return lock
+
+    def release(self):
+        if self.file is not None and not self.file.closed:
+            self.file.close()                 # closing the file releases either kind of lock
 
 
 def _mps_available():

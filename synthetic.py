@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from radiograph import lerp, render_image  # the picture of a study (synthetic.render_image, as before)
+from runtime import WriteError, reason, save_atomic
 
 # -----------------------------------------------------------------------------
 # Vocabulary of the data set
@@ -532,10 +533,17 @@ def load_or_render(split, n, image_size, cache_dir=None, workers=0):
         except Exception as e:  # a truncated file from a killed run: render again
             print(f"data: cache {path} unreadable ({e}); rendering again", file=sys.stderr)
     data = render()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)  # atomic: a concurrent reader (another DDP rank) never sees half a file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot create the data cache {path.parent}: {reason(e)}; "
+                         f"choose another --data-cache, or --data-cache '' to keep it in memory") from None
+    # atomic: a concurrent reader (another DDP rank) never sees half a file; a full disk is one line
+    try:
+        save_atomic(data, path, tmp=path.with_name(f"{path.name}.{os.getpid()}.tmp"))
+    except WriteError as e:
+        raise WriteError(f"{e}; nothing else was written: free space, or --data-cache '' to keep "
+                         f"the data in memory") from None
     return data
 
 

@@ -27,13 +27,14 @@ import data
 import eval as evaluation
 import synthetic
 from accumulate import NonFiniteLossError, clip_naive_step, clip_step, msd_step, unwrap
-from checkpoint import InputError, read_for_resume, restore, save_atomic, training_state
+from checkpoint import read_for_resume, restore, training_state
 from loss import FeatureQueue
 from model import DualEncoder, make_config, param_groups
 from momentum import make_teacher, momentum_at, momentum_for_half_life
 from options import QUEUE_CAP, default_queue_size, get_args
-from runtime import (Clock, StopFlag, fmt_time, peak_memory_mb, pick_precision, send_signal_to_self,
-                     setup_distributed)
+from runtime import (Clock, FolderLock, InputError, StopFlag, WriteError, fmt_time, peak_memory_mb,
+                     make_folder, pick_precision, reason, save_atomic, send_signal_to_self, setup_distributed,
+                     write_text)
 
 
 def main(argv=None):
@@ -42,6 +43,9 @@ def main(argv=None):
         return train(args)
     except (InputError, data.ManifestError) as e:   # the user's input, not the code: one line, exit 2
         parser.error(str(e))
+    except WriteError as e:                          # the disk or a permission: one line, exit 1
+        print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
+        return 1
 
 
 def train(args):
@@ -50,11 +54,11 @@ def train(args):
     except ValueError as e:
         raise InputError(f"--device {e}") from None
     log = print if run.master else (lambda *a, **k: None)
-    ckpt = resume_or_start(args)                      # every check of the output folder, first
+    lock = claim_folders(args, run)                   # one run per --out, before touching it
+    ckpt = resume_or_start(args)                      # every check of the checkpoint, first
     prompts = evaluation.check_benchmark_options(args.eval_manifest, args.prompts,
                                                  args.retrieval_manifest)
     torch.manual_seed(args.seed)                      # the same initial model on every rank
-    os.makedirs(args.out, exist_ok=True)
 
     t0 = time.time()
     pairs = load_training_data(args, run, log)        # {"images" uint8, "texts", "source", ...}
@@ -114,11 +118,28 @@ def train(args):
         # evaluating aborted at exit now and then ("terminate called without an active exception").
         dist.barrier()
         dist.destroy_process_group()
+    lock.release()
     return status
 
 
 # -----------------------------------------------------------------------------
 # The stages main() runs, in its order.
+
+def claim_folders(args, run):
+    """Create --out (and --data-cache) and lock --out for this run (rank 0 holds the lock: the
+    ranks of one torchrun are one run). Every mistake is one line naming the option: a path that
+    is a file or goes through one, a folder without write permission, a folder another run holds."""
+    for option, folder in (("--out", args.out), ("--data-cache", args.data_cache)):
+        if folder:
+            make_folder(option, folder)
+    if not run.master:
+        return FolderLock.none()
+    try:
+        return FolderLock(args.out)
+    except OSError as e:
+        raise InputError(f"--out {args.out}: cannot create its lock file ({reason(e)}): choose "
+                         f"another --out") from None
+
 
 def resume_or_start(args):
     """The checkpoint --resume continues (its settings already compared with these), or None for a
@@ -130,6 +151,10 @@ def resume_or_start(args):
         return None
     if not os.path.exists(ckpt_path):
         raise InputError(f"--resume: no checkpoint at {ckpt_path}")
+    tok_path = os.path.join(args.out, "tokenizer.json")
+    if not os.path.isfile(tok_path):
+        raise InputError(f"--resume: {tok_path} is missing; the checkpoint's token ids mean nothing "
+                         f"without the tokenizer it was trained with: copy it back beside ckpt.pt")
     try:
         return read_for_resume(ckpt_path, args)
     except InputError as e:
@@ -185,12 +210,18 @@ def tokenize_reports(args, pairs, ckpt, run):
     that duplicate-aware positives compare. Returns (tokenizer, model config)."""
     tok_path = os.path.join(args.out, "tokenizer.json")
     if ckpt is None and run.master:
-        data.train_tokenizer(pairs["texts"], args.vocab_size).save(tok_path)
+        write_text(tok_path, data.train_tokenizer(pairs["texts"], args.vocab_size).to_str())
     if ckpt is None and run.ddp:
         dist.barrier()                                # rank 0 wrote tokenizer.json
-    tokenizer = data.load_tokenizer(tok_path)
+    try:
+        tokenizer = data.load_tokenizer(tok_path)
+    except Exception as e:   # the tokenizers library raises a bare Exception for a malformed file
+        raise InputError(f"cannot read {tok_path}: {str(e).splitlines()[0]}") from None
     cfg = make_config(args.preset, image_size=args.image_size, in_channels=args.channels,
                       stem=args.stem, pool=args.pool, vocab_size=tokenizer.get_vocab_size())
+    if ckpt is not None and ckpt["config"]["model"]["vocab_size"] != cfg.vocab_size:
+        raise InputError(f"--resume: {tok_path} has {cfg.vocab_size} tokens, the checkpoint's model "
+                         f"{ckpt['config']['model']['vocab_size']}: it is another run's tokenizer")
     pairs["tokens"], _ = data.tokenize(tokenizer, pairs["texts"], cfg.context_length)   # (n, L)
     pairs["ids"] = data.report_ids(pairs["texts"])                                       # (n,)
     return tokenizer, cfg
@@ -236,6 +267,16 @@ class Parts:
     step: int
     ckpt_path: str
     metrics_path: str
+    saved_step: int = None           # the step of the checkpoint on disk that is known to be good
+
+    def still_good(self, error):
+        """A WriteError with what the user still has and what to do, for a write that failed."""
+        if self.saved_step is None:
+            good = "no checkpoint was written yet: free space, then run the same command again"
+        else:
+            good = (f"{self.ckpt_path} of step {self.saved_step} is intact: free space, then run "
+                    f"the same command with --resume")
+        return WriteError(f"{error}; {good}")
 
 
 def build(args, cfg, run, ckpt, log):
@@ -265,8 +306,9 @@ def build(args, cfg, run, ckpt, log):
         if None not in was and was != (device.type, precision):
             log(f"note: this run computed on {was[0]} in {was[1]} and continues on {device.type} "
                 f"in {precision}: the same run, but not bit for bit what it would have computed")
-        if run.master:
-            drop_rows_after(parts.metrics_path, parts.step)
+        parts.saved_step = parts.step
+    if run.master:
+        drop_rows_after(parts.metrics_path, parts.step)
     if args.compile:
         parts.model = torch.compile(parts.model)
     if run.ddp:
@@ -276,13 +318,14 @@ def build(args, cfg, run, ckpt, log):
 
 
 def drop_rows_after(metrics_path, step):
-    """Drop the rows an interrupted run logged after its checkpoint: the resumed run redoes them."""
+    """Drop the rows an interrupted run logged after its checkpoint: the resumed run redoes them
+    (a new run, step 0, starts the file afresh: rows of a run that died before its first
+    checkpoint are not this run's)."""
     if not os.path.exists(metrics_path):
         return
     with open(metrics_path) as f:
         rows = [line for line in f if json.loads(line).get("step", 0) <= step]
-    with open(metrics_path, "w") as f:
-        f.writelines(rows)
+    write_text(metrics_path, "".join(rows))
 
 
 def describe_run(args, parts, run, queue_note):
@@ -391,12 +434,14 @@ def log_step(parts, args, run, step, clock, lr, alpha, m):
           f"temp {row['temperature']:.4f} | {row['samples_per_s']:.0f} samples/s | "
           f"mem {'n/a' if mem is None else f'{mem:.0f} MB'} | {fmt_time(row['elapsed_s'])} elapsed, "
           f"{fmt_time(row['eta_s'])} left", flush=True)
-    append_row(parts.metrics_path, row)
+    append_row(parts, row)
 
 
-def append_row(path, row):
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+def append_row(parts, row):
+    try:
+        write_text(parts.metrics_path, json.dumps(row) + "\n", mode="a")
+    except WriteError as e:
+        raise parts.still_good(e) from None
 
 
 def quick_check(parts, tokenizer, args, run, step, zs, ret, log):
@@ -414,7 +459,7 @@ def quick_check(parts, tokenizer, args, run, step, zs, ret, log):
         row = {"step": step, "retrieval_i2t_r1": r["i2t_r1"], "retrieval_t2i_r1": r["t2i_r1"]}
         said = f"quick retrieval: image->text R@1 {r['i2t_r1']:.3f}, text->image R@1 {r['t2i_r1']:.3f}"
     log(f"step {step:5d} {said} ({time.time() - t:.1f}s)", flush=True)
-    append_row(parts.metrics_path, row)
+    append_row(parts, row)
 
 
 def save_checkpoint(parts, args, run, cfg, step):
@@ -427,12 +472,16 @@ def save_checkpoint(parts, args, run, cfg, step):
         dist.all_gather_object(gathered, rng)
         rng = {k: [g[k][0] for g in gathered] if rng[k] else [] for k in rng}
     if run.master:
-        save_atomic(training_state(
+        state = training_state(
             student=parts.student, teacher=parts.teacher, queue=parts.queue,
             optimizer=parts.optimizer, scaler=parts.scaler, step=step,
             samples_seen=step * args.batch_size * args.accum_steps * run.world, rng=rng,
-            model_cfg=cfg, args=args, device_type=device.type, precision=parts.precision),
-            parts.ckpt_path)
+            model_cfg=cfg, args=args, device_type=device.type, precision=parts.precision)
+        try:
+            save_atomic(state, parts.ckpt_path)
+        except WriteError as e:
+            raise parts.still_good(e) from None
+        parts.saved_step = step
 
 
 def final_report(parts, tokenizer, args, run, zs, ret, clock, log):
@@ -448,9 +497,13 @@ def final_report(parts, tokenizer, args, run, zs, ret, clock, log):
     results = evaluation.evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs,
                                   ret=ret, n_per_class=args.eval_per_class,
                                   n_retrieval=args.eval_retrieval, log=lambda s: log(s, flush=True))
-    with open(os.path.join(args.out, "eval.json"), "w") as f:
-        json.dump(results, f, indent=1)
     log(evaluation.format_table(results))
+    try:
+        write_text(os.path.join(args.out, "eval.json"), json.dumps(results, indent=1))
+    except WriteError as e:
+        raise WriteError(f"{e}; {parts.ckpt_path} of step {parts.saved_step} is intact: free "
+                         f"space, then evaluate it with python eval.py --checkpoint {args.out} "
+                         f"--json {os.path.join(args.out, 'eval.json')}") from None
     log(f"wrote {written.replace(' and ', ', ')} and eval.json")
 
 

@@ -62,7 +62,7 @@ def run(k, alpha=0.4, dup=False, n=8, momentum=0.9, scaler=None, queue_size=12, 
 
 
 def reference(alpha, dup, n=8):
-    """The one-batch loss of METHOD.md computed directly, and its gradients."""
+    """The one-batch loss of docs/method.md computed directly, and its gradients."""
     student, teacher, queue = setup()
     images, tokens, ids = data(n, dup_ids=dup)
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """bench.py and ablation.py: the arithmetic on hand-made numbers (medians, ratios, mean ± spread,
 the tables), the ablation's commands (same samples, warm-ups and teacher horizon in every arm),
-and one real bench.py --one measurement on a tiny configuration. No timing assertions."""
+bench.py's device, precision and loss scaler (runtime.py's), and one real bench.py --one
+measurement on a tiny configuration. No timing assertions."""
 
 import json
 import os
@@ -39,27 +40,67 @@ def test_summarise_takes_the_median_step_per_sample():
 
 
 def test_negatives_per_row():
-    assert bench.negatives_per_row("clip", b=32, k=4, queue_size=2048) == 127
-    assert bench.negatives_per_row("clip-naive", b=32, k=4, queue_size=2048) == 31   # still b - 1
-    assert bench.negatives_per_row("clip-exact", b=32, k=4, queue_size=2048) == 127  # the window's
-    assert bench.negatives_per_row("msd", b=32, k=4, queue_size=2048) == 128 + 2048 - 1
+    assert bench.negatives_per_row("clip", b=32, k=4, queue_size=0) == 127
+    assert bench.negatives_per_row("clip-naive", b=32, k=4, queue_size=0) == 31      # still b - 1
+    assert bench.negatives_per_row("clip-exact", b=32, k=4, queue_size=0) == 127     # the window's
+    assert bench.negatives_per_row("msd", b=32, k=4, queue_size=0) == 127            # train.py's default
+    assert bench.negatives_per_row("msd-queue", b=32, k=4, queue_size=2048) == 128 + 2048 - 1
+
+
+def test_msd_is_timed_as_train_py_runs_it_and_with_a_queue_as_its_own_rows():
+    import options
+    train_defaults = options.get_args([])[1]
+    args = bench.parse_args([])[1]
+    assert args.queue_size == train_defaults.queue_size == 0          # the msd rows: no queue
+    assert args.queue_size_extra == 2048                               # the msd-queue rows
+    assert (bench.MOMENTUM, bench.ALPHA) == (train_defaults.momentum, train_defaults.alpha)
+    assert args.batch_size == train_defaults.batch_size
+    assert bench.make_plan([1, 2], 0, 2048) == [
+        ("clip", 1, 0), ("clip", 2, 0), ("clip-naive", 2, 0), ("clip-exact", 1, 0), ("clip-exact", 2, 0),
+        ("msd", 1, 0), ("msd", 2, 0), ("msd-queue", 1, 2048), ("msd-queue", 2, 2048)]
+    assert [kind for kind, _, _ in bench.make_plan([1], 0, 0)] == ["clip", "clip-exact", "msd"]
+
+
+def test_command_line(capsys):
+    # the README's commands parse; the input-pipeline measurement (--no-data) is gone
+    assert bench.parse_args(["--json", "results/bench.json"])[1].json == "results/bench.json"
+    assert bench.parse_args(["--ks", "4,1"])[1].ks == [1, 4]
+    assert bench.parse_args(["--compile", "--ks", "4"])[1].compile
+    assert bench.parse_args(["--queue-size-extra", "0"])[1].queue_size_extra == 0   # no msd-queue rows
+    for argv, message in ((["--no-data"], "unrecognized arguments: --no-data"),
+                          (["--queue-size", "64", "--queue-size-extra", "64"], "repeats --queue-size"),
+                          (["--queue-size", "-1"], "the queue sizes >= 0"),
+                          (["--ks", "1,x"], "--ks must be comma-separated integers")):
+        with pytest.raises(SystemExit) as exit_:
+            bench.parse_args(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as exit_:            # runtime.pick_device's one line, before any child
+        bench.main(["--device", "nonsense"])
+    assert exit_.value.code == 2 and "nonsense: not a device name" in capsys.readouterr().err
 
 
 def hand_made_rows():
-    ok = lambda kind, k, ms, mb: {"kind": kind, "k": k, "b": 32, "status": "ok",  # noqa: E731
-                                  "ms_per_sample": ms, "samples_per_s": 1000 / ms, "peak_mb": mb}
+    ok = lambda kind, k, ms, mb, queue=0: {"kind": kind, "k": k, "b": 32, "queue": queue,  # noqa: E731
+                                           "status": "ok", "ms_per_sample": ms,
+                                           "samples_per_s": 1000 / ms, "peak_mb": mb}
     return [ok("clip", 1, 10.0, 100.0), ok("clip", 2, 9.0, 180.0),
-            {"kind": "clip", "k": 4, "b": 32, "status": "OOM"},
+            {"kind": "clip", "k": 4, "b": 32, "queue": 0, "status": "OOM"},
             ok("clip-naive", 2, 10.5, 104.0), ok("clip-naive", 4, 10.5, 106.0),
             ok("clip-exact", 1, 10.0, 101.0), ok("clip-exact", 2, 13.0, 115.0),
             ok("clip-exact", 4, 12.5, 125.0),
-            ok("msd", 1, 13.0, 110.0), ok("msd", 2, 13.5, 120.0), ok("msd", 4, 14.0, 132.0)]
+            ok("msd", 1, 13.0, 110.0), ok("msd", 2, 13.5, 120.0), ok("msd", 4, 14.0, 132.0),
+            ok("msd-queue", 1, 15.0, 118.0, 2048), ok("msd-queue", 2, 14.5, 125.0, 2048),
+            {"kind": "msd-queue", "k": 4, "b": 32, "queue": 2048, "status": "error", "error": "boom"}]
 
 
 def test_ratios_against_baselines_of_the_same_run():
     r = bench.compute_ratios(hand_made_rows(), [1, 2, 4])
+    assert set(r) == set(bench.RATIOS)
     assert r["msd_time_vs_clip_b"] == pytest.approx({"1": 1.3, "2": 1.35, "4": 1.4})
-    assert r["msd_mem_vs_k1"] == pytest.approx({"1": 1.0, "2": 120 / 110, "4": 1.2})
+    assert r["msd_queue_time_vs_clip_b"]["1"] == pytest.approx(1.5)
+    assert r["msd_queue_time_vs_clip_b"]["2"] == pytest.approx(1.45)
+    assert r["msd_queue_time_vs_clip_b"]["4"] is None                # that row failed
+    assert r["msd_mem_vs_k1"] == pytest.approx({"1": 1.0, "2": 120 / 110, "4": 1.2})  # the queue-0 rows
     assert r["clip_kb_mem_vs_msd"]["1"] == pytest.approx(100 / 110)
     assert r["clip_kb_mem_vs_msd"]["2"] == pytest.approx(1.5)
     assert r["clip_kb_mem_vs_msd"]["4"] is None                      # CLIP at 4·b ran out of memory
@@ -73,26 +114,35 @@ def test_ratios_without_a_baseline_are_none():
     rows = [r for r in hand_made_rows() if not (r["kind"] == "clip" and r["k"] == 1)]
     r = bench.compute_ratios(rows, [1, 2])
     assert r["msd_time_vs_clip_b"] == {"1": None, "2": None}
+    assert r["msd_queue_time_vs_clip_b"] == {"1": None, "2": None}
     assert r["exact_time_vs_clip_b"] == {"1": None, "2": None}
     assert r["msd_mem_vs_k1"]["2"] == pytest.approx(120 / 110)
 
 
-def test_markdown_table_holds_the_numbers():
+def test_markdown_table_holds_the_numbers_and_names_each_queue():
     rows = hand_made_rows()
     table = bench.format_table(rows, bench.compute_ratios(rows, [1, 2, 4]), [1, 2, 4], b=32,
-                               queue_size=2048, memory_note="a note")
+                               queue_size=0, queue_size_extra=2048, memory_note="a note")
     lines = table.splitlines()
-    assert "| CLIP, batch b | 1 × 32 | 31 | 10 | 100 | 100 | 1.00 |" in table
-    assert "| CLIP, batch k·b | 1 × 128 | 127 | OOM |" in table
-    assert "| CLIP naive accumulation k×b | 4 × 32 | 31 | 10.5 | 95 | 106 | 1.05 |" in table
-    assert "| CLIP exact k×b (feature cache) | 2 × 32 | 63 | 13 | 77 | 115 | 1.30 |" in table
-    assert "| MSD k×b | 4 × 32 | 2175 | 14 | 71 | 132 | 1.40 |" in table
-    assert "| 4 | 128 | 1.40 | 1.20 | – | 1.25 | – |" in lines       # the ratios per k
-    assert "| 2 | 64 | 1.35 | 1.09 | 1.50 | 1.30 | 0.64 |" in lines
+    assert "| CLIP, batch b | 1 × 32 | 31 | 10 | 100 | 100 | 1.00 | – | n/a |" in lines
+    assert "| CLIP, batch k·b | 1 × 128 | 127 | OOM |  |  |  |  |  |" in lines
+    assert "| CLIP naive accumulation k×b | 4 × 32 | 31 | 10.5 | 95 | 106 | 1.05 | – | n/a |" in lines
+    assert "| CLIP exact k×b (feature cache) | 2 × 32 | 63 | 13 | 77 | 115 | 1.30 | – | n/a |" in lines
+    assert "| MSD k×b, queue 0 | 4 × 32 | 127 | 14 | 71 | 132 | 1.40 | – | n/a |" in lines
+    assert "| MSD k×b, queue 2048 | 2 × 32 | 2111 | 14.5 | 69 | 125 | 1.45 | – | n/a |" in lines
+    assert "| MSD k×b, queue 2048 | 4 × 32 | 2175 | error |  |  |  |  |  |" in lines
+    # the rows in make_plan's order: every queue-0 MSD row before the queue-2048 ones
+    names = [line.split(" | ")[0] for line in lines[2:lines.index("")]]
+    assert names.index("| MSD k×b, queue 2048") == names.index("| MSD k×b, queue 0") + 3
+    header = lines[lines.index("") + 1]
+    assert header == ("| k | window N = k·b | MSD (queue 0) time / CLIP b time | MSD (queue 2048) time / "
+                      "CLIP b time | MSD (queue 0) memory / at k=1 | CLIP k·b memory / MSD (queue 0) k×b "
+                      "memory | exact time / CLIP b time | exact memory / CLIP k·b memory |")
+    assert "| 4 | 128 | 1.40 | – | 1.20 | – | 1.25 | – |" in lines       # the ratios per k
+    assert "| 2 | 64 | 1.35 | 1.45 | 1.09 | 1.50 | 1.30 | 0.64 |" in lines
     assert lines[-1] == "a note"
-    # every row of the first table has as many cells as its header
-    first = lines[:lines.index("")]
-    assert len({line.count("|") for line in first}) == 1
+    for block in (lines[:lines.index("")], lines[lines.index("") + 1:-2]):   # as many cells as the header
+        assert len({line.count("|") for line in block}) == 1
 
 
 def test_peak_tflops_lookup():
@@ -111,17 +161,10 @@ def test_flops_are_three_forwards_for_clip_and_four_for_msd_and_the_feature_cach
     assert achieved == pytest.approx(3.0) and mfu == pytest.approx(0.3)
     achieved, mfu = bench.flop_figures("msd", 1e9, samples_per_s=1000, peak_tflops=None)
     assert achieved == pytest.approx(4.0) and mfu is None
+    assert bench.flop_figures("msd-queue", 1e9, 1000, None)[0] == pytest.approx(4.0)
     assert bench.flop_figures("clip-exact", 1e9, 1000, None, k=4)[0] == pytest.approx(4.0)
     assert bench.flop_figures("clip-exact", 1e9, 1000, None, k=1)[0] == pytest.approx(3.0)  # no cache
     assert bench.flop_figures("clip-naive", 1e9, 1000, None, k=4)[0] == pytest.approx(3.0)
-
-
-def test_input_verdict():
-    data = {"render_1_worker": 600, "render_all_workers": 1100, "workers": 2,
-            "augment_samples_per_s": 3000}
-    assert "keeps up" in bench.input_verdict(data, 100)
-    assert "3% of each step" in bench.input_verdict(data, 100)      # (1/3000) / (1/3000 + 1/100)
-    assert "DOES NOT keep up" in bench.input_verdict(data, 6000)
 
 
 def test_flop_counter_sees_every_matrix_product():
@@ -149,18 +192,94 @@ def test_flop_counter_sees_every_matrix_product():
 
 
 # -----------------------------------------------------------------------------
+# bench.py: device, precision and memory as the rest of the repository measures them
+
+def one_config(**overrides):
+    return {**vars(bench.parse_args(["--one", "{}"])[1]), "kind": "msd", "k": 2, "batch_size": 2,
+            "image_size": 32, "repeats": 1, "warmup": 1, "queue_size": 0, **overrides}
+
+
+def test_precision_is_runtimes_rule_fp16_with_a_scaler_on_a_cuda_card_without_bf16(monkeypatch):
+    import warnings
+
+    import torch
+
+    import runtime
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)          # a CUDA card...
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)   # ...without bf16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        device, _, scaler, precision, _ = bench._setup(one_config(device="auto", precision="auto"))
+        assert precision == runtime.pick_precision("auto", device)[2] == "fp16"   # the old rule: fp32
+    assert device.type == "cuda" and isinstance(scaler, torch.amp.GradScaler)
+    assert bench._setup(one_config(device="cpu"))[2:4] == (None, "fp32")
+    # and it is runtime's function that decides, not a copy of its rule
+    sentinel = (object(), object(), "from runtime")
+    monkeypatch.setattr(runtime, "pick_precision", lambda precision, device: sentinel)
+    assert bench._setup(one_config(device="cpu"))[1:4] == sentinel
+
+
+@pytest.mark.parametrize("kind", ["clip", "clip-naive", "clip-exact", "msd"])
+def test_every_step_gets_the_loss_scaler(kind, monkeypatch):
+    import contextlib
+
+    import runtime
+
+    class Scaler:                                 # a GradScaler that counts and does not scale
+        steps = 0
+
+        def scale(self, loss):
+            return loss
+
+        def unscale_(self, optimizer):
+            pass
+
+        def step(self, optimizer):
+            Scaler.steps += 1
+            optimizer.step()
+
+        def update(self):
+            pass
+
+    monkeypatch.setattr(runtime, "pick_precision", lambda p, d: (contextlib.nullcontext, Scaler(), "fp16"))
+    monkeypatch.setattr(bench, "reset_peak_rss", lambda: 0.0)    # leave pytest's own peak alone
+    out = bench.measure_step(one_config(kind=kind, device="cpu", queue_size=8 if kind == "msd" else 0))
+    assert not out["oom"] and out["precision"] == "fp16"
+    assert Scaler.steps == 2                        # the warm-up step and the timed one
+
+
+def test_imports_without_the_unix_only_resource_module(monkeypatch):
+    import importlib
+    monkeypatch.setitem(sys.modules, "resource", None)     # as on Windows: `import resource` fails
+    with pytest.raises(ImportError):
+        import resource  # noqa: F401
+    monkeypatch.delitem(sys.modules, "bench")              # both restored after the test
+    monkeypatch.delitem(sys.modules, "runtime")
+    fresh = importlib.import_module("bench")
+    assert fresh is not bench and fresh.parse_args([])[1].queue_size == 0
+    if os.path.exists("/proc/self/status"):               # Linux: the peak without `resource`
+        assert fresh.reset_peak_rss() > 0
+
+
+# -----------------------------------------------------------------------------
 # bench.py: one real measurement in a fresh process
 
-@pytest.mark.parametrize("kind", ["msd", "clip-exact"])
-def test_one_configuration_reports_time_and_memory(kind):
-    cfg = {"kind": kind, "preset": "tiny", "image_size": 32, "b": 4, "k": 2, "repeats": 1,
-           "warmup": 0, "queue_size": 16, "device": "cpu"}
+@pytest.mark.parametrize("kind,queue", [("msd", 16), ("clip-exact", 0)])
+def test_one_configuration_reports_time_and_memory(kind, queue):
+    cfg = {"kind": kind, "preset": "tiny", "image_size": 32, "batch_size": 4, "k": 2, "repeats": 1,
+           "warmup": 0, "queue_size": queue, "device": "cpu"}
     proc = run("bench.py", "--one", json.dumps(cfg))
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["bench_one"] and not out["oom"]
+    assert out["bench_one"] and not out["oom"] and out["precision"] == "fp32"
     assert len(out["times"]) == 1 and out["times"][0] > 0
     assert out["peak_mb"] > 0 and out["process_peak_mb"] >= out["peak_mb"]
-    assert out["config"]["k"] == 2 and out["config"]["b"] == 4 and out["config"]["kind"] == kind
+    assert {key: out["config"][key] for key in ("k", "batch_size", "kind", "queue_size")} == \
+        {"k": 2, "batch_size": 4, "kind": kind, "queue_size": queue}
+
+
+def test_the_input_pipeline_kind_is_gone():
+    proc = run("bench.py", "--one", json.dumps({"kind": "data"}), check=False)
+    assert proc.returncode == 2 and "unknown kind 'data'" in proc.stderr   # profile_step.py measures it
 
 
 # -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def unit(*shape, seed=0):
 
 
 def window_loss(img, txt, t_img, t_txt, q_img, q_txt, ids, q_ids, scale, alpha, dup=False):
-    """The whole METHOD.md loss for one window via the library functions."""
+    """The whole docs/method.md loss for one window via the library functions."""
     bank_img, bank_txt = torch.cat([t_img, q_img]), torch.cat([t_txt, q_txt])
     bank_ids = torch.cat([ids, q_ids])
     P = positive_matrix(ids, bank_ids, 0, dup, img.dtype)
@@ -56,7 +56,7 @@ def test_alpha_positive_matches_direct_formula():
     s = torch.tensor(9.5)
     got = window_loss(img, txt, t_img, t_txt, q_img, q_txt, torch.arange(N), torch.arange(10, 10 + K),
                       s, alpha)
-    # METHOD.md steps 2-5 written out with explicit loops
+    # docs/method.md steps 2-5 written out with explicit loops
     B_T, B_I = torch.cat([t_txt, q_txt]), torch.cat([t_img, q_img])
     total = 0.0
     for n in range(N):

@@ -319,6 +319,7 @@ def test_unlabelled_prompt_classes():
     (["--momentum", "inf"], "--momentum must be a finite number, got inf"),
     (["--max-grad-norm=-inf"], "--max-grad-norm must be a finite number, got -inf"),
     (["--max-grad-norm=-1"], "--max-grad-norm must be >= 0, got -1.0"),
+    (["--save-every=-5"], "--save-every must be >= 0, got -5"),
     # the checks options.py makes after parsing, on the arguments alone
     (["--steps", "0"], "--steps must be positive, got 0"),
     (["--alpha", "1.5"], "--alpha must be in [0, 1], got 1.5"),
@@ -507,8 +508,6 @@ def test_save_every_0_saves_only_at_the_end(tmp_path):
     shutil.rmtree(out)
     run("train.py", "--out", str(out), *common)
     assert load(out / "ckpt.pt")["step"] == 3
-    proc = run("train.py", "--out", str(tmp_path / "y"), *SMALL, "--save-every=-5", check=False)
-    assert proc.returncode == 2 and "--save-every must be >= 0, got -5" in proc.stderr
 
 
 def test_test_hooks_are_hidden_from_help():
