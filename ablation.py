@@ -38,28 +38,20 @@ Every student is also evaluated on a second, disjoint synthetic set (`eval.py --
 column "2nd set acc"): an order of the arms that holds there was not chosen on the first set's
 images. Runs recorded before that column existed get it on the next call, if their folder is there.
 
-Each run is exactly what a user would type (`python train.py ...` in a subprocess) and writes
-results/ablation/ARM-seedN/{eval.json, eval_teacher.json, eval_second.json, metrics.jsonl,
-train.log}. Every finished run's numbers go at once into the JSON report (by default docs/results/ablation.json, which is
-small and committed), with its command, commit and machine; a run already in the report or with an
-eval.json is skipped, an interrupted one continues with --resume. So the ablation can be spread over
-many sessions, on machines that keep nothing but the repository. Then one markdown table, mean ±
+Each run writes results/ablation/ARM-seedN/{eval.json, eval_teacher.json, eval_second.json,
+metrics.jsonl, train.log} and is recorded at once in docs/results/ablation.json (small, committed),
+resumably: studies.py, which regimes.py shares, says how. Then one markdown table, mean ±
 standard deviation over seeds.
-
-This file imports neither torch nor the project: on Linux a child's peak resident size (what
-train.py logs as peak_mem_mb on the CPU) starts from its parent's, so the parent stays small.
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import shlex
-import statistics
-import subprocess
 import sys
-import time
+
+from studies import (SECOND_EVAL_SEED, aggregate, compare, evaluate_more, fmt_mean_std,  # noqa: F401
+                     mean_std, read_json, read_run, record, second_command, summarise_run,
+                     teacher_command, train_and_evaluate, write_json)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -155,78 +147,8 @@ def train_command(arm, seed, args, python=sys.executable):
     return cmd + shlex.split(args.extra)
 
 
-# synthetic.SECOND_EVAL_SEED (this file does not import the project): every run is evaluated on a
-# second, disjoint synthetic set too, so an arm that wins on the first must win on images that
-# played no part in choosing it.
-SECOND_EVAL_SEED = 3003
-
-
-def second_command(arm, seed, args, python=sys.executable):
-    """eval.py on the run's checkpoint (the student), on the second evaluation set."""
-    out = run_dir(args.out_dir, arm, seed)
-    return [python, os.path.relpath(os.path.join(HERE, "eval.py")), "--checkpoint", out,
-            "--eval-seed", str(SECOND_EVAL_SEED), "--json", os.path.join(out, "eval_second.json")]
-
-
-def teacher_command(arm, seed, args, python=sys.executable):
-    """eval.py on the run's checkpoint with the teacher's weights, the same benchmark as train.py's."""
-    out = run_dir(args.out_dir, arm, seed)
-    return [python, os.path.relpath(os.path.join(HERE, "eval.py")), "--checkpoint", out,
-            "--use-teacher", "--json", os.path.join(out, "eval_teacher.json")]
-
-
 def run_dir(out_dir, arm, seed):
     return os.path.join(out_dir, f"{arm}-seed{seed}")
-
-
-def mean_std(values):
-    """(mean, sample standard deviation) of the values that are not None; the deviation is None
-    for a single value, and both are None when there are none."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
-def fmt_mean_std(values, digits=3):
-    mean, std = mean_std(values)
-    if mean is None:
-        return "–"
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def summarise_run(eval_results, metrics_rows, teacher_results=None, second_results=None):
-    """One run's numbers for the table, from eval.json, the rows of metrics.jsonl, for the arms
-    with a teacher eval_teacher.json (its metrics prefixed "teacher_"), and eval_second.json, the
-    student on the second evaluation set (prefixed "second_")."""
-    def metrics(res):
-        zs, fs, ret = res.get("zero_shot", {}), res.get("few_shot", {}), res.get("retrieval", {})
-        return {"zero_shot_accuracy": zs.get("accuracy"), "zero_shot_auc": zs.get("auc"),
-                "few_shot_1": fs.get("1"), "few_shot_16": fs.get("16"),
-                "i2t_r1": ret.get("i2t_r1"), "i2t_r10": ret.get("i2t_r10"),
-                "t2i_r1": ret.get("t2i_r1"), "t2i_r10": ret.get("t2i_r10")}
-    train_rows = [r for r in metrics_rows if "peak_mem_mb" in r]
-    out = {**metrics(eval_results),
-           "peak_mem_mb": max((r["peak_mem_mb"] for r in train_rows), default=None),
-           "train_min": train_rows[-1]["elapsed_s"] / 60 if train_rows else None}
-    if teacher_results is not None:
-        out.update({f"teacher_{key}": v for key, v in metrics(teacher_results).items()})
-    if second_results is not None:
-        out.update({f"second_{key}": v for key, v in metrics(second_results).items()})
-    return out
-
-
-def aggregate(runs):
-    """{arm: {seed: summary}} -> {arm: {metric: {"mean", "std", "n"}}}, teacher metrics included."""
-    out = {}
-    for arm, by_seed in runs.items():
-        keys = sorted({key for s in by_seed.values() for key in s})
-        out[arm] = {}
-        for key in keys:
-            values = [s[key] for s in by_seed.values() if s.get(key) is not None]
-            mean, std = mean_std(values)
-            out[arm][key] = {"mean": mean, "std": std, "n": len(values)}
-    return out
 
 
 def format_table(runs, arms, b, k):
@@ -250,16 +172,6 @@ def format_table(runs, arms, b, k):
     return "\n".join(lines)
 
 
-def compare(runs, x, y, key="zero_shot_accuracy"):
-    """Arm x against arm y on one metric: (difference of means, the larger of the two standard
-    deviations, whether the difference exceeds it). None when either arm has fewer than 2 seeds."""
-    (mx, sx), (my, sy) = (mean_std([r.get(key) for r in runs.get(a, {}).values()]) for a in (x, y))
-    if sx is None or sy is None:
-        return None
-    spread = max(sx, sy)
-    return mx - my, spread, abs(mx - my) > spread
-
-
 # The pairs whose order the README's reading rests on: MSD against the CLIP arms, the ways to a
 # batch of k·b against each other (b, c against g), what α and accumulation do to MSD (d, f
 # against e), and each remedy against MSD's old default (e) and against exact CLIP (g).
@@ -280,58 +192,6 @@ def comparisons(runs, key="zero_shot_accuracy"):
 
 
 # -----------------------------------------------------------------------------
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_run(out):
-    """A finished run's summary, or None when its eval.json is not there yet."""
-    if not os.path.exists(os.path.join(out, "eval.json")):
-        return None
-    rows = []
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    extra = [os.path.join(out, f"eval_{name}.json") for name in ("teacher", "second")]
-    teacher, second = (read_json(path) if os.path.exists(path) else None for path in extra)
-    return summarise_run(read_json(os.path.join(out, "eval.json")), rows, teacher, second)
-
-
-def evaluate_more(arm, seed, args, out):
-    """The teacher (arms with one) and the second evaluation set, each unless its JSON exists.
-    Returns None, or what failed."""
-    todo = [("second", second_command)] + ([("teacher", teacher_command)] if has_teacher(arm) else [])
-    for name, command in todo:
-        if os.path.exists(os.path.join(out, f"eval_{name}.json")):
-            continue
-        cmd = command(arm, seed, args)
-        with open(os.path.join(out, f"eval_{name}.log"), "w") as log:
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
-                return f"{shlex.join(cmd)}; see {out}/eval_{name}.log"
-    return None
-
-
-def machine():
-    """What the numbers were measured on: CPU model and cores (or the GPU train.py logged)."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -397,11 +257,7 @@ def tabulate(report, args):
 def write_report(path, args, report):
     """Rewrite the report with every run recorded so far (also those of other --only / --seeds)."""
     runs = tabulate(report, args)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)                      # never a torn report, even when killed mid-write
+    write_json(path, report)
     return runs
 
 
@@ -441,9 +297,10 @@ def main(argv=None):
     if args.dry_run:
         for arm, seed in jobs:
             print(shlex.join(train_command(arm, seed, args)))
+            out = run_dir(args.out_dir, arm, seed)
             if has_teacher(arm):
-                print(shlex.join(teacher_command(arm, seed, args)))
-            print(shlex.join(second_command(arm, seed, args)))
+                print(shlex.join(teacher_command(out)))
+            print(shlex.join(second_command(out)))
         return 0
 
     report = {"settings": settings, "records": {}}
@@ -463,7 +320,7 @@ def main(argv=None):
             summary = report["records"][key]["summary"]
             if "second_zero_shot_accuracy" not in summary and os.path.exists(os.path.join(out, "eval.json")):
                 # recorded before the second set existed, and its checkpoint is still here
-                failure = evaluate_more(arm, seed, args, out)
+                failure = evaluate_more(out, has_teacher(arm))
                 if failure:
                     print(f"{tag}: FAILED to evaluate it on the second set ({failure})", flush=True)
                     failed.append(key)
@@ -473,43 +330,13 @@ def main(argv=None):
                 print(f"{tag}: added the second evaluation set: zero-shot accuracy "
                       f"{summary['second_zero_shot_accuracy']:.3f}", flush=True)
             continue
-        t = time.time()
-        if os.path.exists(os.path.join(out, "eval.json")):
-            print(f"{tag}: skipped, {out}/eval.json exists (delete the folder to run it again)")
-        else:
-            cmd = train_command(arm, seed, args)
-            if os.path.exists(os.path.join(out, "ckpt.pt")):
-                cmd.append("--resume")        # interrupted earlier: continue where it stopped
-                print(f"{tag}: continuing the interrupted run in {out} (its train time counts only "
-                      f"from the restart)")
-            os.makedirs(out, exist_ok=True)
-            log_path = os.path.join(out, "train.log")
-            print(f"{tag}: {shlex.join(cmd)}\n    log: {log_path}", flush=True)
-            with open(log_path, "a") as log:
-                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-            if rc != 0 or not os.path.exists(os.path.join(out, "eval.json")):
-                with open(log_path) as f:
-                    tail = "".join(f.readlines()[-5:])
-                why = f"exit {rc}" if rc != 0 else "stopped before writing eval.json"
-                print(f"{tag}: FAILED ({why}) after {(time.time() - t) / 60:.1f} min; last lines "
-                      f"of {log_path}:\n{tail}", flush=True)
-                failed.append(key)
-                continue
-        failure = evaluate_more(arm, seed, args, out)
-        if failure:
-            print(f"{tag}: FAILED to evaluate the teacher or the second set ({failure})", flush=True)
+        summary = train_and_evaluate(tag, train_command(arm, seed, args), out, has_teacher(arm))
+        if summary is None:
             failed.append(key)
             continue
-        summary = read_run(out)
-        report["records"][key] = {"summary": summary, "command": shlex.join(train_command(arm, seed, args)),
-                                  "commit": commit(), "machine": machine(),
-                                  "date": datetime.date.today().isoformat()}
+        report["records"][key] = record(summary, train_command(arm, seed, args))
         if args.json:
             write_report(args.json, args, report)
-        teacher = (f", teacher {summary['teacher_zero_shot_accuracy']:.3f}"
-                   if summary.get("teacher_zero_shot_accuracy") is not None else "")
-        print(f"{tag}: done in {(time.time() - t) / 60:.1f} min: zero-shot accuracy "
-              f"{summary['zero_shot_accuracy']:.3f}{teacher}, AUC {summary['zero_shot_auc']:.3f}", flush=True)
 
     runs = write_report(args.json, args, report) if args.json else {}
     print(f"\nmean ± standard deviation over the seeds recorded; micro-batch b = {b}, k = {k}, "

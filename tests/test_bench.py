@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import ablation
+import studies
 import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -450,7 +451,7 @@ def test_runs_recorded_before_the_second_set_get_it_when_their_folder_is_there(t
     report = tmp_path / "ablation.json"
     args = ["--only", "g", "--seeds", "0,1", "--out-dir", str(tmp_path / "runs"), "--json", str(report)]
     with monkeypatch.context() as m:                      # record them as an older ablation.py did,
-        m.setattr(ablation, "evaluate_more", lambda *a: None)   # which evaluated nothing more
+        m.setattr(studies, "evaluate_more", lambda *a: None)   # which evaluated nothing more
         assert ablation.main(args) == 0
     before = json.loads(report.read_text())
     assert "second_zero_shot_accuracy" not in before["records"]["g-seed0"]["summary"]
