@@ -9,9 +9,12 @@ One command per data set, each reading the files exactly as they are distributed
         --out mimic_cxr.csv                                         # pairs + labels + split
     python convert.py chexpert-5x200 --csv CheXpert-v1.0-small/train.csv \\
         --out chexpert_5x200.csv                                    # zero-shot set + prompts
+    python convert.py ms-cxr --csv MS_CXR_Local_Alignment_v1.1.0.csv --images mimic-cxr-jpg/2.0.0 \\
+        --out ms_cxr.csv                                            # phrases with boxes (grounding)
 
 Pair manifests (IU X-Ray, MIMIC-CXR) are for train.py --train-manifest and eval.py
---retrieval-manifest; the 5x200 set and its prompt file are for eval.py --eval-manifest / --prompts.
+--retrieval-manifest; the 5x200 set and its prompt file are for eval.py --eval-manifest / --prompts;
+the MS-CXR manifest is a grounding manifest (grounding.py, docs/grounding.md).
 Image paths are written relative to the output CSV's folder, so the CSV and the images can move
 together. Outputs are written to a temporary file and renamed at the end: an error never leaves a
 half-written manifest behind. What was skipped, and why, is counted aloud.
@@ -431,6 +434,133 @@ def convert_chexpert_5x200(csv_path, out_csv, prompts_json=None, images_root=Non
 
 
 # -----------------------------------------------------------------------------
+# MS-CXR (Boecking et al. 2022, PhysioNet: "MS-CXR: Making the Most of Text Semantics to Improve
+# Biomedical Vision-Language Processing"): 1,162 phrase-box pairs on MIMIC-CXR frontal images,
+# checked or drawn by radiologists, over 8 findings: the phrase-grounding benchmark of BioViL and
+# the papers after it.
+#
+# Its CSV (MS_CXR_Local_Alignment_v1.0.0.csv in PhysioNet's version 0.1, _v1.1.0.csv in version
+# 1.1.0) has one row per box: dicom_id, category_name, label_text, path, x, y, w, h, image_width,
+# image_height, and (v1.1.0) split. path is relative to the MIMIC-CXR-JPG folder
+# ("files/p10/p10233088/s54276838/<dicom_id>.jpg"); (x, y) is the box's top-left corner and w, h
+# its size, in pixels of an image_width x image_height image. This layout was checked against
+# public copies of the v1.1.0 file's header and of code that reads v1.0.0 (dicom_id, label_text,
+# x, y, w, h, image_width, image_height), not against PhysioNet's files themselves, which need
+# credentialed access; the converter names any column it misses.
+
+MS_CXR_COLUMNS = ["category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height"]
+
+
+def _csv_header(path):
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return [name.strip() for name in next(csv.reader(f), [])]
+
+
+def _number(value, where):
+    try:
+        v = float(value)
+    except ValueError:
+        raise ManifestError(f"{where}: {value!r} is not a number") from None
+    if not v == v or v in (float("inf"), float("-inf")):
+        raise ManifestError(f"{where}: {value!r} is not a finite number")
+    return v
+
+
+def _num_text(v):
+    """A box coordinate as written: 196 stays "196", a rescaled 98.25 is "98.25"."""
+    return str(int(v)) if v == int(v) else f"{v:.2f}".rstrip("0")
+
+
+def _ms_cxr_box(path, row_no, line, row):
+    """One row's box (x, y, w, h) and image size, checked: numbers, a positive size, inside the image."""
+    v = {col: _number(row[col], _where(path, row_no, line, col))
+         for col in ("x", "y", "w", "h", "image_width", "image_height")}
+    for col in ("w", "h", "image_width", "image_height"):
+        if v[col] <= 0:
+            raise ManifestError(f"{_where(path, row_no, line, col)}: {row[col]} is not a positive size")
+    for col in ("x", "y"):
+        if v[col] < 0:
+            raise ManifestError(f"{_where(path, row_no, line, col)}: {row[col]} is outside the image (must be >= 0)")
+    for col, extent, size in (("x", "w", "image_width"), ("y", "h", "image_height")):
+        if v[col] + v[extent] > v[size]:
+            raise ManifestError(f"{path}: row {row_no} (line {line}), columns '{col}' and '{extent}': the box "
+                                f"ends at {col} + {extent} = {v[col] + v[extent]:g}, past {size} {row[size]}")
+    return v
+
+
+def convert_ms_cxr(csv_path, images_root, out_csv, splits=None):
+    """MS-CXR's CSV -> a grounding manifest (image, text, x, y, w, h, label[, split]), one row per
+    box, as grounding.read_grounding_manifest reads it: text = label_text, label = category_name
+    in lower case, split copied when the CSV has one (v1.1.0; `splits` keeps only those). Images
+    are images_root / path (images_root: the MIMIC-CXR-JPG folder holding files/); an image not
+    found is skipped and counted. A copy of MIMIC-CXR-JPG resized as a whole (e.g. to 512 px)
+    works too: each image's size is read from its file's header, and when it differs from
+    image_width x image_height by one scale factor its boxes are rescaled to it. Every bad row is
+    a ManifestError naming the file, row, line and column. Returns a Counter of what was written."""
+    from PIL import Image
+
+    csv_path, images_root, out_csv = Path(csv_path), Path(images_root), Path(out_csv)
+    if not csv_path.is_file():
+        raise ManifestError(f"{csv_path}: file not found")
+    if not images_root.is_dir():
+        raise ManifestError(f"{images_root}: images folder not found (the MIMIC-CXR-JPG folder that holds files/)")
+    has_split = "split" in _csv_header(csv_path)
+    if splits and not has_split:
+        raise ManifestError(f"{csv_path}: line 1 (header), column 'split': missing, so --splits cannot "
+                            f"choose (MS-CXR v1.0.0 has no split; v1.1.0 does)")
+    count, categories, sizes = Counter(), Counter(), {}
+    rel_root = os.path.relpath(images_root.resolve(), out_csv.parent.resolve())
+
+    def rows():
+        for row_no, line, row in iter_table(csv_path, MS_CXR_COLUMNS + (["split"] if has_split else [])):
+            v = _ms_cxr_box(csv_path, row_no, line, row)
+            for col in ("label_text", "category_name", "path"):
+                if not row[col]:
+                    raise ManifestError(f"{_where(csv_path, row_no, line, col)}: empty")
+            if splits and row["split"] not in splits:
+                count["other split"] += 1
+                continue
+            image = images_root / row["path"]
+            if row["path"] not in sizes:
+                try:
+                    with Image.open(image) as im:
+                        sizes[row["path"]] = im.size  # from the header; nothing is decoded
+                except FileNotFoundError:
+                    sizes[row["path"]] = None
+                except (OSError, SyntaxError, ValueError) as e:
+                    raise ManifestError(f"{_where(csv_path, row_no, line, 'path')}: cannot read image "
+                                        f"{image} ({e})") from None
+            if sizes[row["path"]] is None:
+                count["image not found"] += 1
+                continue
+            (fw, fh), (w0, h0) = sizes[row["path"]], (v["image_width"], v["image_height"])
+            sx, sy = fw / w0, fh / h0
+            if abs(sx / sy - 1) > 0.01:
+                raise ManifestError(f"{_where(csv_path, row_no, line, 'image_width')}: the image {image} is "
+                                    f"{fw} x {fh} px, the CSV's image_width x image_height {w0:g} x {h0:g}: "
+                                    f"not the same picture at another scale")
+            x, y = round(v["x"] * sx, 2), round(v["y"] * sy, 2)
+            box = [x, y, min(round(v["w"] * sx, 2), fw - x), min(round(v["h"] * sy, 2), fh - y)]
+            count["rescaled" if (fw, fh) != (w0, h0) else "as given"] += 1
+            categories[row["category_name"].lower()] += 1
+            yield ([os.path.normpath(os.path.join(rel_root, row["path"])), row["label_text"]]
+                   + [_num_text(b) for b in box] + [row["category_name"].lower()]
+                   + ([row["split"]] if has_split else []))
+
+    header = ["image", "text", "x", "y", "w", "h", "label"] + (["split"] if has_split else [])
+    written = _write_csv(out_csv, header, rows(),
+                         lambda: f"{csv_path}: no rows left to write ({count['image not found']} boxes' images "
+                                 f"not found under {images_root}, {count['other split']} of other splits)")
+    by_class = ", ".join(f"{name} {n}" for name, n in sorted(categories.items()))
+    print(f"ms-cxr: wrote {written} boxes on {sum(1 for s in sizes.values() if s)} images to {out_csv} "
+          f"({by_class}); {count['rescaled']} boxes rescaled to resized images; skipped "
+          f"{count['image not found']} boxes whose image is not under {images_root}"
+          + (f", {count['other split']} boxes of other splits" if splits else ""))
+    count["written"] = written
+    return count
+
+
+# -----------------------------------------------------------------------------
 # Command line
 
 
@@ -462,6 +592,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--out", required=True, help="classification manifest CSV to write")
     p.add_argument("--prompts", default=None, help="prompt JSON to write (default: beside --out, <name>_prompts.json)")
+    p = sub.add_parser("ms-cxr", help="MS-CXR's CSV -> a grounding manifest (phrases with boxes)")
+    p.add_argument("--csv", required=True, help="MS_CXR_Local_Alignment_v1.0.0.csv or _v1.1.0.csv")
+    p.add_argument("--images", required=True,
+                   help="the MIMIC-CXR-JPG folder its path column is relative to (the one holding files/)")
+    p.add_argument("--splits", default=None,
+                   help="comma-separated values of v1.1.0's split column to keep (default: every row, "
+                        "as BioViL evaluates on the whole set)")
+    p.add_argument("--out", required=True, help="grounding manifest CSV to write")
     args = parser.parse_args(argv)
     try:
         if args.command == "iu-xray":
@@ -472,6 +610,9 @@ def main(argv=None):
             if unknown or not splits:
                 parser.error(f"--splits {args.splits!r}: each must be one of {MIMIC_SPLITS}")
             convert_mimic_cxr(args.root, args.out, args.reports, splits, args.uncertain)
+        elif args.command == "ms-cxr":
+            splits = [x.strip() for x in args.splits.split(",") if x.strip()] if args.splits else None
+            convert_ms_cxr(args.csv, args.images, args.out, splits)
         else:
             if args.per_class < 1:
                 parser.error(f"--per-class must be at least 1, got {args.per_class}")

@@ -262,6 +262,29 @@ class DualEncoder(nn.Module):
         """tokens (B, L) long, padded with PAD_ID -> (B, D), unit L2 norm."""
         return F.normalize(self.text_proj(self.text(tokens)), dim=-1)
 
+    def patch_states(self, images):
+        """images (B, C, H, W) -> (B, P, vision_width): the patch tokens' final states, after the
+        final LayerNorm, exactly as the pooling sees them (pool="max" takes their channel-wise
+        maximum; pool="cls" reads the class token instead, dropped here). P = g * g patches in
+        row-major order (row 0 first), g = image_size // patch_size. The same steps as
+        VisionTransformer.forward, up to the pooling; tests/test_grounding.py pins that they agree."""
+        v = self.visual
+        x = v.patch_embed(images).flatten(2).transpose(1, 2)  # (B, P, W)
+        if v.pool == "cls":
+            x = torch.cat([v.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + v.pos_embed
+        for block in v.blocks:
+            x = block(x)
+        return v.ln_final(x[:, 1:] if v.pool == "cls" else x)
+
+    def encode_patches(self, images):
+        """images (B, C, H, W) -> (B, P, D), unit L2 norm: every patch in the joint space through
+        the pooled vector's own projection (image_proj), so a patch and a text embedding compare
+        by cosine as an image and a text do (BioViL's patch-text similarity, Boecking et al.
+        2022). For pool="max", image_proj of the patches' channel-wise maximum is encode_image;
+        the maximum of the projected patches is not (the projection is linear, the maximum is not)."""
+        return F.normalize(self.image_proj(self.patch_states(images)), dim=-1)
+
     def forward(self, images, tokens):
         """Both embeddings and s = exp(logit_scale). Training calls the model through forward (not
         the encode_* methods) so that DistributedDataParallel sees every parameter it must reduce."""

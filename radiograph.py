@@ -6,7 +6,8 @@ render_image for each study).
 Shapes (body, lungs, heart, mediastinum, diaphragm, ribs, vessels) are soft masks in normalised
 coordinates, summed as densities and mapped to brightness at the end, as a radiograph does; each
 of the 8 findings is drawn with its real visual sign. A pure function of its inputs: the same
-patient and findings give the same pixels.
+patient and findings give the same pixels. For grounding, render_with_masks gives with the image a
+mask per finding, the pixels drawing it changed (finding_masks at the end; docs/grounding.md).
 """
 
 import functools
@@ -256,3 +257,58 @@ def _device(u, v, f, mid, p, lungs, heart_y):
     line = _polyline(u, v, pts, 0.022)
     tip_mark = _ramp(0.035 - np.sqrt((u - pts[-1][0]) ** 2 + (v - pts[-1][1]) ** 2), 0.02)
     return np.maximum(line, tip_mark)
+
+
+# -----------------------------------------------------------------------------
+# Where each finding is: a mask per finding, for grounding (grounding.py scores a model's
+# patch-text similarity map against these masks).
+#
+# The definition: a pixel belongs to a finding's mask when drawing the finding changes it, i.e.
+# when the image rendered with every finding and the image rendered with every finding but this
+# one differ there by more than MASK_THRESHOLD. This is simpler and more honest than keeping the
+# drawn soft region (the `fluid`, `patch`, ... arrays inside render_image): those are only part of
+# what a finding changes (atelectasis also lifts the hemidiaphragm, cardiomegaly moves the
+# mediastinum's lower edge), and reading them out would mean touching render_image, whose output
+# cached data sets depend on. Rendering twice needs no change there: the only randomness in
+# render_image is the quantum noise, drawn from the patient's own noise_seed, so both renders get
+# the very same noise and their difference is the finding's alone.
+
+# A change counts when it is at least the strongest quantum noise the generator draws (the
+# patient's noise std is 0.005..0.02, synthetic.sample_patient): a smaller change is not visible
+# on that pixel against the noise. A lower threshold keeps the far tails of smooth shapes (a
+# consolidation's Gaussian blobs never quite reach 0) and inflates the masks; the change inside
+# every localised finding is many times larger, so the masks hardly depend on the exact value.
+MASK_THRESHOLD = 0.02
+
+# Findings that have no place: pulmonary edema is a bilateral, perihilar haze with Kerley lines at
+# both bases, spread over both lungs; a mask of the pixels it changes would cover most of the
+# chest, and a map that "points" anywhere in the lungs would score a hit. Its mask is None. The
+# others are places: cardiomegaly changes the heart border and the lung next to it (MS-CXR boxes
+# the heart too), and a support device is a thin line and its tip (a small mask, but a place).
+NO_PLACE = frozenset({"edema"})
+
+
+def finding_masks(patient, findings, image_size, threshold=MASK_THRESHOLD):
+    """{finding: bool (image_size, image_size) array, True where drawing it changed the pixel by
+    more than threshold; None for the findings of NO_PLACE}. The image itself is unchanged:
+    render_image(patient, findings, image_size)."""
+    image = render_image(patient, findings, image_size)
+    return _masks(image, patient, findings, image_size, threshold)
+
+
+def render_with_masks(patient, findings, image_size, threshold=MASK_THRESHOLD):
+    """(image, masks): render_image's image, byte for byte, and finding_masks' masks."""
+    image = render_image(patient, findings, image_size)
+    return image, _masks(image, patient, findings, image_size, threshold)
+
+
+def _masks(image, patient, findings, image_size, threshold):
+    masks = {}
+    for name in findings:
+        if name in NO_PLACE:
+            masks[name] = None
+            continue
+        # every other finding stays: a mask is what this one adds to the picture as it is
+        without = render_image(patient, {k: v for k, v in findings.items() if k != name}, image_size)
+        masks[name] = np.abs(image - without) > threshold
+    return masks

@@ -1,0 +1,314 @@
+"""
+Phrase grounding: where in the image does the model see what a sentence says?
+
+The image tower's patch tokens go into the joint space through the pooled vector's own projection
+(model.DualEncoder.encode_patches); their cosine similarity with a text embedding is a map over
+the patch grid, upsampled to the image (BioViL: Boecking et al., "Making the Most of Text
+Semantics to Improve Biomedical Vision-Language Processing", ECCV 2022). Three scores compare such
+a map with the region where the finding is (a mask): the pointing game, CNR and mIoU, each per
+class and overall.
+
+Two parts. The first (maps, metrics, aggregation) needs torch alone and can be copied out of the
+repository on its own. The second reads a grounding manifest (real data with boxes, such as
+MS-CXR through `python convert.py ms-cxr`) into images and masks; it needs Pillow and data.py,
+imported inside its functions, so the first part copies out without them.
+
+    maps = similarity_map(model, images, model.encode_text(tokens))   # (B, H, W)
+    scores = summarize([(label, m, mask) for label, m, mask in zip(labels, maps, masks)])
+
+docs/grounding.md describes the masks, the metrics and the manifest format.
+"""
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# The map
+
+
+def similarity_map(model, images, text_features):
+    """Patch-text cosine similarity maps at the image's resolution.
+
+    images (B, C, H, W): as encode_image takes them (float in [0, 1]; uint8 is divided by 255).
+    text_features (B, D), or (D,) for one text shared by all images: text embeddings, e.g.
+    model.encode_text(tokens) (normalised here again, so any scale will do).
+    Returns (B, H, W) float in [-1, 1]: cos(patch embedding, text embedding) on the g x g patch
+    grid, upsampled bilinearly with align_corners=False (each patch's value sits at its centre;
+    BioViL's phrase-grounding notebook upsamples bilinearly too). Unlike BioViL's inference code we
+    do not smooth the grid first (it applies a Gaussian of 1.5 patches): on an 8 x 8 grid that
+    would blur across a fifth of the image. Gradients flow; wrap in torch.no_grad() to evaluate."""
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    patches = model.encode_patches(images)                        # (B, P, D), unit norm
+    B, P, _ = patches.shape
+    g = math.isqrt(P)
+    if g * g != P:
+        raise ValueError(f"{P} patches do not make a square grid")
+    text = F.normalize(text_features.to(patches.dtype), dim=-1)
+    text = text.expand(B, -1) if text.dim() == 1 else text       # (B, D)
+    sim = torch.einsum("bpd,bd->bp", patches, text).view(B, 1, g, g)
+    H, W = images.shape[-2:]
+    return F.interpolate(sim, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+
+
+# -----------------------------------------------------------------------------
+# Metrics. Each takes one map (H, W) float and one mask (H, W) bool of the same shape and returns
+# a Python float. The mask must have at least one pixel (CNR: and one pixel outside it too).
+
+
+def _check(sim, mask, need_outside=False):
+    if sim.shape != mask.shape or sim.dim() != 2:
+        raise ValueError(f"map {tuple(sim.shape)} and mask {tuple(mask.shape)} must be the same (H, W)")
+    if not torch.isfinite(sim).all():
+        raise ValueError("the map has NaN or infinite values")
+    mask = mask.bool()
+    n = int(mask.sum())
+    if n == 0 or (need_outside and n == mask.numel()):
+        raise ValueError(f"the mask has {n} of {mask.numel()} pixels: it needs some inside"
+                         + (" and some outside" if need_outside else ""))
+    return sim.double(), mask  # float64: means and variances over many pixels keep their digits
+
+
+def pointing_game(sim, mask):
+    """1.0 if the map's maximum is inside the mask, else 0.0 (Zhang et al., "Top-down Neural
+    Attention by Excitation Backprop", IJCV 2018; used on chest X-rays e.g. by MedKLIP, Wu et al.
+    2023, on RSNA Pneumonia). Zhang et al. allow 15 pixels of tolerance around the region; we
+    allow none: the box or mask is the region.
+
+    Ties: a hit only if EVERY pixel that attains the maximum is inside. Taking the first maximum
+    instead would make the score of a flat map depend on where the region lies relative to pixel
+    (0, 0); this way a constant map, which points nowhere, is a miss (unless the mask is the
+    whole image), and bilinear upsampling's plateaus of equal maxima count as one point."""
+    sim, mask = _check(sim, mask)
+    at_max = sim == sim.max()
+    return float(bool(mask[at_max].all()))
+
+
+def cnr(sim, mask):
+    """Contrast-to-noise ratio, BioViL's definition on MS-CXR (Boecking et al. 2022):
+
+        CNR = |mu_in - mu_out| / sqrt(var_in + var_out)
+
+    mu and var: the mean and the POPULATION variance (divided by n, as np.var computes it) of
+    the map's values inside and outside the mask. It is high when the map separates the region
+    from the rest, whatever the map's scale or offset, and needs no threshold.
+    Edge cases, with no epsilon (BioViL's formula has none): a constant map has no contrast,
+    0/0, and scores 0.0; a two-valued map exactly equal to the mask (1 inside, 0 outside) has
+    contrast but no noise, and scores float("inf"), a perfect separation (a mean over items
+    that include one is then inf too: a real model's map never is two-valued)."""
+    sim, mask = _check(sim, mask, need_outside=True)
+    inside, outside = sim[mask], sim[~mask]
+    contrast = (inside.mean() - outside.mean()).abs()
+    noise = (inside.var(unbiased=False) + outside.var(unbiased=False)).sqrt()
+    if noise == 0:
+        return 0.0 if contrast == 0 else math.inf
+    return float(contrast / noise)
+
+
+# IoU thresholds on the map min-max normalised to [0, 1]: 0.1, 0.2, ..., 0.9.
+THRESHOLDS = tuple(k / 10 for k in range(1, 10))
+
+
+def miou(sim, mask, thresholds=THRESHOLDS):
+    """Mean over thresholds t of IoU(map >= t, mask), the map first min-max normalised to [0, 1]
+    per image: (map - min) / (max - min). IoU = |P & M| / |P | M|. Averaging IoU over several cut-
+    offs of a normalised heat map is common practice in the chest X-ray grounding literature,
+    which however fixes no single list of cut-offs (papers use different ones); ours is 0.1 to 0.9
+    in steps of 0.1, and a parameter. A constant map cannot be normalised: it selects no region
+    and scores 0.0 (as it scores 0 CNR and a miss in the pointing game)."""
+    sim, mask = _check(sim, mask)
+    lo, hi = sim.min(), sim.max()
+    if hi == lo:
+        return 0.0
+    norm = (sim - lo) / (hi - lo)
+    ious = []
+    for t in thresholds:
+        pred = norm >= t
+        ious.append(float((pred & mask).sum()) / float((pred | mask).sum()))
+    return sum(ious) / len(ious)
+
+
+METRICS = {"pointing_game": pointing_game, "cnr": cnr, "miou": miou}
+
+
+def summarize(items):
+    """items: iterable of (class name, map (H, W), mask (H, W) bool or None). Returns
+
+        {"per_class": {name: {"n": int, "pointing_game": mean, "cnr": mean, "miou": mean}},
+         "overall": {"n", "pointing_game", "cnr", "miou"},       # mean over all items
+         "class_mean": {"pointing_game", "cnr", "miou"},          # mean of the per-class means
+         "no_place": {name: count}}                               # items with mask None
+
+    "overall" weighs every item alike, "class_mean" every class alike (they differ when the
+    classes have different sizes; MS-CXR's are about equal). A mask of None is a finding with no
+    place (radiograph.NO_PLACE, e.g. edema): counted, not scored."""
+    scores = defaultdict(lambda: defaultdict(list))
+    no_place = defaultdict(int)
+    for name, sim, mask in items:
+        if mask is None:
+            no_place[name] += 1
+            continue
+        sim, mask = torch.as_tensor(sim), torch.as_tensor(mask)  # numpy arrays will do
+        for metric, fn in METRICS.items():
+            scores[name][metric].append(fn(sim, mask))
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    per_class = {name: {"n": len(s["miou"]), **{m: mean(s[m]) for m in METRICS}}
+                 for name, s in sorted(scores.items())}
+    everything = {m: [v for s in scores.values() for v in s[m]] for m in METRICS}
+    overall = {"n": len(everything["miou"]), **{m: mean(everything[m]) if everything[m] else math.nan
+                                                 for m in METRICS}}
+    class_mean = {m: mean([c[m] for c in per_class.values()]) if per_class else math.nan for m in METRICS}
+    return {"per_class": per_class, "overall": overall, "class_mean": class_mean, "no_place": dict(no_place)}
+
+
+# -----------------------------------------------------------------------------
+# Boxes to masks, and the grounding manifest
+#
+# A grounding manifest is a CSV with columns image, text, x, y, w, h, and optionally label (the
+# class, for per-class scores); other columns are ignored. (x, y) is the box's top-left corner in
+# the image file's own pixels (x to the right, y down, from the top-left corner of the image),
+# w and h its width and height. Several rows may name the same image; rows with the same image
+# and the same text are one phrase with several boxes (MS-CXR's "Bibasilar opacities" has two),
+# whose region is the union of its boxes.
+
+
+def box_to_mask(x, y, w, h, image_w, image_h, size):
+    """A box in an (image_w, image_h) image's pixels -> bool (size, size) mask of the evaluation
+    image that data.load_image makes of it: the centred square crop of side min(image_w, image_h)
+    (Pillow's ImageOps.fit), resized to size x size.
+
+    Rounding rule: an evaluation pixel is in the mask when its CENTRE falls inside the box, with
+    the box half-open, [x, x + w) x [y, y + h), so two boxes that share an edge never share a
+    pixel. Pixel (i, j)'s centre is at (left + (j + 0.5) * s, top + (i + 0.5) * s) in the original
+    image, s = side / size. E.g. a 100 x 100 image at size 10: the box (20, 30, 40, 10) is rows
+    3..3, columns 2..5. A box too small to hold any pixel centre gets the one pixel under its
+    own centre, so that no phrase vanishes; a box wholly in the part the crop cuts off gets an
+    empty mask (the manifest reader drops those phrases and counts them)."""
+    side = min(image_w, image_h)
+    left, top, s = (image_w - side) / 2, (image_h - side) / 2, side / size
+    centres = (torch.arange(size, dtype=torch.float64) + 0.5) * s
+    cols = (left + centres >= x) & (left + centres < x + w)
+    rows = (top + centres >= y) & (top + centres < y + h)
+    mask = rows[:, None] & cols[None, :]
+    if not mask.any():
+        j, i = math.floor((x + w / 2 - left) / s), math.floor((y + h / 2 - top) / s)
+        if 0 <= i < size and 0 <= j < size:
+            mask[i, j] = True
+    return mask
+
+
+GROUNDING_COLUMNS = ("image", "text", "x", "y", "w", "h")
+
+
+def read_grounding_manifest(csv_path, image_size, channels=1, log=print):
+    """A grounding manifest -> {"images": uint8 (n_images, C, S, S), "image_index": long (n,),
+    "texts": [str] (n,), "labels": [str or None] (n,), "masks": bool (n, S, S), "dropped": int},
+    one entry per phrase (rows grouped by image and text, boxes united). Every row is checked
+    before any image is decoded, and every problem is reported with the file, row, line and
+    column (the first 20 of them): a missing column, a value that is not a number, a box of
+    zero or negative size, a box outside its image, an image file that is not there. Phrases
+    whose boxes lie wholly outside the centre crop are dropped, counted aloud and in "dropped"."""
+    from PIL import Image  # only here: the maps and metrics above need torch alone
+
+    from data import ManifestError, load_image
+
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ManifestError(f"{csv_path}: file not found")
+    errors, rows, sizes = [], [], {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        for col in GROUNDING_COLUMNS:
+            if col not in header:
+                raise ManifestError(f"{csv_path}: line 1 (header), column '{col}': missing (header is {header})")
+        for row_no, row in enumerate(reader, start=1):
+            where = f"{csv_path}: row {row_no} (line {reader.line_num})"
+            problem = _check_row(row, where, csv_path.parent, sizes, Image)
+            if problem:
+                errors.append(problem)
+            else:
+                rows.append(row)
+    if errors:
+        more = f"\n({len(errors) - 1} more problems:)\n" + "\n".join(errors[1:20]) if len(errors) > 1 else ""
+        raise ManifestError(errors[0] + more)
+    if not rows:
+        raise ManifestError(f"{csv_path}: no data rows")
+
+    images, index_of = [], {}
+    phrases = {}  # (image, text) -> [label, mask]; dicts keep the manifest's order
+    for row in rows:
+        path = row["path"]
+        if path not in index_of:
+            index_of[path] = len(images)
+            try:  # torch.tensor copies: load_image's array is read-only
+                images.append(torch.tensor(load_image(path, image_size, channels)))
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                raise ManifestError(f"{row['where']}, column 'image': cannot read image {path} ({e})") from None
+        box = box_to_mask(*(float(row[c]) for c in "xywh"), *sizes[path], image_size)
+        key = (path, row["text"].strip())
+        if key in phrases:
+            phrases[key][1] |= box
+        else:
+            phrases[key] = [(row.get("label") or "").strip().lower() or None, box]
+    kept = [(key, label, mask) for key, (label, mask) in phrases.items() if mask.any()]
+    dropped = len(phrases) - len(kept)
+    if dropped:
+        log(f"grounding: {csv_path}: dropped {dropped} of {len(phrases)} phrases whose boxes lie "
+            f"wholly outside the centred square crop the images are evaluated on")
+    if not kept:
+        raise ManifestError(f"{csv_path}: no phrase has a box inside the evaluated crop")
+    return {"images": torch.stack(images), "image_index": torch.tensor([index_of[p] for (p, _), _, _ in kept]),
+            "texts": [t for (_, t), _, _ in kept], "labels": [label for _, label, _ in kept],
+            "masks": torch.stack([m for _, _, m in kept]), "dropped": dropped}
+
+
+def _check_row(row, where, root, sizes, Image):
+    """The first problem of one manifest row as a message, or None; sets row["path"] and
+    row["where"] (for a message about it later), and caches
+    the image's (width, height) in sizes (Pillow reads only the file's header for it)."""
+    image = (row["image"] or "").strip()
+    if not image:
+        return f"{where}, column 'image': empty path"
+    path = Path(image) if Path(image).is_absolute() else root / image
+    if not (row["text"] or "").strip():
+        return f"{where}, column 'text': empty phrase"
+    box = {}
+    for col in "xywh":
+        value = (row[col] or "").strip()
+        try:
+            box[col] = float(value)
+        except ValueError:
+            return f"{where}, column '{col}': {value!r} is not a number"
+        if not math.isfinite(box[col]):
+            return f"{where}, column '{col}': {value!r} is not a finite number"
+    for col, name in (("w", "width"), ("h", "height")):
+        if box[col] <= 0:
+            return f"{where}, column '{col}': the box's {name} is {row[col].strip()}; it must be positive"
+    for col, side in (("x", "left of"), ("y", "above")):
+        if box[col] < 0:
+            return f"{where}, column '{col}': {row[col].strip()} is {side} the image (it must be >= 0)"
+    key = str(path)
+    if key not in sizes:
+        if not path.is_file():
+            return f"{where}, column 'image': file not found: {path}"
+        try:
+            with Image.open(path) as im:
+                sizes[key] = im.size  # (width, height), from the header: nothing is decoded
+        except (OSError, SyntaxError, ValueError) as e:
+            return f"{where}, column 'image': cannot read image {path} ({e})"
+    width, height = sizes[key]
+    for col, extent, name, limit in (("x", "w", "width", width), ("y", "h", "height", height)):
+        if box[col] + box[extent] > limit:
+            return (f"{where}, columns '{col}' and '{extent}': the box ends at {col} + {extent} = "
+                    f"{box[col] + box[extent]:g}, past the image's {name} of {limit} px ({path})")
+    row["path"], row["where"] = key, where
+    return None
