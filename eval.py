@@ -17,6 +17,12 @@ Three protocols (docs/method.md, "Evaluation"):
   query's counts as a correct match; otherwise the metric would punish the model for a coin flip
   between indistinguishable candidates.
 
+Every number comes with a 95% confidence interval from a percentile bootstrap over the test items
+(--bootstrap: 1000 seeded resamples, as CheXzero reports its results; 0 = none; metrics.py,
+"Bootstrap"). It shows how far the number would move on another test set of the same size, so a
+difference between two runs smaller than the intervals is not resolved by this test set, whatever
+the training seeds say.
+
 AUC-ROC and Recall@k are written here in torch (no scikit-learn), and tests/test_eval.py checks
 them against hand-computed cases. train.py imports `evaluate` for its periodic quick zero-shot
 check and its final report.
@@ -34,7 +40,9 @@ import torch.nn.functional as F
 
 from checkpoint import InputError, load_checkpoint
 from data import ManifestError, read_class_manifest, read_pair_manifest, report_ids, tokenize
-from metrics import few_shot, macro_auc_ovr, recall_at_k
+from metrics import (BOOTSTRAP_RESAMPLES, bootstrap_weights, ci95, few_shot_auc, few_shot_probes,
+                     macro_auc_ovr, recall_hits, weighted_few_shot, weighted_macro_auc_ovr,
+                     weighted_mean)
 from runtime import WriteError, check_output_file, pick_device, reason, write_text
 from synthetic import EVAL_SEED, SECOND_EVAL_SEED, check_eval_seed, retrieval_set, zero_shot_set
 
@@ -124,17 +132,22 @@ def zero_shot(model, tokenizer, images, labels, classes, prompts, device, batch_
             "probs": probs}
 
 
-def retrieval(model, tokenizer, images, texts, device, batch_size=256, ks=(1, 5, 10)):
+def retrieval(model, tokenizer, images, texts, device, batch_size=256, ks=(1, 5, 10), hits=False):
     """Image-to-text and text-to-image Recall@k over n held-out pairs (image i goes with texts[i]);
-    a candidate whose normalised report equals the query's counts as correct (report_ids)."""
+    a candidate whose normalised report equals the query's counts as correct (report_ids).
+    Returns {"i2t_r1", ..., "t2i_r10"}; with hits=True, (that, the same keys' (n,) bool hit vectors
+    query by query: row i is the query of pair i in either direction, for the bootstrap)."""
     img = embed_images(model, images, device, batch_size)          # (n, D)
     txt = embed_texts(model, tokenizer, texts, device, batch_size)  # (n, D)
     sim = img @ txt.T                                              # (n, n) cosine similarities
     ids = report_ids(texts)                                        # (n,)
     correct = ids[:, None] == ids[None, :]                         # (n, n) True on the diagonal too
-    i2t = recall_at_k(sim, correct, ks)
-    t2i = recall_at_k(sim.T, correct.T, ks)
-    return {**{f"i2t_r{k}": v for k, v in i2t.items()}, **{f"t2i_r{k}": v for k, v in t2i.items()}}
+    i2t = recall_hits(sim, correct, ks)
+    t2i = recall_hits(sim.T, correct.T, ks)
+    per_query = {**{f"i2t_r{k}": v for k, v in i2t.items()},
+                 **{f"t2i_r{k}": v for k, v in t2i.items()}}
+    recalls = {key: v.double().mean().item() for key, v in per_query.items()}
+    return (recalls, per_query) if hits else recalls
 
 
 # -----------------------------------------------------------------------------
@@ -162,24 +175,38 @@ def _seed_of(data):
 
 def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_class=200,
              n_retrieval=1000, quick=False, shots=(1, 2, 4, 8, 16), seeds=(0, 1, 2, 3, 4),
-             batch_size=256, log=None, eval_seed=EVAL_SEED):
+             batch_size=256, log=None, eval_seed=EVAL_SEED, bootstrap=BOOTSTRAP_RESAMPLES,
+             bootstrap_seed=0):
     """Run the benchmark and return the results as eval.py --json writes them:
         {"zero_shot": {"accuracy", "auc"}, "few_shot": {"1", "2", "4", "8", "16"},
-         "retrieval": {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}}
+         "retrieval": {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"},
+         "ci95": {"zero_shot": {"accuracy": [lo, hi], "auc": [lo, hi]}, "few_shot": {"1": [lo, hi],
+                  ...}, "retrieval": {"i2t_r1": [lo, hi], ...}, "resamples": R, "seed": seed},
+         "evaluated_on": ...}
 
     zs: {"images", "labels", "classes", "prompts"} for zero-shot and few-shot (the output of
     synthetic.zero_shot_set or a class manifest); ret: {"images", "texts"} for retrieval. None renders
     the synthetic set (n_per_class images per class, n_retrieval pairs); False skips that part.
     quick=True runs zero-shot alone, on 5 x QUICK_PER_CLASS synthetic images unless zs is given, or
-    retrieval alone when zs is False.
+    retrieval alone when zs is False, and no interval (train.py's periodic check stays fast).
     A k-shot entry is left out when some class has k images or fewer (a small manifest).
     results["evaluated_on"] says which data each part used: {"zero_shot": {"source", "images",
     "classes"}, "retrieval": {"source", "pairs"}}, source "synthetic" or the manifest's path (a set
     from read_benchmark carries it as zs["source"] / ret["source"]).
     log: a print-like function for progress messages (None: silent).
-    eval_seed: which synthetic evaluation set (synthetic.EVAL_SEED; SECOND_EVAL_SEED is disjoint)."""
+    eval_seed: which synthetic evaluation set (synthetic.EVAL_SEED; SECOND_EVAL_SEED is disjoint).
+
+    results["ci95"]: the 95% percentile-bootstrap interval of every number (metrics.py,
+    "Bootstrap"), from `bootstrap` resamples (0: none, and no "ci95" key) drawn with bootstrap_seed.
+    What is resampled is the test items, with the model and its embeddings fixed: the zero-shot
+    images (one draw of them for accuracy, AUC and every few-shot k), and the retrieval pairs (one
+    draw for both directions: the queries are resampled, each still ranks the whole gallery of n
+    candidates). The few-shot probes are NOT refit per resample: each seed's probe stays as fitted,
+    its test images are resampled (the same draw for every seed) and the macro AUCs are averaged
+    over the seeds per resample. So the interval is the test-set noise alone, not that of drawing
+    the k training images, which the seeds average over."""
     log = log or (lambda *args: None)
-    results, evaluated_on = {}, {}
+    results, evaluated_on, intervals = {}, {}, {}
     if zs is not False:
         if zs is None:
             n = min(n_per_class, QUICK_PER_CLASS) if quick else n_per_class
@@ -203,7 +230,15 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
             log(f"skipping {[k for k in shots if k >= smallest]}-shot: the smallest class has "
                 f"only {smallest} images")
         log(f"evaluating few-shot linear probes (k = {feasible}, {len(seeds)} seeds each)...")
-        results["few_shot"] = few_shot(features, zs["labels"], feasible, seeds)
+        probes = few_shot_probes(features, zs["labels"], feasible, seeds)
+        results["few_shot"] = few_shot_auc(probes)
+        if bootstrap:
+            labels = torch.as_tensor(zs["labels"]).long()
+            W = bootstrap_weights(len(labels), bootstrap, bootstrap_seed)              # (R, n)
+            hits = z["probs"].argmax(dim=1) == labels
+            intervals["zero_shot"] = {"accuracy": ci95(weighted_mean(hits, W)),
+                                      "auc": ci95(weighted_macro_auc_ovr(z["probs"], labels, W))}
+            intervals["few_shot"] = {k: ci95(v) for k, v in weighted_few_shot(probes, W).items()}
     if ret is not False:
         if ret is None:
             log(f"rendering {n_retrieval} held-out synthetic image-report pairs...")
@@ -213,26 +248,47 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
                                      **_seed_of(ret)}
         log(f"evaluating retrieval on {len(ret['texts'])} pairs "
             f"({len(set(report_ids(ret['texts']).tolist()))} distinct reports)...")
-        results["retrieval"] = retrieval(model, tokenizer, ret["images"], ret["texts"], device,
-                                         batch_size)
+        results["retrieval"], per_query = retrieval(model, tokenizer, ret["images"], ret["texts"],
+                                                    device, batch_size, hits=True)
+        if bootstrap and not quick:
+            W = bootstrap_weights(len(ret["texts"]), bootstrap, bootstrap_seed)        # (R, n)
+            intervals["retrieval"] = {key: ci95(weighted_mean(h, W)) for key, h in per_query.items()}
+    if intervals:
+        results["ci95"] = {**intervals, "resamples": bootstrap, "seed": bootstrap_seed}
     return {**results, "evaluated_on": evaluated_on}
 
 
 def format_table(results):
-    """One plain-text table of evaluate()'s results, a metric per row."""
-    rows = []
+    """One plain-text table of evaluate()'s results, a metric per row, with its 95% bootstrap
+    interval beside it when results has "ci95"."""
+    ci = results.get("ci95", {})
+    rows = []   # (task, metric, value, [lo, hi] or None)
     if "zero_shot" in results:
-        rows.append(("zero-shot", "accuracy", results["zero_shot"]["accuracy"]))
-        rows.append(("zero-shot", "AUC-ROC (macro one-vs-rest)", results["zero_shot"]["auc"]))
+        rows.append(("zero-shot", "accuracy", results["zero_shot"]["accuracy"],
+                     ci.get("zero_shot", {}).get("accuracy")))
+        rows.append(("zero-shot", "AUC-ROC (macro one-vs-rest)", results["zero_shot"]["auc"],
+                     ci.get("zero_shot", {}).get("auc")))
     for k, auc in results.get("few_shot", {}).items():
-        rows.append(("few-shot", f"AUC-ROC, linear probe, {k}-shot", auc))
+        rows.append(("few-shot", f"AUC-ROC, linear probe, {k}-shot", auc,
+                     ci.get("few_shot", {}).get(k)))
     direction = {"i2t": "image -> text", "t2i": "text -> image"}
     for key, recall in results.get("retrieval", {}).items():
         way, k = key.split("_r")
-        rows.append(("retrieval", f"{direction[way]} Recall@{k}", recall))
-    width = max([len(metric) for _, metric, _ in rows] + [6])
-    lines = [f"{'task':<10}  {'metric':<{width}}  {'value':>6}", "-" * (10 + width + 10)]
-    lines += [f"{task:<10}  {metric:<{width}}  {value:6.3f}" for task, metric, value in rows]
+        rows.append(("retrieval", f"{direction[way]} Recall@{k}", recall,
+                     ci.get("retrieval", {}).get(key)))
+    width = max([len(row[1]) for row in rows] + [6])
+    with_ci = any(row[3] is not None for row in rows)
+    head = f"{'task':<10}  {'metric':<{width}}  {'value':>6}" + ("  95% CI" if with_ci else "")
+    lines = [head, "-" * (10 + width + 10 + (18 if with_ci else 0))]
+    for task, metric, value, interval in rows:
+        line = f"{task:<10}  {metric:<{width}}  {value:6.3f}"
+        if interval is not None:
+            line += f"  [{interval[0]:.3f}, {interval[1]:.3f}]"
+        lines.append(line)
+    if with_ci:
+        note = "; few-shot probes not refit" if "few_shot" in ci else ""
+        lines.append(f"95% CI: percentile bootstrap, {ci['resamples']} resamples of the test items "
+                     f"(seed {ci['seed']}){note}")
     return "\n".join(lines)
 
 
@@ -349,6 +405,9 @@ def parse_args(argv=None):
                         f"that a recipe is not tuned to the first)")
     p.add_argument("--seeds", type=int, default=5, metavar="N",
                    help="few-shot draws of the k images, averaged (default: %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=BOOTSTRAP_RESAMPLES, metavar="N",
+                   help="bootstrap resamples of the test items for each metric's 95%% confidence "
+                        "interval (default: %(default)s, as CheXzero; 0 = no intervals)")
     return p.parse_args(argv)
 
 
@@ -362,6 +421,8 @@ def run(args):
     for flag in ("batch_size", "n_per_class", "n_retrieval", "seeds"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.bootstrap < 0:
+        raise InputError(f"--bootstrap must be 0 (no intervals) or more, got {args.bootstrap}")
     try:
         check_eval_seed(args.eval_seed)
     except ValueError as e:
@@ -385,7 +446,7 @@ def run(args):
     results = evaluate(model, tokenizer, args.device, cfg.image_size, zs=zs, ret=ret,
                        n_per_class=args.n_per_class, n_retrieval=args.n_retrieval,
                        seeds=tuple(range(args.seeds)), batch_size=args.batch_size, log=print,
-                       eval_seed=args.eval_seed)
+                       eval_seed=args.eval_seed, bootstrap=args.bootstrap)
     print()
     print(format_table(results))
     print(f"\n({time.time() - t0:.0f} s)")

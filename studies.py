@@ -63,10 +63,17 @@ def summarise_run(eval_results, metrics_rows, teacher_results=None, second_resul
     student on the second evaluation set (prefixed "second_")."""
     def metrics(res):
         zs, fs, ret = res.get("zero_shot", {}), res.get("few_shot", {}), res.get("retrieval", {})
-        return {"zero_shot_accuracy": zs.get("accuracy"), "zero_shot_auc": zs.get("auc"),
-                "few_shot_1": fs.get("1"), "few_shot_16": fs.get("16"),
-                "i2t_r1": ret.get("i2t_r1"), "i2t_r10": ret.get("i2t_r10"),
-                "t2i_r1": ret.get("t2i_r1"), "t2i_r10": ret.get("t2i_r10")}
+        out = {"zero_shot_accuracy": zs.get("accuracy"), "zero_shot_auc": zs.get("auc"),
+               "few_shot_1": fs.get("1"), "few_shot_16": fs.get("16"),
+               "i2t_r1": ret.get("i2t_r1"), "i2t_r10": ret.get("i2t_r10"),
+               "t2i_r1": ret.get("t2i_r1"), "t2i_r10": ret.get("t2i_r10")}
+        # the bootstrap interval of the test items (eval.py), as scalars so they average over seeds
+        ci = res.get("ci95", {})
+        for key, part, name in (("zero_shot_accuracy", "zero_shot", "accuracy"),
+                                ("t2i_r10", "retrieval", "t2i_r10")):
+            if name in ci.get(part, {}):
+                out[f"{key}_ci_lo"], out[f"{key}_ci_hi"] = ci[part][name]
+        return out
     train_rows = [r for r in metrics_rows if "peak_mem_mb" in r]
     out = {**metrics(eval_results),
            "peak_mem_mb": max((r["peak_mem_mb"] for r in train_rows), default=None),

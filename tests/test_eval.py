@@ -129,6 +129,145 @@ def test_few_shot_refuses_k_without_test_images():
 
 
 
+def test_few_shot_probes_are_what_few_shot_scores():
+    g = torch.Generator().manual_seed(2)
+    features, labels = torch.randn(30, 8, generator=g), torch.arange(3).repeat(10)
+    probes = metrics.few_shot_probes(features, labels, shots=(1, 2), seeds=(0, 1))
+    assert list(probes) == ["1", "2"] and [len(runs) for runs in probes.values()] == [2, 2]
+    for k, runs in probes.items():
+        for p in runs:
+            # the test images are those not drawn: k per class left out, labels theirs
+            assert len(p["test"]) == 30 - 3 * int(k) and p["probs"].shape == (30 - 3 * int(k), 3)
+            assert torch.equal(p["labels"], labels[p["test"]])
+    expected = {k: sum(metrics.macro_auc_ovr(p["probs"], p["labels"]) for p in runs) / 2
+                for k, runs in probes.items()}
+    assert metrics.few_shot(features, labels, shots=(1, 2), seeds=(0, 1)) == expected
+
+
+# -----------------------------------------------------------------------------
+# The bootstrap: weighted statistics of fixed per-item values against the resampled items
+# written out (an item drawn m times repeated m times)
+
+
+def written_out(W_row):
+    """The indices of one resample: item i repeated W_row[i] times."""
+    return torch.repeat_interleave(torch.arange(len(W_row)), W_row.long())
+
+
+def or_nan(fn, *args):
+    try:
+        return fn(*args)
+    except ValueError:   # one class only: the metric is undefined on this resample
+        return float("nan")
+
+
+def same(a, b):
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-12)
+
+
+def test_bootstrap_weights_are_seeded_multinomial_counts():
+    W = metrics.bootstrap_weights(7, resamples=500, seed=3)
+    assert W.shape == (500, 7) and W.dtype == torch.float64
+    assert torch.equal(W, W.round()) and (W >= 0).all() and (W.sum(1) == 7).all()
+    # each item is drawn n * (1/n) = once per resample on average
+    assert W.mean(0) == pytest.approx(torch.ones(7, dtype=torch.float64), abs=0.1)
+    assert torch.equal(W, metrics.bootstrap_weights(7, resamples=500, seed=3))
+    assert not torch.equal(W, metrics.bootstrap_weights(7, resamples=500, seed=4))
+    state = torch.get_rng_state()
+    metrics.bootstrap_weights(7, seed=0)
+    assert torch.equal(state, torch.get_rng_state())   # its own generator: global state untouched
+
+
+def test_ci95_is_the_2_5th_and_97_5th_percentile_without_undefined_resamples():
+    values = torch.arange(1001, dtype=torch.float64)   # percentile p is exactly 10 p
+    assert metrics.ci95(values) == [25.0, 975.0]
+    assert metrics.ci95(torch.cat([values, torch.full((7,), float("nan"))])) == [25.0, 975.0]
+    with pytest.raises(ValueError, match="undefined"):
+        metrics.ci95(torch.full((3,), float("nan")))
+
+
+def test_weighted_statistics_equal_the_metrics_on_resampled_items_written_out():
+    # 5 items, scores from 3 values (ties within and across classes), hand-made and random
+    # resamples, including ones that leave out a class entirely (undefined: NaN).
+    g = torch.Generator().manual_seed(0)
+    hand = torch.tensor([[1, 1, 1, 1, 1],       # the original set
+                         [2, 0, 1, 0, 2],
+                         [0, 3, 0, 2, 0],
+                         [5, 0, 0, 0, 0]], dtype=torch.float64)
+    for trial in range(6):
+        scores = torch.randint(0, 3, (5,), generator=g).double()
+        targets = torch.tensor([1, 0, 1, 0, 0]).bool()[torch.randperm(5, generator=g)]
+        probs = torch.softmax(torch.randint(0, 3, (5, 3), generator=g).double(), dim=1)
+        labels = torch.tensor([0, 1, 2, 0, 1])[torch.randperm(5, generator=g)]
+        hits = torch.rand(5, generator=g) < 0.6
+        W = torch.cat([hand, metrics.bootstrap_weights(5, resamples=40, seed=trial)])
+        auc = metrics.weighted_auc(scores, targets, W)
+        macro = metrics.weighted_macro_auc_ovr(probs, labels, W)
+        mean = metrics.weighted_mean(hits, W)
+        for r in range(len(W)):
+            idx = written_out(W[r])
+            assert same(auc[r].item(), or_nan(metrics.roc_auc, scores[idx], targets[idx])), (trial, r)
+            assert same(macro[r].item(), or_nan(metrics.macro_auc_ovr, probs[idx], labels[idx])), (trial, r)
+            assert mean[r].item() == pytest.approx(hits[idx].double().mean().item(), abs=1e-12)
+        # and the pair-matrix formula: AUC_r = w_pos C w_neg / (sum w_pos sum w_neg)
+        pos, neg = scores[targets], scores[~targets]
+        C = (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
+        Wp, Wn = W[:, targets], W[:, ~targets]
+        direct = ((Wp @ C) * Wn).sum(1) / (Wp.sum(1) * Wn.sum(1))
+        torch.testing.assert_close(auc, direct, equal_nan=True)
+    assert math.isnan(metrics.weighted_auc(scores, targets, hand[3:])[0])   # item 0 alone
+
+
+def test_weighted_few_shot_resamples_the_images_once_for_every_probe():
+    """Per resample: each seed's probe scored on the resampled copies of its own test images (the
+    same draw of images for every seed), then the mean over seeds. Nothing refit."""
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(3).repeat(4)                                       # 12 images
+    features = torch.randn(3, 6, generator=g)[labels] + torch.randn(12, 6, generator=g)
+    probes = metrics.few_shot_probes(features, labels, shots=(1, 2), seeds=(0, 1, 2))
+    W = metrics.bootstrap_weights(12, resamples=30, seed=5)
+    resampled = metrics.weighted_few_shot(probes, W)
+    assert list(resampled) == ["1", "2"]
+    for k, runs in probes.items():
+        for r in range(len(W)):
+            idx = written_out(W[r])
+            per_seed = []
+            for p in runs:   # the resample's copies of this seed's test images, in its own order
+                position = {int(i): j for j, i in enumerate(p["test"])}
+                keep = torch.tensor([position[int(i)] for i in idx if int(i) in position], dtype=torch.long)
+                per_seed.append(or_nan(metrics.macro_auc_ovr, p["probs"][keep], p["labels"][keep]))
+            assert same(resampled[k][r].item(), sum(per_seed) / len(per_seed)), (k, r)
+
+
+def test_constant_predictor_has_an_interval_of_zero_width():
+    g = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 4, (300,), generator=g)
+    # all scores equal: every pair is a tie, worth one half, on every resample
+    assert metrics.auc_ci95(torch.full((300,), 0.3), labels == 0) == [0.5, 0.5]
+    assert metrics.macro_auc_ci95(torch.full((300, 4), 0.25), labels) == [0.5, 0.5]
+    # always right: accuracy 1 on every resample
+    assert metrics.accuracy_ci95(torch.ones(300, dtype=torch.bool)) == [1.0, 1.0]
+    # and a predictor that is not constant has a real interval
+    lo, hi = metrics.auc_ci95(torch.rand(300, generator=g), labels == 0)
+    assert hi - lo > 0.05
+
+
+def test_accuracy_interval_matches_the_normal_approximation():
+    """900 of 1000 right: the bootstrap interval of the mean is about p +- 1.96 sqrt(p (1 - p) / n)
+    = 0.9 +- 0.0186. Within 0.003 (the Monte Carlo error of a percentile of 1000 resamples is about
+    0.001), but a bootstrap that drew n/2 items, or the interval of the standard deviation, would
+    be off by much more."""
+    hits = torch.zeros(1000, dtype=torch.bool)
+    hits[:900] = True
+    half = 1.96 * math.sqrt(0.9 * 0.1 / 1000)
+    for seed in (0, 1):
+        lo, hi = metrics.accuracy_ci95(hits, seed=seed)
+        assert lo == pytest.approx(0.9 - half, abs=0.003) and hi == pytest.approx(0.9 + half, abs=0.003)
+    assert metrics.accuracy_ci95(hits, seed=0) == metrics.accuracy_ci95(hits, seed=0)
+    assert metrics.accuracy_ci95(hits, seed=0) != metrics.accuracy_ci95(hits, seed=1)
+
+
+
 # -----------------------------------------------------------------------------
 # zero_shot, retrieval and the embedding helpers, on a fake model whose embeddings we choose
 
@@ -230,6 +369,75 @@ def test_quick_evaluate_without_zero_shot_set_runs_retrieval(word_tokenizer):
     assert res["retrieval"]["i2t_r1"] == pytest.approx(1 / 3)   # images 1 and 2 swap their texts
 
 
+def small_benchmark(word_tokenizer):
+    """A fake model on 3 classes x 6 zero-shot images and 6 retrieval pairs, its embeddings noisy
+    enough that every metric is neither 0 nor 1."""
+    names = ["edema", "atelectasis", "cardiomegaly"]
+    prompts = {c: [CLASS_PROMPTS[c][0]] for c in names}
+    texts = [CLASS_PROMPTS[c][i] for c in names for i in (0, 1)]
+    e = torch.eye(8)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(6)                                          # (18,)
+    image_vectors = e[labels] + 0.8 * torch.randn(18, 8, generator=g)
+    text_vectors = {t: e[i // 2] + 0.3 * e[3 + i % 5] for i, t in enumerate(texts)}
+    model = FakeModel(word_tokenizer, text_vectors, image_vectors)
+    zs = {"images": coded_images(18), "labels": labels, "classes": names, "prompts": prompts,
+          "source": "classes.csv"}
+    ret = {"images": coded_images(6), "texts": texts, "source": "pairs.csv"}
+    return model, zs, ret
+
+
+def test_evaluate_intervals_are_the_bootstrap_of_its_own_numbers(word_tokenizer):
+    model, zs, ret = small_benchmark(word_tokenizer)
+    kw = dict(zs=zs, ret=ret, shots=(1, 2), seeds=(0, 1))
+    res = ev.evaluate(model, word_tokenizer, "cpu", 4, bootstrap=200, bootstrap_seed=7, **kw)
+    ci = res["ci95"]
+    assert (ci["resamples"], ci["seed"]) == (200, 7)
+    # zero-shot: one draw of the 18 images for accuracy, AUC and the probes
+    W = metrics.bootstrap_weights(18, 200, seed=7)
+    z = ev.zero_shot(model, word_tokenizer, zs["images"], zs["labels"], zs["classes"], zs["prompts"], "cpu")
+    hits = z["probs"].argmax(1) == zs["labels"]
+    assert ci["zero_shot"] == {
+        "accuracy": metrics.ci95(metrics.weighted_mean(hits, W)),
+        "auc": metrics.ci95(metrics.weighted_macro_auc_ovr(z["probs"], zs["labels"], W))}
+    features = ev.embed_images(model, zs["images"], "cpu")
+    probes = metrics.few_shot_probes(features, zs["labels"], (1, 2), (0, 1))
+    assert ci["few_shot"] == {k: metrics.ci95(v) for k, v in metrics.weighted_few_shot(probes, W).items()}
+    assert res["few_shot"] == metrics.few_shot(features, zs["labels"], (1, 2), (0, 1))
+    # retrieval: one draw of the 6 pairs for both directions, each query against all 6 candidates
+    recalls, per_query = ev.retrieval(model, word_tokenizer, ret["images"], ret["texts"], "cpu", hits=True)
+    assert res["retrieval"] == recalls
+    W = metrics.bootstrap_weights(6, 200, seed=7)
+    assert ci["retrieval"] == {key: metrics.ci95(metrics.weighted_mean(h, W)) for key, h in per_query.items()}
+    assert any(hi > lo for part in ("zero_shot", "few_shot", "retrieval") for lo, hi in ci[part].values())
+    # the same seed gives the same intervals, another seed other ones
+    assert ev.evaluate(model, word_tokenizer, "cpu", 4, bootstrap=200, bootstrap_seed=7, **kw) == res
+    other = ev.evaluate(model, word_tokenizer, "cpu", 4, bootstrap=200, bootstrap_seed=8, **kw)
+    assert other["ci95"]["zero_shot"] != ci["zero_shot"]
+    assert {k: v for k, v in other.items() if k != "ci95"} == {k: v for k, v in res.items() if k != "ci95"}
+    # bootstrap=0: no intervals; quick=True (train.py's periodic check): none either
+    assert "ci95" not in ev.evaluate(model, word_tokenizer, "cpu", 4, bootstrap=0, **kw)
+    assert "ci95" not in ev.evaluate(model, word_tokenizer, "cpu", 4, quick=True, **kw)
+
+
+def test_format_table_shows_each_interval_beside_its_value():
+    results = {"zero_shot": {"accuracy": 0.92, "auc": 0.97}, "few_shot": {"1": 0.8},
+               "retrieval": {"i2t_r1": 0.25},
+               "ci95": {"zero_shot": {"accuracy": [0.9031, 0.9364], "auc": [0.96, 0.98]},
+                        "few_shot": {"1": [0.77, 0.83]}, "retrieval": {"i2t_r1": [0.2, 0.3]},
+                        "resamples": 1000, "seed": 0}}
+    lines = ev.format_table(results).splitlines()
+    assert lines[0].split() == ["task", "metric", "value", "95%", "CI"]
+    assert lines[2].startswith("zero-shot") and lines[2].endswith("  0.920  [0.903, 0.936]")
+    assert lines[4].endswith("  0.800  [0.770, 0.830]") and lines[5].endswith("  0.250  [0.200, 0.300]")
+    assert lines[-1] == ("95% CI: percentile bootstrap, 1000 resamples of the test items (seed 0); "
+                         "few-shot probes not refit")
+    # without intervals, the table as it was
+    plain = ev.format_table({k: v for k, v in results.items() if k != "ci95"}).splitlines()
+    assert plain[0].split() == ["task", "metric", "value"] and plain[2].endswith("  0.920")
+    assert len(plain) == len(lines) - 1
+
+
 def test_embed_images_batches_and_restores_eval_mode():
     model = DualEncoder(make_config("tiny", image_size=16, patch_size=8, vision_width=32,
                                     vision_layers=1, vision_heads=2, text_width=32, text_layers=1,
@@ -269,8 +477,18 @@ def run_cli(*args):
 
 
 def check_json_structure(results, shots=("1", "2", "4", "8", "16")):
-    assert set(results) == {"zero_shot", "few_shot", "retrieval", "evaluated_on"}
+    assert set(results) == {"zero_shot", "few_shot", "retrieval", "ci95", "evaluated_on"}
     assert set(results.pop("evaluated_on")) == {"zero_shot", "retrieval"}
+    # ci95 mirrors the numbers: a [lo, hi] for each, from 1000 resamples with seed 0
+    ci = results.pop("ci95")
+    assert (ci.pop("resamples"), ci.pop("seed")) == (1000, 0)
+    assert {part: list(v) for part, v in ci.items()} == {part: list(v) for part, v in results.items()}
+    for part, values in results.items():
+        for key, value in values.items():
+            lo, hi = ci[part][key]
+            assert isinstance(lo, float) and isinstance(hi, float) and 0.0 <= lo <= hi <= 1.0, (part, key)
+            if part != "few_shot" and key != "auc":   # a mean (accuracy, recall) lies in its interval
+                assert lo <= value <= hi, (part, key, value, lo, hi)
     assert set(results["zero_shot"]) == {"accuracy", "auc"}
     assert list(results["few_shot"]) == list(shots)
     assert set(results["retrieval"]) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
@@ -304,6 +522,19 @@ def test_cli_second_eval_seed_evaluates_other_images(checkpoint, tmp_path):
         assert results[seed]["evaluated_on"]["zero_shot"]["seed"] == seed
         assert results[seed]["evaluated_on"]["retrieval"]["seed"] == seed
     assert results[EVAL_SEED]["zero_shot"] != results[SECOND_EVAL_SEED]["zero_shot"]
+
+
+def test_cli_bootstrap_0_leaves_the_intervals_out(checkpoint, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    ev.main(["--checkpoint", str(checkpoint), "--n-per-class", "10", "--n-retrieval", "20",
+             "--seeds", "1", "--device", "cpu", "--bootstrap", "0", "--json", str(out)])
+    assert set(json.loads(out.read_text())) == {"zero_shot", "few_shot", "retrieval", "evaluated_on"}
+    printed = capsys.readouterr().out
+    table = printed[printed.index("task "):]
+    assert "Recall@10" in table and "95% CI" not in table and "[" not in table
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--checkpoint", str(checkpoint), "--bootstrap", "-1", "--device", "cpu"])
+    assert exit_info.value.code == 2 and "--bootstrap" in capsys.readouterr().err
 
 
 def test_cli_eval_seed_of_the_training_set_exits_2(checkpoint, capsys):
