@@ -22,6 +22,9 @@ RESUME_MAY_CHANGE = {"resume", "out", "save_every", "eval_every", "log_every", "
                      "data_cache", "grad_dump", "compile", "interrupt_at", "kill_at",
                      "eval_per_class", "eval_retrieval", "eval_manifest", "prompts",
                      "retrieval_manifest"}
+# Training options added to train.py after checkpoints of this layout were written, with the value
+# that a run without the option had.
+ADDED_OPTIONS = {"report_noise": 0.0}
 # Checkpoints of this layout say so; an older train.py's (without the entry) are refused by
 # --resume, because some of their options then meant other computations, but eval.py reads them.
 FORMAT = 2
@@ -143,7 +146,8 @@ def read_for_resume(ckpt_path, args):
         raise InputError(f"{ckpt_path} was written by an older train.py, whose options did not all "
                          f"mean what they mean now: it cannot be resumed (eval.py still evaluates "
                          f"it); train again in another --out")
-    saved = ckpt["config"]["train"]
+    # an option added after the checkpoint was written: its absence means the run had its default
+    saved = {**ADDED_OPTIONS, **ckpt["config"]["train"]}
     changed = {k: (saved.get(k), v) for k, v in vars(args).items()
                if k not in RESUME_MAY_CHANGE and saved.get(k) != v
                and not (k == "queue_size" and v is None)}

@@ -13,6 +13,7 @@ The procedural data set that `python train.py` uses by default is synthetic.py; 
 are one set of labels a manifest may carry (any names will do). The command line covers both:
 
     python data.py show --out samples.png            # look at synthetic studies
+    python data.py show --report-noise 0.3           # ... with noisy reports, the changed ones marked
     python data.py export --out DIR --n N            # the synthetic set as PNGs + manifest.csv
 """
 
@@ -524,23 +525,31 @@ def main(argv=None):
     p.add_argument("--out", default="samples.png", help="PNG to write")
     p.add_argument("--n", type=int, default=16, help="number of studies")
     p.add_argument("--image-size", type=int, default=128, help="render size in px")
+    p.add_argument("--report-noise", type=float, default=0.0, metavar="P",
+                   help="the reports as train.py --report-noise P makes them (a training set of "
+                        "these --n studies); the changed ones are framed and say how, in red")
     p = sub.add_parser("export", help="write synthetic training items as PNGs + manifest.csv")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--n", type=int, required=True, help="number of items")
     p.add_argument("--image-size", type=int, default=64, help="render size in px")
+    p.add_argument("--report-noise", type=float, default=0.0, metavar="P",
+                   help="noisy texts as train.py --report-noise P (the labels stay the true findings)")
     args = parser.parse_args(argv)
     if args.command in ("show", "export"):
         if args.n < 1:
             parser.error(f"--n must be at least 1, got {args.n}")
         if not 16 <= args.image_size <= 1024:
             parser.error(f"--image-size must be in 16..1024, got {args.image_size}")
+        if not 0 <= args.report_noise <= 1:   # nan and inf too
+            parser.error(f"--report-noise must be in [0, 1], got {args.report_noise}")
     try:
         if args.command == "show":
             import plot   # the grid is a figure: plot.py draws it
-            size = plot.show(args.out, args.n, args.image_size)
-            print(f"wrote {args.out} ({size[0]}x{size[1]} px, {args.n} studies)")
+            size = plot.show(args.out, args.n, args.image_size, args.report_noise)
+            noise = f", reports with noise {args.report_noise:g}" if args.report_noise else ""
+            print(f"wrote {args.out} ({size[0]}x{size[1]} px, {args.n} studies{noise})")
         elif args.command == "export":
-            path = synthetic.export_synthetic(args.out, args.n, args.image_size)
+            path = synthetic.export_synthetic(args.out, args.n, args.image_size, args.report_noise)
             print(f"wrote {args.n} images and {path}")
     except (ManifestError, OSError, ValueError) as e:  # user mistakes: one line, no traceback
         print(f"data.py {args.command}: error: {e}", file=sys.stderr)

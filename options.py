@@ -43,7 +43,13 @@ def get_args(argv=None):
     a("--out", default="out", help="folder for ckpt.pt, tokenizer.json, metrics.jsonl, eval.json")
     a("--train-manifest", default=None, metavar="CSV",
       help="train on this image,text manifest instead of the synthetic set (see README)")
-    a("--n-train", type=int, default=20000, help="synthetic training pairs to render")
+    a("--n-train", type=int, default=20000,
+      help="synthetic training pairs to render (small data: the default schedule, 500 steps of 64 "
+           "pairs = 32,000 samples, then repeats the set 32,000 / n times, e.g. 16 times for 2,000)")
+    a("--report-noise", type=float, default=0.0, metavar="P",
+      help="noisy synthetic training reports: each finding the image shows is left out of its "
+           "report with probability P, and with probability P/2 the pair gets another training "
+           "study's report; labels and evaluation sets stay clean (docs/data.md)")
     a("--data-cache", default="data_cache",
       help="folder for rendered synthetic sets and decoded manifests ('' = none: decode into memory)")
     a("--workers", type=int, default=0, help="processes rendering or decoding images (0 = all cores)")
@@ -128,6 +134,11 @@ def get_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if args.lr <= 0:
         p.error(f"--lr must be positive, got {args.lr}")
+    if not 0 <= args.report_noise <= 1:
+        p.error(f"--report-noise must be in [0, 1], got {args.report_noise}")
+    if args.report_noise > 0 and args.train_manifest:
+        p.error(f"--report-noise {args.report_noise:g} is for the synthetic set only, not "
+                f"--train-manifest {args.train_manifest}: a manifest's reports are used as they are")
     for name in ("weight_decay", "max_grad_norm", "save_every", "eval_every"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")

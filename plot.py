@@ -88,8 +88,24 @@ def draw_words(draw, xy, words, font, fill):
         x += font.getlength(word) + word_gap(font)
 
 
-def show(out, n=16, image_size=128):
-    """A grid of synthetic training studies, each with its findings and the start of its report."""
+NOISE_COLOUR = (255, 105, 90)  # the frame and the note of a report --report-noise changed
+
+
+def noise_note(noise, i):
+    """The words that say how the noise changed pair i's report, or None when it did not. A swapped
+    pair carries study j's report as written, which may itself leave findings of j out."""
+    left_out = lambda k: [synthetic.FINDINGS[f] for f in noise["omitted"][k].nonzero().flatten().tolist()]  # noqa: E731
+    j = int(noise["swapped_from"][i])
+    if j >= 0:
+        return f"noise: the report of study {j}" + (f", without {', '.join(left_out(j))}" if left_out(j) else "")
+    return "noise: left out " + ", ".join(left_out(i)) if left_out(i) else None
+
+
+def show(out, n=16, image_size=128, report_noise=0.0):
+    """A grid of synthetic training studies, each with its findings and the start of its report.
+    report_noise P > 0: the reports of a training set of these n studies with noise, as train.py
+    --report-noise P gives them (a swap takes the report of another study of the grid; studies are
+    numbered from 0, row by row); a changed report gets a red frame and a red note saying how."""
     w, h = show_tile_size(image_size)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
@@ -100,17 +116,25 @@ def show(out, n=16, image_size=128):
     # A whole-number zoom shows the model's own pixels, unsmoothed (and compresses 3x better);
     # any other zoom would make some pixels wider than others, so it is smoothed instead.
     resample = Image.NEAREST if w % image_size == 0 else Image.BICUBIC
-    for i in range(n):
-        s = synthetic.make_study(synthetic.TRAIN_SEED, i, image_size)
+    studies = [synthetic.make_study(synthetic.TRAIN_SEED, i, image_size) for i in range(n)]
+    reports, noise = [s.report for s in studies], None
+    if synthetic.check_report_noise(report_noise) > 0:
+        labels = [s.labels for s in studies]
+        reports, noise = synthetic.apply_report_noise(synthetic.TRAIN_SEED, reports, labels, report_noise)
+    for i, s in enumerate(studies):
         x, y = (i % cols) * w, (i // cols) * h
         img = Image.fromarray(synthetic.to_uint8(s.image), "L").resize((w, w), resample)
         canvas.paste(img.convert("RGB"), (x, y))
-        # findings in yellow (the ground truth), then the start of the report in grey
+        # findings in yellow (the ground truth), the noise's note in red, the report in grey
         head = wrap_words(describe(s.findings), font, w - 8)[:2]
-        report = wrap_words(s.report, font, w - 8)[:max_lines - len(head)]
-        for j, words in enumerate(head + report):
-            colour = (255, 210, 90) if j < len(head) else (220, 220, 220)
+        note = noise_note(noise, i) if noise is not None else None
+        marks = wrap_words(note, font, w - 8)[:2] if note else []
+        report = wrap_words(reports[i], font, w - 8)[:max_lines - len(head) - len(marks)]
+        colours = [(255, 210, 90)] * len(head) + [NOISE_COLOUR] * len(marks) + [(220, 220, 220)] * len(report)
+        for j, (words, colour) in enumerate(zip(head + marks + report, colours)):
             draw_words(draw, (x + 4, y + w + 2 + CAPTION_LINE_H * j), words, font, colour)
+        if note:
+            draw.rectangle([x, y, x + w - 1, y + h - 1], outline=NOISE_COLOUR, width=2)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     # A 256-colour palette: the picture is grey levels plus two caption colours, so it looks the
     # same and the PNG is a few times smaller.

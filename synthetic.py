@@ -5,12 +5,13 @@ download.
 Frontal chest radiograph-like images (body, lungs, heart, mediastinum, diaphragm, ribs, vessels)
 with 8 findings drawn with their real visual signs, and a radiology-style report for each, written
 from many paraphrases. Every item is a pure function of (seed, index): nothing is stored, any item
-can be regenerated, and training and evaluation use disjoint seeds. From it: a training set, a
-CheXpert 5x200-style zero-shot set and a retrieval set, and an export as PNGs plus a manifest
-that data.py reads like any real data set.
+can be regenerated, and training and evaluation use disjoint seeds. From it: a training set (its
+reports optionally noisy, train.py --report-noise), a CheXpert 5x200-style zero-shot set and a
+retrieval set, and an export as PNGs plus a manifest that data.py reads like any real data set.
 
 In the order a reader meets them: the vocabulary (findings, zero-shot classes and prompts, seeds),
-patients, findings, the drawing (radiograph.py), reports, studies and data sets, then the export.
+patients, findings, the drawing (radiograph.py), reports, studies, noisy reports and data sets,
+then the export.
 
 Run `python data.py show --out samples.png` to look at what the model sees: a grid of training
 studies, each with its findings and the start of its report (drawn by plot.py). From Python,
@@ -433,15 +434,27 @@ class Study:
     patient: Patient = field(default=None, repr=False)  # to redraw this patient with other findings
 
 
-def make_study(seed, index, image_size=64, only=None):
-    """Study number `index` of the split with this seed; `only` forces a single finding."""
+def draw_study(seed, index, only=None):
+    """The random part of study `index`, no picture: (rng, patient, findings), rng left where the
+    report starts drawing (write_report(findings, rng) is the study's report)."""
     stream = 0 if only is None else 1 + (FINDINGS.index(only) if only in FINDINGS else len(FINDINGS))
     rng = np.random.default_rng([seed, stream, index])
     patient = sample_patient(rng)
     findings = sample_findings(rng, only)
+    return rng, patient, findings
+
+
+def findings_labels(findings):
+    """(len(FINDINGS),) float32 multi-hot of a findings dict."""
+    return np.array([name in findings for name in FINDINGS], dtype=np.float32)
+
+
+def make_study(seed, index, image_size=64, only=None):
+    """Study number `index` of the split with this seed; `only` forces a single finding."""
+    rng, patient, findings = draw_study(seed, index, only)
     report = write_report(findings, rng)
-    labels = np.array([name in findings for name in FINDINGS], dtype=np.float32)
-    return Study(render_image(patient, findings, image_size), report, labels, findings, patient)
+    return Study(render_image(patient, findings, image_size), report, findings_labels(findings),
+                 findings, patient)
 
 
 def to_uint8(image):
@@ -477,6 +490,98 @@ def _render_many(jobs, image_size, workers):
     return images, [o[1] for o in out], torch.from_numpy(np.stack([o[2] for o in out]))
 
 
+# -----------------------------------------------------------------------------
+# Noisy training reports (train.py --report-noise P), as real report-image pairs have them:
+# radiologists leave findings unsaid (under-reporting: an abnormal image can get a normal report)
+# and reports get filed under the wrong study (a mismatched pair). With probability P each finding
+# the image shows is left out of its report, and with probability P/2 the pair carries the report
+# of another training study instead of its own. Only training sets get noise; evaluation and
+# retrieval sets never do.
+#
+# The noise has a stream of its own, [seed, NOISE_STREAM, index], that no study draws from, so the
+# pictures, findings, labels and every unchanged report are today's to the byte, and P = 0 is the
+# clean set. Its draws do not depend on P (a uniform u per finding, one u_swap and one for the
+# partner per study; a finding is left out when u < P, the report swapped when u_swap < P / 2), so
+# the noise is monotone in P: what is left out or swapped at P = 0.1 is so at 0.3 too, with the
+# same partner.
+
+NOISE_STREAM = 1000  # the studies' streams are 0 (training mix) and 1..9 (`only`)
+
+
+def check_report_noise(p):
+    """p as a float, or ValueError when it is not a probability (nan and inf included)."""
+    try:
+        q = float(p)
+    except (TypeError, ValueError):
+        q = math.nan
+    if not 0 <= q <= 1:
+        raise ValueError(f"report noise must be a probability in [0, 1], got {p!r}")
+    return q
+
+
+def noise_draws(seed, index, n):
+    """Study `index`'s noise draws in a set of n: (u (len(FINDINGS),) uniforms in FINDINGS order,
+    u_swap, partner). The partner is the study whose report a swap gives it: uniform over the n - 1
+    others (-1 when n == 1: nobody to swap with), so it depends on n (the set's size) too."""
+    rng = np.random.default_rng([seed, NOISE_STREAM, index])
+    u = rng.random(len(FINDINGS))
+    u_swap, u_partner = float(rng.random()), float(rng.random())
+    if n < 2:
+        return u, u_swap, -1
+    k = min(int(u_partner * (n - 1)), n - 2)
+    return u, u_swap, k + (k >= index)
+
+
+def written_report(seed, index, omit=()):
+    """The report written for training study `index` with the findings named in `omit` left out:
+    from the same generator state as make_study's, so with nothing left out it is that study's
+    report to the byte, and with every finding left out a normal study's report."""
+    rng, _, findings = draw_study(seed, index)
+    return write_report({k: v for k, v in findings.items() if k not in omit}, rng)
+
+
+def apply_report_noise(seed, texts, labels, p):
+    """Training items 0..n-1's clean reports and their labels (n, F) -> (noisy texts, noise) with
+    noise = {"p": p, "omitted": bool (n, F), "swapped_from": long (n,)}.
+
+    omitted[i, f]: finding f is in image i and was left out of the report written for study i.
+    swapped_from[i] = j >= 0: the pair carries study j's written report (j's own omissions
+    applied, never j's swap) instead of i's; -1: its own. The labels are not changed: they stay
+    the image's true findings (what evaluation and diagnostics compare with). A swap between two
+    normal studies with the same template report leaves the text as it was, but is still counted."""
+    p = check_report_noise(p)
+    n = len(texts)
+    draws = [noise_draws(seed, i, n) for i in range(n)]
+    u = torch.from_numpy(np.stack([d[0] for d in draws])) if n else torch.zeros(0, len(FINDINGS))
+    labels = torch.as_tensor(np.asarray(labels, dtype=np.float32)).reshape(n, len(FINDINGS))
+    omitted = (labels > 0) & (u < p)
+    swapped_from = torch.tensor([d[2] if d[1] < p / 2 else -1 for d in draws], dtype=torch.long)
+    written = list(texts)
+    for i in torch.nonzero(omitted.any(1)).flatten().tolist():
+        written[i] = written_report(seed, i, {FINDINGS[f] for f in torch.nonzero(omitted[i]).flatten().tolist()})
+    noisy = [written[j] if j >= 0 else written[i] for i, j in enumerate(swapped_from.tolist())]
+    return noisy, {"p": p, "omitted": omitted, "swapped_from": swapped_from}
+
+
+def changed_reports(noise):
+    """(n,) bool: the pairs whose report the noise changed (a finding left out, or swapped)."""
+    return noise["omitted"].any(1) | (noise["swapped_from"] >= 0)
+
+
+def training_reports(n, report_noise=0.0, seed=TRAIN_SEED):
+    """The texts and labels (and the noise, when report_noise > 0) of render_synthetic("train", n,
+    ..., report_noise=...) without drawing a single picture: fast enough for 20,000 reports."""
+    texts, labels = [], []
+    for i in range(n):
+        rng, _, findings = draw_study(seed, i)
+        texts.append(write_report(findings, rng))
+        labels.append(findings_labels(findings))
+    out = {"texts": texts, "labels": torch.from_numpy(np.stack(labels)) if n else torch.zeros(0, len(FINDINGS))}
+    if check_report_noise(report_noise) > 0:
+        out["texts"], out["noise"] = apply_report_noise(seed, texts, out["labels"], report_noise)
+    return out
+
+
 SPLIT_SEEDS = {"train": TRAIN_SEED, "retrieval": EVAL_SEED}
 
 
@@ -486,17 +591,27 @@ def check_eval_seed(seed):
                          f"images are the ones the model trained on; choose another")
 
 
-def render_synthetic(split, n, image_size, workers=0, seed=None):
+def render_synthetic(split, n, image_size, workers=0, seed=None, report_noise=0.0):
     """Items 0..n-1 of a split: {"images": uint8 (n, 1, H, W), "texts": [str], "labels": float (n, F)}.
     The same for any number of workers: each item depends on (split seed, index) only. seed
-    replaces the split's own (SPLIT_SEEDS) for another, disjoint evaluation set."""
+    replaces the split's own (SPLIT_SEEDS) for another, disjoint evaluation set.
+
+    report_noise P > 0 (training only): noisy reports (apply_report_noise), and a "noise" entry
+    saying which were changed; the labels stay the images' true findings. P = 0 is exactly the
+    clean set, without the entry."""
     if split not in SPLIT_SEEDS:
         raise ValueError(f"split must be one of {list(SPLIT_SEEDS)}, got {split!r}")
+    report_noise = check_report_noise(report_noise)
+    if report_noise > 0 and split != "train":
+        raise ValueError(f"report noise is for the training set only, not {split!r}")
     if seed is not None and split != "train":
         check_eval_seed(seed)
     seed = SPLIT_SEEDS[split] if seed is None else seed
     images, texts, labels = _render_many([(seed, i, None) for i in range(n)], image_size, workers)
-    return {"images": images, "texts": texts, "labels": labels}
+    out = {"images": images, "texts": texts, "labels": labels}
+    if report_noise > 0:
+        out["texts"], out["noise"] = apply_report_noise(seed, texts, labels, report_noise)
+    return out
 
 
 def retrieval_set(n, image_size, workers=0, seed=EVAL_SEED):
@@ -514,16 +629,27 @@ def zero_shot_set(n_per_class, image_size, workers=0, seed=EVAL_SEED):
             "prompts": {c: list(p) for c, p in CLASS_PROMPTS.items()}, "texts": texts}
 
 
-def load_or_render(split, n, image_size, cache_dir=None, workers=0):
+def cache_file_name(split, n, image_size, report_noise=0.0):
+    """load_or_render's file name: the split, n, the size and GENERATOR_VERSION, then the report
+    noise when there is any (the clean set keeps the name it always had)."""
+    noise = f"-noise{float(report_noise)!r}" if report_noise > 0 else ""
+    return f"{split}-n{n}-s{image_size}-v{GENERATOR_VERSION}{noise}.pt"
+
+
+def load_or_render(split, n, image_size, cache_dir=None, workers=0, report_noise=0.0):
     """render_synthetic / zero_shot_set (split "zero_shot", n per class), cached as a .pt in cache_dir.
     Rendering is cheap but not free (20k images at 64 px: several seconds per core); a cache makes
     restarts and repeated runs instant. The key holds GENERATOR_VERSION so a changed generator
-    never serves stale pictures."""
+    never serves stale pictures, and the report noise (training only) so a noisy set is never
+    served for a clean one."""
+    report_noise = check_report_noise(report_noise)
+    if report_noise > 0 and split != "train":
+        raise ValueError(f"report noise is for the training set only, not {split!r}")
     render = lambda: zero_shot_set(n, image_size, workers) if split == "zero_shot" else \
-        render_synthetic(split, n, image_size, workers)  # noqa: E731
+        render_synthetic(split, n, image_size, workers, report_noise=report_noise)  # noqa: E731
     if cache_dir is None:
         return render()
-    path = Path(cache_dir) / f"{split}-n{n}-s{image_size}-v{GENERATOR_VERSION}.pt"
+    path = Path(cache_dir) / cache_file_name(split, n, image_size, report_noise)
     if path.exists():
         try:
             data = torch.load(path, weights_only=True)
@@ -551,11 +677,13 @@ def load_or_render(split, n, image_size, cache_dir=None, workers=0):
 # Exporting the data set (plot.py draws a grid of it: python data.py show)
 
 
-def export_synthetic(out_dir, n, image_size=64):
-    """Write training items 0..n-1 as PNGs plus out_dir/manifest.csv; returns the manifest's path."""
+def export_synthetic(out_dir, n, image_size=64, report_noise=0.0):
+    """Write training items 0..n-1 as PNGs plus out_dir/manifest.csv; returns the manifest's path.
+    With report_noise, the texts are the noisy reports and the labels the images' true findings."""
     out_dir = Path(out_dir)
+    report_noise = check_report_noise(report_noise)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    data = render_synthetic("train", n, image_size)
+    data = render_synthetic("train", n, image_size, report_noise=report_noise)
     csv_path = out_dir / "manifest.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)

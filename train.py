@@ -165,10 +165,17 @@ def load_training_data(args, run, log):
     """The training pairs: images as uint8 (a manifest's memory-mapped from its cache), texts, and
     the finding names their labels use. Rank 0 builds a manifest's cache; the others then open it."""
     if not args.train_manifest:
-        log(f"rendering {args.n_train} synthetic training studies at {args.image_size} px "
+        noise = f", reports with noise {args.report_noise:g}" if args.report_noise else ""
+        log(f"rendering {args.n_train} synthetic training studies at {args.image_size} px{noise} "
             f"(cached in {args.data_cache or 'memory only'})...", flush=True)
         pairs = synthetic.load_or_render("train", args.n_train, args.image_size,
-                                         cache_dir=args.data_cache or None, workers=args.workers)
+                                         cache_dir=args.data_cache or None, workers=args.workers,
+                                         report_noise=args.report_noise)
+        if "noise" in pairs:
+            n = pairs["noise"]
+            log(f"data: report noise {args.report_noise:g}: {int(synthetic.changed_reports(n).sum())} "
+                f"of {args.n_train} reports changed ({int(n['omitted'].sum())} findings left out, "
+                f"{int((n['swapped_from'] >= 0).sum())} reports of another study)", flush=True)
         if args.channels == 3:
             pairs["images"] = pairs["images"].expand(-1, 3, -1, -1)
         return {**pairs, "label_names": list(synthetic.FINDINGS), "source": "synthetic"}

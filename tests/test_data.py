@@ -491,3 +491,24 @@ def test_trim_padding_keeps_every_token_and_rounds_for_compile():
     full = torch.full((2, 64), 7)
     assert data.trim_padding(full, multiple=48).shape == (2, 64)   # never past the context
     assert data.trim_padding(torch.full((2, 64), P)).shape == (2, 1)   # all padding: one column
+
+
+def test_cli_show_and_export_with_report_noise(tmp_path):
+    r = _cli("show", "--out", "noisy.png", "--n", "5", "--image-size", "64", "--report-noise", "0.5",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "reports with noise 0.5" in r.stdout
+    w, h = plot.show_tile_size(64)
+    assert Image.open(tmp_path / "noisy.png").size == (3 * w, 2 * h)
+    r = _cli("export", "--out", "exp", "--n", "40", "--image-size", "16", "--report-noise", "0.5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "exp" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    noisy, clean = synthetic.training_reports(40, 0.5), synthetic.training_reports(40)
+    assert [row["text"] for row in rows] == noisy["texts"] != clean["texts"]   # the noisy reports ...
+    names = [";".join(n for j, n in enumerate(synthetic.FINDINGS) if noisy["labels"][i, j]) for i in range(40)]
+    assert [row["labels"] for row in rows] == names                             # ... the true findings
+    for bad in ("1.5", "-0.1", "nan"):
+        r = _cli("show", "--out", "x.png", "--report-noise", bad, cwd=tmp_path)
+        assert r.returncode == 2 and "--report-noise must be in [0, 1]" in r.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -157,3 +157,30 @@ def test_picture_command_draws_a_picture_of_the_stated_size(picture, trained, tm
                    env=dict(os.environ, OMP_NUM_THREADS="1"))
     with Image.open(tmp_path / "p.png") as image:
         assert image.size == size
+
+
+# ------------------------------------------------------------------ the grid with noisy reports
+
+def test_show_frames_exactly_the_reports_the_noise_changed(tmp_path):
+    import synthetic
+    n, size, p = 9, 64, 0.5
+    plot.show(tmp_path / "noisy.png", n, size, report_noise=p)
+    plot.show(tmp_path / "clean.png", n, size)
+    labels = [synthetic.make_study(synthetic.TRAIN_SEED, i, 8).labels for i in range(n)]
+    clean = [synthetic.make_study(synthetic.TRAIN_SEED, i, 8).report for i in range(n)]
+    _, noise = synthetic.apply_report_noise(synthetic.TRAIN_SEED, clean, labels, p)
+    changed = synthetic.changed_reports(noise).tolist()
+    assert 0 < sum(changed) < n                                   # some framed, some not
+    w, h = plot.show_tile_size(size)
+
+    def framed(path, i):
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB")).astype(int)
+        x, y = (i % 3) * w, (i // 3) * h
+        edge = rgb[y + 10:y + w - 10, x]                           # the tile's left edge, beside the picture
+        return bool(((edge[:, 0] - edge[:, 1] > 80) & (edge[:, 0] > 200)).mean() > 0.9)
+
+    assert [framed(tmp_path / "noisy.png", i) for i in range(n)] == changed
+    assert not any(framed(tmp_path / "clean.png", i) for i in range(n))
+    assert plot.noise_note(noise, changed.index(True)).startswith("noise: ")
+    assert plot.noise_note(noise, changed.index(False)) is None

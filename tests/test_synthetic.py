@@ -291,3 +291,148 @@ def test_render_pool_closes_under_train_py_signal_handler():
         pytest.fail("the rendering pool did not close: workers ignored its SIGTERM")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("closed")
+
+
+# -----------------------------------------------------------------------------
+# Noisy training reports (train.py --report-noise P)
+
+# The generator's output for training items 0..199 as it was before report noise existed: the texts,
+# the labels and each study's patient and findings (what its picture is drawn from). Exact on any
+# machine (no picture's floating point in it); a deliberate change of the generator (a new
+# GENERATOR_VERSION) changes it.
+CLEAN_200 = "0e979567380817e2c203856a61dd634432d7b09c9190f70b7a5b8bb38b51e716"
+
+
+def _generator_hash(data, n):
+    import hashlib
+    h = hashlib.sha256()
+    for t in data["texts"]:
+        h.update(t.encode() + b"\0")
+    h.update(data["labels"].numpy().tobytes())
+    for i in range(n):
+        s = synthetic.make_study(TRAIN_SEED, i, 8)
+        h.update(repr((s.patient, s.findings, s.report)).encode())
+    return h.hexdigest()
+
+
+def _omitted_names(noise, i):
+    return {FINDINGS[f] for f in torch.nonzero(noise["omitted"][i]).flatten().tolist()}
+
+
+def test_report_noise_0_is_todays_set_byte_for_byte():
+    clean = synthetic.render_synthetic("train", 200, 16, workers=1)
+    zero = synthetic.render_synthetic("train", 200, 16, workers=1, report_noise=0.0)
+    assert _generator_hash(zero, 200) == CLEAN_200
+    assert zero.keys() == clean.keys() == {"images", "texts", "labels"}   # no "noise" entry at 0
+    assert torch.equal(zero["images"], clean["images"]) and zero["texts"] == clean["texts"]
+    assert torch.equal(zero["labels"], clean["labels"])
+    # the pictures are make_study's, drawn from the patients and findings the hash pins
+    for i in (0, 57, 199):
+        assert torch.equal(zero["images"][i, 0], torch.from_numpy(synthetic.to_uint8(synthetic.make_study(TRAIN_SEED, i, 16).image)))
+    # the pictureless path gives the same reports and labels
+    reports = synthetic.training_reports(200)
+    assert reports["texts"] == clean["texts"] and torch.equal(reports["labels"], clean["labels"])
+    assert "noise" not in reports
+
+
+def test_report_noise_rates_on_20000_pairs():
+    """Left out: P of the findings the images show; swapped: P/2 of the pairs; each within 3
+    standard errors. The texts agree with the flags: a pair that keeps its own report mentions
+    exactly the findings shown and not left out."""
+    P, n = 0.3, 20000
+    d = synthetic.training_reports(n, P)
+    noise, labels = d["noise"], d["labels"]
+    assert noise["p"] == P and noise["omitted"].shape == labels.shape and noise["swapped_from"].shape == (n,)
+    assert not (noise["omitted"] & (labels == 0)).any()           # only shown findings are left out
+    shown = int(labels.sum())
+    omission = int(noise["omitted"].sum()) / shown
+    swap = float((noise["swapped_from"] >= 0).float().mean())
+    se_omission, se_swap = (P * (1 - P) / shown) ** 0.5, (P / 2 * (1 - P / 2) / n) ** 0.5
+    print(f"\nreport noise {P}: left out {omission:.4f} of {shown} shown findings (expected {P}, "
+          f"se {se_omission:.4f}); swapped {swap:.4f} of {n} pairs (expected {P / 2}, se {se_swap:.4f})")
+    assert abs(omission - P) < 3 * se_omission, omission
+    assert abs(swap - P / 2) < 3 * se_swap, swap
+    own = torch.nonzero(noise["swapped_from"] < 0).flatten().tolist()
+    for i in own[:1500]:
+        shown_i = {FINDINGS[f] for f in np.flatnonzero(labels[i].numpy())}
+        assert _mentioned(d["texts"][i]) == shown_i - _omitted_names(noise, i), (i, d["texts"][i])
+    # under-reporting turns abnormal images into normal reports
+    emptied = [i for i in own if labels[i].sum() > 0 and noise["omitted"][i].sum() == labels[i].sum()]
+    assert len(emptied) > 100 and all(not _mentioned(d["texts"][i]) for i in emptied[:200])
+
+
+def test_a_mismatched_report_belongs_to_the_named_other_study():
+    n, P = 300, 0.4
+    noisy = synthetic.render_synthetic("train", n, 16, workers=1, report_noise=P)
+    clean = synthetic.render_synthetic("train", n, 16, workers=1)
+    noise = noisy["noise"]
+    # only the reports change: the pictures and the labels (the true findings) are the clean set's
+    assert torch.equal(noisy["images"], clean["images"]) and torch.equal(noisy["labels"], clean["labels"])
+    swapped = torch.nonzero(noise["swapped_from"] >= 0).flatten().tolist()
+    assert len(swapped) > 30
+    checked_clean = 0
+    for i in swapped:
+        j = int(noise["swapped_from"][i])
+        assert j != i and 0 <= j < n
+        # study j's report as written for it (its own findings left out, never its own swap)
+        assert noisy["texts"][i] == synthetic.written_report(TRAIN_SEED, j, _omitted_names(noise, j))
+        if not noise["omitted"][j].any():   # then that is study j's report, as make_study renders it
+            assert noisy["texts"][i] == synthetic.make_study(TRAIN_SEED, j, 16).report
+            checked_clean += 1
+    assert checked_clean > 20
+    for i in range(n):
+        if noise["swapped_from"][i] < 0 and not noise["omitted"][i].any():
+            assert noisy["texts"][i] == clean["texts"][i]
+    assert synthetic.changed_reports(noise).sum() == sum(
+        bool(noise["omitted"][i].any()) or i in swapped for i in range(n))
+    # rendering and the pictureless path agree
+    reports = synthetic.training_reports(n, P)
+    assert reports["texts"] == noisy["texts"]
+    assert torch.equal(reports["noise"]["omitted"], noise["omitted"])
+    assert torch.equal(reports["noise"]["swapped_from"], noise["swapped_from"])
+
+
+def test_report_noise_is_pure_and_monotone_in_p():
+    a, b = synthetic.training_reports(1500, 0.3), synthetic.training_reports(1500, 0.3)
+    assert a["texts"] == b["texts"]
+    assert torch.equal(a["noise"]["omitted"], b["noise"]["omitted"])
+    assert torch.equal(a["noise"]["swapped_from"], b["noise"]["swapped_from"])
+    low = synthetic.training_reports(1500, 0.1)["noise"]
+    high = a["noise"]
+    assert low["omitted"].sum() < high["omitted"].sum()
+    assert not (low["omitted"] & ~high["omitted"]).any()           # left out at 0.1: also at 0.3
+    was = low["swapped_from"] >= 0
+    assert was.sum() < (high["swapped_from"] >= 0).sum()
+    assert torch.equal(high["swapped_from"][was], low["swapped_from"][was])  # the same partner
+    # P = 1: every finding left out, so every report is a normal study's; half the pairs swapped
+    every = synthetic.training_reports(300, 1.0)
+    assert torch.equal(every["noise"]["omitted"], every["labels"] > 0)
+    assert all(not _mentioned(t) for t in every["texts"])
+    assert 100 < (every["noise"]["swapped_from"] >= 0).sum() < 200
+
+
+def test_evaluation_sets_never_get_report_noise(tmp_path):
+    for split in ("retrieval", "zero_shot"):
+        with pytest.raises(ValueError, match="training set only"):
+            synthetic.load_or_render(split, 4, 16, report_noise=0.3)
+    with pytest.raises(ValueError, match="training set only"):
+        synthetic.render_synthetic("retrieval", 4, 16, report_noise=0.3)
+    for bad in (-0.1, 1.5, float("nan"), float("inf"), "x"):
+        with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+            synthetic.render_synthetic("train", 4, 16, report_noise=bad)
+
+
+def test_the_cache_key_holds_the_report_noise(tmp_path):
+    v = synthetic.GENERATOR_VERSION
+    assert synthetic.cache_file_name("train", 12, 16) == f"train-n12-s16-v{v}.pt"   # today's name
+    assert synthetic.cache_file_name("train", 12, 16, 0.0) == f"train-n12-s16-v{v}.pt"
+    names = {synthetic.cache_file_name("train", 12, 16, p) for p in (0.0, 0.1, 0.3, 0.30000000000000004)}
+    assert len(names) == 4
+    sets = {p: synthetic.load_or_render("train", 12, 16, cache_dir=tmp_path, workers=1, report_noise=p)
+            for p in (0.0, 0.5)}
+    assert sorted(f.name for f in tmp_path.glob("*.pt")) == sorted(
+        synthetic.cache_file_name("train", 12, 16, p) for p in (0.0, 0.5))
+    again = synthetic.load_or_render("train", 12, 16, cache_dir=tmp_path, report_noise=0.5)  # from the file
+    assert again["texts"] == sets[0.5]["texts"] != sets[0.0]["texts"]
+    assert torch.equal(again["noise"]["swapped_from"], sets[0.5]["noise"]["swapped_from"])
+    assert "noise" not in synthetic.load_or_render("train", 12, 16, cache_dir=tmp_path)

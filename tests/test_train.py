@@ -94,7 +94,7 @@ def test_end_to_end_then_eval_json(reference_run, tmp_path):
     run("eval.py", "--checkpoint", str(out), "--json", str(out_json), "--n-per-class", "20",
         "--n-retrieval", "40")
     res = json.loads(out_json.read_text())
-    assert set(res) == {"zero_shot", "few_shot", "retrieval", "evaluated_on"}
+    assert set(res) == {"zero_shot", "few_shot", "retrieval", "ci95", "evaluated_on"}
     assert set(res["retrieval"]) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
     values = [*res["zero_shot"].values(), *res["few_shot"].values(), *res["retrieval"].values()]
     assert all(0.0 <= v <= 1.0 for v in values)
@@ -156,7 +156,7 @@ def test_train_on_a_manifest_evaluates_on_the_users_sets(exported, tmp_path):
     assert results["evaluated_on"] == {
         "zero_shot": {"source": str(tmp_path / "classes.csv"), "images": 12, "classes": classes},
         "retrieval": {"source": str(tmp_path / "pairs.csv"), "pairs": 8}}
-    assert set(results) == {"zero_shot", "few_shot", "retrieval", "evaluated_on"}
+    assert set(results) == {"zero_shot", "few_shot", "retrieval", "ci95", "evaluated_on"}
     assert list(results["few_shot"]) == ["1", "2"]            # 4 images per class: k < 4 only
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in metrics if "zero_shot_accuracy" in r] == [1]
@@ -222,7 +222,7 @@ def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_pat
     run("eval.py", "--checkpoint", str(out), "--json", str(tmp_path / "r.json"), "--n-per-class", "4",
         "--n-retrieval", "10")
     assert set(json.loads((tmp_path / "r.json").read_text())) == {"zero_shot", "few_shot", "retrieval",
-                                                                 "evaluated_on"}
+                                                                 "ci95", "evaluated_on"}
 
 
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
@@ -543,3 +543,58 @@ def test_resume_on_another_device_or_precision_says_so(reference_run, tmp_path):
     proc = run("train.py", "--out", str(out), *SMALL, "--resume")
     assert ("note: this run computed on cuda in bf16 and continues on cpu in fp32: the same run, "
             "but not bit for bit what it would have computed") in proc.stdout
+
+
+# ---- --report-noise: noisy synthetic training reports ----------------------------------------------
+
+@pytest.mark.parametrize("extra, message", [
+    (["--report-noise", "1.5"], "--report-noise must be in [0, 1], got 1.5"),
+    (["--report-noise=-0.1"], "--report-noise must be in [0, 1], got -0.1"),
+    (["--report-noise", "nan"], "--report-noise must be a finite number, got nan"),
+    (["--report-noise", "0.3", "--train-manifest", "pairs.csv"],
+     "--report-noise 0.3 is for the synthetic set only, not --train-manifest pairs.csv"),
+])
+def test_report_noise_is_a_probability_for_the_synthetic_set_only(extra, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        options.get_args(extra)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_help_says_the_schedule_repeats_a_small_set(capsys):
+    with pytest.raises(SystemExit):
+        options.get_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "500 steps of 64 pairs = 32,000 samples, then repeats the set 32,000 / n times" in help_text
+    assert "--report-noise P" in help_text
+    _, args = options.get_args([])
+    assert args.report_noise == 0.0
+
+
+def test_report_noise_is_saved_and_a_resume_with_another_is_refused(tmp_path):
+    out = tmp_path / "noisy"
+    proc = run("train.py", "--out", str(out), *SMALL, "--report-noise", "0.3", "--steps", "2",
+               "--eval-every", "0", "--eval-per-class", "2", "--eval-retrieval", "10")
+    assert "at 32 px, reports with noise 0.3 (cached in" in proc.stdout
+    assert "data: report noise 0.3: " in proc.stdout and "reports changed" in proc.stdout
+    assert load(out / "ckpt.pt")["config"]["train"]["report_noise"] == 0.3
+    proc = run("train.py", "--out", str(out), *SMALL, "--steps", "2", "--eval-every", "0",
+               "--eval-per-class", "2", "--eval-retrieval", "10", "--resume", check=False)
+    assert proc.returncode == 2 and "--report-noise 0.3 (saved) vs 0.0" in proc.stderr
+    assert "rendering" not in proc.stdout                   # refused before any data is made
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(reference_run, tmp_path):
+    """--report-noise came after checkpoints of this layout: one without the entry ran without
+    noise, so a resume with the default continues it (and one with noise is refused)."""
+    ref, _ = reference_run
+    out = tmp_path / "older"
+    shutil.copytree(ref, out)
+    ckpt = load(out / "ckpt.pt")
+    del ckpt["config"]["train"]["report_noise"]
+    ckpt["step"] = 5
+    torch.save(ckpt, out / "ckpt.pt")
+    proc = run("train.py", "--out", str(out), *SMALL, "--report-noise", "0.1", "--resume", check=False)
+    assert proc.returncode == 2 and "--report-noise 0.0 (saved) vs 0.1" in proc.stderr
+    run("train.py", "--out", str(out), *SMALL, "--resume")
+    assert load(out / "ckpt.pt")["step"] == 6

@@ -1,0 +1,71 @@
+"""regimes.py: every run sees the default budget, each regime is the options it claims, and the
+study records, skips and compares runs as studies.py promises (on hand-made finished runs)."""
+
+import json
+import shlex
+
+import pytest
+
+import options
+import regimes
+from test_bench import finished_run
+
+
+def test_every_command_is_the_default_run_with_its_regime_and_arm(capsys):
+    assert regimes.main(["--dry-run", "--seeds", "0,1"]) == 0
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(commands) == 2 * len(regimes.REGIMES) * len(regimes.ARMS)
+    default = options.get_args([])[1]
+    seen = set()
+    for cmd in commands:
+        assert cmd[1].endswith("train.py")
+        _, args = options.get_args(cmd[2:])
+        n, noise = regimes.REGIMES[args.out.split("/")[-2]]
+        arm = args.out.split("/")[-1].rsplit("-seed", 1)[0]
+        assert (args.n_train, args.report_noise) == (n, noise)
+        # the same samples in every arm: the default run's 32,000
+        assert args.steps * args.batch_size * args.accum_steps == 32000
+        # and otherwise the defaults: only what the arm names differs
+        differ = {k for k, v in vars(args).items() if v != getattr(default, k)}
+        named = {o.lstrip("-").replace("-", "_") for o in regimes.ARMS[arm][1][::2]}
+        # (warm-ups are shares of the run, so clip-b's 1000 steps move them too)
+        assert differ - {"out", "seed", "n_train", "report_noise", "warmup_steps",
+                         "alpha_warmup", "queue_start"} == named, arm
+        seen.add((args.out.split("/")[-2], arm, args.seed))
+    assert len(seen) == len(commands)
+    # seed-major: all of seed 0 comes first
+    assert [int(c[c.index("--seed") + 1]) for c in commands][:16] == [0] * 16
+
+
+def test_extra_may_not_change_the_study(capsys):
+    with pytest.raises(SystemExit):
+        regimes.parse_args(["--extra=--report-noise 0.1"])
+    assert "--extra may not set --report-noise" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        regimes.parse_args(["--arms", "msd,moco"])
+    assert "--arms: unknown ['moco']" in capsys.readouterr().err
+
+
+def test_runs_are_recorded_skipped_and_compared(tmp_path, capsys):
+    out = tmp_path / "runs"
+    for seed in (0, 1):
+        finished_run(out / "noisy" / f"msd-seed{seed}", 0.8 + seed / 10, teacher_acc=0.7)
+        finished_run(out / "noisy" / f"clip-seed{seed}", 0.6 + seed / 100)
+    report = tmp_path / "regimes.json"
+    args = ["--regimes", "noisy", "--arms", "msd,clip", "--seeds", "0,1", "--out-dir", str(out),
+            "--json", str(report)]
+    assert regimes.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| noisy | msd | 2 | 0.850 ± 0.071 | – | 0.860 ± 0.071 |" in printed
+    assert "| noisy | msd teacher | 2 | 0.700 ± 0.000 | – |" in printed
+    assert "| noisy | clip | 2 | 0.605 ± 0.007 | – |" in printed
+    assert "noisy        zero_shot_accuracy         msd - clip: +0.245 (beyond the spread, 0.071)" in printed
+    records = json.loads(report.read_text())["records"]
+    assert sorted(records) == ["noisy/clip-seed0", "noisy/clip-seed1", "noisy/msd-seed0",
+                               "noisy/msd-seed1"]
+    assert "--report-noise 0.3" in records["noisy/msd-seed0"]["command"]
+    # a second call trains nothing: the report alone is enough
+    assert regimes.main(args) == 0
+    assert capsys.readouterr().out.count("already") == 4
+    assert regimes.main(["--report", "--json", str(report)]) == 0
+    assert "msd - clip" in capsys.readouterr().out
