@@ -21,7 +21,7 @@ from runtime import InputError, save_atomic  # noqa: F401  (save_atomic: what tr
 RESUME_MAY_CHANGE = {"resume", "out", "save_every", "eval_every", "log_every", "device", "workers",
                      "data_cache", "grad_dump", "compile", "interrupt_at", "kill_at",
                      "eval_per_class", "eval_retrieval", "eval_manifest", "prompts",
-                     "retrieval_manifest"}
+                     "retrieval_manifest", "grounding_manifest"}
 # Training options added to train.py after checkpoints of this layout were written, with the value
 # that a run without the option had.
 ADDED_OPTIONS = {"report_noise": 0.0}

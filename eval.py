@@ -39,12 +39,14 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import InputError, load_checkpoint
+from grounding import read_grounding_manifest, similarity_map, summarize
 from data import ManifestError, read_class_manifest, read_pair_manifest, report_ids, tokenize
 from metrics import (BOOTSTRAP_RESAMPLES, bootstrap_weights, ci95, few_shot_auc, few_shot_probes,
                      macro_auc_ovr, recall_hits, weighted_few_shot, weighted_macro_auc_ovr,
                      weighted_mean)
 from runtime import WriteError, check_output_file, pick_device, reason, write_text
-from synthetic import EVAL_SEED, SECOND_EVAL_SEED, check_eval_seed, retrieval_set, zero_shot_set
+from synthetic import (EVAL_SEED, GROUNDING_SEED, SECOND_EVAL_SEED, check_eval_seed, grounding_set,
+                       retrieval_set, zero_shot_set)
 
 # -----------------------------------------------------------------------------
 # Embeddings: the frozen model as a feature extractor.
@@ -153,6 +155,7 @@ def retrieval(model, tokenizer, images, texts, device, batch_size=256, ks=(1, 5,
 # -----------------------------------------------------------------------------
 # The whole benchmark, as train.py and the command line run it.
 
+GROUNDING_PER_CLASS = 50   # synthetic grounding: 5 localised findings x 50 single-finding studies
 QUICK_PER_CLASS = 50   # quick=True: 5 x 50 zero-shot images, about a second for the tiny model on a CPU
 
 
@@ -168,6 +171,49 @@ def _synthetic_retrieval(n, image_size, seed=EVAL_SEED):
     return retrieval_set(n, image_size, seed=seed)
 
 
+def grounding_seed(eval_seed):
+    """The synthetic grounding set that goes with an evaluation seed: GROUNDING_SEED with the
+    first, eval_seed + 2002 with any other (5005 with the second), apart from every other set."""
+    return GROUNDING_SEED if eval_seed == EVAL_SEED else eval_seed + 2002
+
+
+@functools.lru_cache(maxsize=2)
+def _synthetic_grounding(n_per_class, image_size, seed):
+    return grounding_set(n_per_class, image_size, seed)
+
+
+@_restore_mode
+def grounding_maps(model, tokenizer, images, texts, device, batch_size=256):
+    """Patch-text similarity maps (n, H, W) on the CPU of each image with its own sentence
+    (grounding.similarity_map)."""
+    text = embed_texts(model, tokenizer, texts, device, batch_size)              # (n, D)
+    maps = []
+    for i in range(0, len(texts), batch_size):
+        x = images[i:i + batch_size].to(device)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        if x.shape[1] == 1 and model.cfg.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        maps.append(similarity_map(model, x, text[i:i + batch_size].to(device)).float().cpu())
+    return torch.cat(maps)
+
+
+def evaluate_grounding(model, tokenizer, gr, device, batch_size=256):
+    """Pointing game, CNR and mIoU (grounding.py) per class and overall, with the chance level of
+    the pointing game beside them: a uniform random map's maximum lands in the mask with the
+    probability of the mask's share of the image."""
+    maps = grounding_maps(model, tokenizer, gr["images"], gr["texts"], device, batch_size)
+    masks = gr["masks"]
+    out = summarize(zip(gr["labels"], maps, masks))
+    chance = {}
+    for name, mask in zip(gr["labels"], masks):
+        chance.setdefault(name, []).append(mask.float().mean().item())
+    for name, shares in chance.items():
+        out["per_class"][name]["chance_pointing_game"] = sum(shares) / len(shares)
+    everything = [s for shares in chance.values() for s in shares]
+    out["overall"]["chance_pointing_game"] = sum(everything) / len(everything)
+    return out
+
+
 def _seed_of(data):
     """{"seed": ...} for a synthetic set, {} for a manifest's."""
     return {"seed": data["seed"]} if "seed" in data else {}
@@ -176,7 +222,7 @@ def _seed_of(data):
 def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_class=200,
              n_retrieval=1000, quick=False, shots=(1, 2, 4, 8, 16), seeds=(0, 1, 2, 3, 4),
              batch_size=256, log=None, eval_seed=EVAL_SEED, bootstrap=BOOTSTRAP_RESAMPLES,
-             bootstrap_seed=0):
+             bootstrap_seed=0, gr=None, n_grounding=GROUNDING_PER_CLASS):
     """Run the benchmark and return the results as eval.py --json writes them:
         {"zero_shot": {"accuracy", "auc"}, "few_shot": {"1", "2", "4", "8", "16"},
          "retrieval": {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"},
@@ -253,6 +299,15 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, n_per_clas
         if bootstrap and not quick:
             W = bootstrap_weights(len(ret["texts"]), bootstrap, bootstrap_seed)        # (R, n)
             intervals["retrieval"] = {key: ci95(weighted_mean(h, W)) for key, h in per_query.items()}
+    if gr is not False and not quick:
+        if gr is None:
+            seed = grounding_seed(eval_seed)
+            log(f"rendering the synthetic grounding set ({n_grounding} studies per finding)...")
+            gr = {**_synthetic_grounding(n_grounding, image_size, seed), "source": "synthetic"}
+        evaluated_on["grounding"] = {"source": gr.get("source"), "phrases": len(gr["texts"]),
+                                     **_seed_of(gr)}
+        log(f"evaluating grounding on {len(gr['texts'])} phrases...")
+        results["grounding"] = evaluate_grounding(model, tokenizer, gr, device, batch_size)
     if intervals:
         results["ci95"] = {**intervals, "resamples": bootstrap, "seed": bootstrap_seed}
     return {**results, "evaluated_on": evaluated_on}
@@ -276,6 +331,13 @@ def format_table(results):
         way, k = key.split("_r")
         rows.append(("retrieval", f"{direction[way]} Recall@{k}", recall,
                      ci.get("retrieval", {}).get(key)))
+    g = results.get("grounding")
+    if g:
+        for metric, name in (("pointing_game", "pointing game"), ("cnr", "CNR"), ("miou", "mIoU")):
+            rows.append(("grounding", f"{name}, mean of {len(g['per_class'])} classes",
+                         g["class_mean"][metric], None))
+        rows.append(("grounding", "pointing game of a random map", sum(
+            c["chance_pointing_game"] for c in g["per_class"].values()) / len(g["per_class"]), None))
     width = max([len(row[1]) for row in rows] + [6])
     with_ci = any(row[3] is not None for row in rows)
     head = f"{'task':<10}  {'metric':<{width}}  {'value':>6}" + ("  95% CI" if with_ci else "")
@@ -321,7 +383,7 @@ def unlabelled_prompt_classes(prompt_classes, label_names):
     return [c for c in prompt_classes if c.lower() not in seen]
 
 
-def check_benchmark_options(eval_manifest, prompts, retrieval_manifest):
+def check_benchmark_options(eval_manifest, prompts, retrieval_manifest, grounding_manifest=None):
     """The options naming the user's evaluation data (eval.py's and train.py's), checked before any
     slow work so that a typo fails in a second. Returns the prompts read from the file, or None."""
     if eval_manifest and not prompts:
@@ -329,7 +391,8 @@ def check_benchmark_options(eval_manifest, prompts, retrieval_manifest):
                          f"(the class prompts for zero-shot)")
     if prompts and not eval_manifest:
         raise InputError(f"--prompts {prompts} is only used with --eval-manifest")
-    for flag, path in (("--eval-manifest", eval_manifest), ("--retrieval-manifest", retrieval_manifest)):
+    for flag, path in (("--eval-manifest", eval_manifest), ("--retrieval-manifest", retrieval_manifest),
+                       ("--grounding-manifest", grounding_manifest)):
         if path and not os.path.isfile(path):
             raise InputError(f"{flag} file not found: {path}")
     return read_prompts(prompts) if prompts else None
@@ -366,6 +429,22 @@ def read_benchmark(eval_manifest, prompts, retrieval_manifest, image_size, chann
     return zs, ret
 
 
+def read_grounding(grounding_manifest, image_size, channels, others=False, log=print):
+    """evaluate()'s `gr` for a --grounding-manifest: one entry per phrase, its image, mask, text and
+    class ("all" where the manifest has no label column). Without the option, the synthetic
+    grounding set (None) unless other manifests replace the synthetic benchmark (`others`: then
+    False, skipped, as read_benchmark does). Raises ManifestError naming the row and column."""
+    if not grounding_manifest:
+        return False if others else None
+    log(f"reading {grounding_manifest}...")
+    m = read_grounding_manifest(grounding_manifest, image_size, channels, log=log)
+    if not m["texts"]:
+        raise InputError(f"{grounding_manifest}: no phrase left to evaluate (every box was outside "
+                         f"the centre crop)")
+    return {"images": m["images"][m["image_index"]], "masks": m["masks"], "texts": m["texts"],
+            "labels": [label or "all" for label in m["labels"]], "source": grounding_manifest}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Zero-shot, few-shot and retrieval evaluation of a train.py checkpoint. "
@@ -389,6 +468,12 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     p.add_argument("--show", metavar="PNG",
                    help="draw zero-shot images with their true finding and top-3 predictions")
+    p.add_argument("--show-grounding", metavar="PNG",
+                   help="draw grounding studies: the image, the true region (green) and the "
+                        "similarity map of its sentence over it")
+    p.add_argument("--grounding-manifest", metavar="CSV",
+                   help="phrase grounding on real images: a CSV with columns image,text,x,y,w,h "
+                        "(a box in the image's pixels) and optionally label (docs/grounding.md)")
     p.add_argument("--device", default="auto",
                    help="auto (cuda, else mps, else cpu), or cpu, cuda, cuda:1, mps (default: "
                         "%(default)s)")
@@ -414,7 +499,8 @@ def parse_args(argv=None):
 def run(args):
     t0 = time.time()
     # Check every path before any slow work, so a typo fails in a second.
-    prompts = check_benchmark_options(args.eval_manifest, args.prompts, args.retrieval_manifest)
+    prompts = check_benchmark_options(args.eval_manifest, args.prompts, args.retrieval_manifest,
+                                      args.grounding_manifest)
     if args.show and args.retrieval_manifest and not args.eval_manifest:
         raise InputError(f"--show {args.show} draws zero-shot predictions: it needs the synthetic "
                          f"set or --eval-manifest")
@@ -428,9 +514,9 @@ def run(args):
     except ValueError as e:
         raise InputError(f"--eval-seed: {e}") from None
 
-    for flag in ("json", "show"):
+    for flag in ("json", "show", "show_grounding"):
         if getattr(args, flag):
-            check_output_file(f"--{flag}", getattr(args, flag))
+            check_output_file(f"--{flag.replace('_', '-')}", getattr(args, flag))
     try:
         args.device = pick_device(args.device)
     except ValueError as e:
@@ -443,10 +529,14 @@ def run(args):
 
     zs, ret = read_benchmark(args.eval_manifest, prompts, args.retrieval_manifest, cfg.image_size,
                              cfg.in_channels, cache_dir=args.data_cache or None)
+    if args.grounding_manifest and zs is None and ret is None:
+        zs = ret = False             # real data replaces the synthetic benchmark: grounding alone
+    gr = read_grounding(args.grounding_manifest, cfg.image_size, cfg.in_channels,
+                        others=zs is not None or ret is not None)
     results = evaluate(model, tokenizer, args.device, cfg.image_size, zs=zs, ret=ret,
                        n_per_class=args.n_per_class, n_retrieval=args.n_retrieval,
                        seeds=tuple(range(args.seeds)), batch_size=args.batch_size, log=print,
-                       eval_seed=args.eval_seed, bootstrap=args.bootstrap)
+                       eval_seed=args.eval_seed, bootstrap=args.bootstrap, gr=gr)
     print()
     print(format_table(results))
     print(f"\n({time.time() - t0:.0f} s)")
@@ -469,6 +559,23 @@ def run(args):
         except OSError as e:
             raise WriteError(f"cannot write {args.show}: {reason(e)}") from None
         print(f"wrote {args.show}")
+    if args.show_grounding:
+        if gr is False:
+            raise InputError(f"--show-grounding {args.show_grounding} needs the synthetic set or "
+                             f"--grounding-manifest")
+        if gr is None:   # the set evaluate() rendered, from the cache
+            gr = _synthetic_grounding(GROUNDING_PER_CLASS, cfg.image_size, grounding_seed(args.eval_seed))
+        pick = [i for c in dict.fromkeys(gr["labels"])
+                for i in [j for j, name in enumerate(gr["labels"]) if name == c][:3]]
+        maps = grounding_maps(model, tokenizer, gr["images"][pick], [gr["texts"][i] for i in pick],
+                              args.device, args.batch_size)
+        from plot import draw_grounding   # Pillow: only --show-grounding needs it
+        try:
+            draw_grounding(args.show_grounding, gr["images"][pick], gr["masks"][pick], maps,
+                           [gr["texts"][i] for i in pick], [gr["labels"][i] for i in pick])
+        except OSError as e:
+            raise WriteError(f"cannot write {args.show_grounding}: {reason(e)}") from None
+        print(f"wrote {args.show_grounding}")
 
 
 def main(argv=None):

@@ -122,6 +122,9 @@ def get_args(argv=None):
     a("--retrieval-manifest", default=None, metavar="CSV",
       help="final retrieval (and the quick checks, without --eval-manifest) on these held-out "
            "image,text pairs (with a split column: its test rows)")
+    a("--grounding-manifest", default=None, metavar="CSV",
+      help="final phrase grounding on these images: columns image,text,x,y,w,h (boxes in the "
+           "image's pixels), optionally label (docs/grounding.md)")
     # Hooks for the tests, hidden from --help: save the first step's gradients (torchrun against one
     # process), and send this process a real Ctrl-C or SIGKILL after a chosen step.
     a("--grad-dump", default=None, help=argparse.SUPPRESS)

@@ -296,6 +296,51 @@ def draw_predictions(path, images, labels, probs, classes, per_class=4, cell=160
     grid.quantize(256).save(path, optimize=True)   # grey pictures and a few colours: a palette is enough
 
 
+# -----------------------------------------------------------------------------
+# eval.py --show-grounding: where a sentence lands in the image
+
+def heat(values):
+    """Map values in [0, 1] (a numpy array) to RGB uint8: black, red, yellow, white."""
+    import numpy as np
+    v = np.clip(values, 0, 1)[..., None]
+    stops = np.array([[0, 0, 0], [200, 30, 0], [255, 220, 0], [255, 255, 255]], dtype=np.float64)
+    at = v * (len(stops) - 1)
+    lo = np.clip(np.floor(at).astype(int), 0, len(stops) - 2)
+    frac = at - lo
+    return (stops[lo[..., 0]] * (1 - frac) + stops[lo[..., 0] + 1] * frac).astype(np.uint8)
+
+
+def draw_grounding(path, images, masks, maps, texts, labels, per_class=3, cell=128):
+    """Save a PNG: a row per class, per_class studies in it; each cell is the image with the
+    model's patch-text similarity map over it (min-max scaled per image, half transparent), the
+    true region outlined in green, and the sentence under it."""
+    import numpy as np
+
+    classes = list(dict.fromkeys(labels))
+    rows = [[i for i, name in enumerate(labels) if name == c][:per_class] for c in classes]
+    line, text_lines = 13, 4
+    grid = Image.new("RGB", (per_class * cell, len(rows) * (cell + text_lines * line + 6)), "white")
+    draw, font = ImageDraw.Draw(grid), caption_font()
+    for r, indices in enumerate(rows):
+        for c, i in enumerate(indices):
+            x0, y0 = c * cell, r * (cell + text_lines * line + 6)
+            gray = np.asarray(images[i][0], dtype=np.float64)
+            gray = gray / 255 if gray.max() > 1 else gray
+            m = np.asarray(maps[i], dtype=np.float64)
+            m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
+            rgb = 0.5 * np.repeat(gray[..., None] * 255, 3, axis=-1) + 0.5 * heat(m)
+            mask = np.asarray(masks[i], dtype=bool)
+            inner = mask.copy()                       # the outline: mask pixels with a neighbour outside
+            inner[1:-1, 1:-1] = (mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1]
+                                 & mask[1:-1, :-2] & mask[1:-1, 2:])
+            rgb[mask & ~inner] = (0, 230, 0)
+            picture = Image.fromarray(rgb.astype(np.uint8)).resize((cell - 4, cell - 4), Image.NEAREST)
+            grid.paste(picture, (x0 + 2, y0 + 2))
+            for j, words in enumerate(wrap_words(texts[i], font, cell - 8)[:text_lines]):
+                draw_words(draw, (x0 + 4, y0 + cell + j * line), words, font, "black")
+    grid.quantize(256).save(path, optimize=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="train.py's --out folder (holding metrics.jsonl)")

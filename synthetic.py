@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from radiograph import lerp, render_image  # the picture of a study (synthetic.render_image, as before)
+from radiograph import lerp, render_image, render_with_masks  # render_image: synthetic.render_image, as before
 from runtime import WriteError, reason, save_atomic
 
 # -----------------------------------------------------------------------------
@@ -629,6 +629,39 @@ def zero_shot_set(n_per_class, image_size, workers=0, seed=EVAL_SEED):
             "prompts": {c: list(p) for c, p in CLASS_PROMPTS.items()}, "texts": texts}
 
 
+GROUNDING_SEED = 4004   # disjoint from the training and both evaluation sets
+# The localised findings the grounding set draws (radiograph.NO_PLACE findings, edema, have no
+# region to point at).
+GROUNDING_CLASSES = ["atelectasis", "consolidation", "nodule", "pleural effusion", "pneumothorax"]
+
+
+def finding_sentence(report):
+    """The first sentence of a report's FINDINGS: for a single-finding study, the one that names
+    its finding (write_report says the findings first, negations after)."""
+    body = report.removeprefix("FINDINGS: ")
+    return body.split(". ")[0].rstrip(".") + "."
+
+
+def grounding_set(n_per_class, image_size, seed=GROUNDING_SEED):
+    """Phrase grounding on synthetic studies: n_per_class single-finding studies of each of
+    GROUNDING_CLASSES, each with the mask of its finding (radiograph.render_with_masks: where
+    drawing it changed the picture) and the report sentence that names it. Returns {"images":
+    uint8 (n, 1, H, W), "masks": bool (n, H, W), "texts": [sentence], "labels": [class name],
+    "seed"}."""
+    check_eval_seed(seed)
+    images, masks, texts, labels = [], [], [], []
+    for name in GROUNDING_CLASSES:
+        for i in range(n_per_class):
+            rng, patient, findings = draw_study(seed, i, only=name)
+            image, found = render_with_masks(patient, findings, image_size)
+            images.append(to_uint8(image))
+            masks.append(found[name])
+            texts.append(finding_sentence(write_report(findings, rng)))
+            labels.append(name)
+    return {"images": torch.from_numpy(np.stack(images))[:, None], "masks":
+            torch.from_numpy(np.stack(masks)), "texts": texts, "labels": labels, "seed": seed}
+
+
 def cache_file_name(split, n, image_size, report_noise=0.0):
     """load_or_render's file name: the split, n, the size and GENERATOR_VERSION, then the report
     noise when there is any (the clean set keeps the name it always had)."""
@@ -637,7 +670,8 @@ def cache_file_name(split, n, image_size, report_noise=0.0):
 
 
 def load_or_render(split, n, image_size, cache_dir=None, workers=0, report_noise=0.0):
-    """render_synthetic / zero_shot_set (split "zero_shot", n per class), cached as a .pt in cache_dir.
+    """render_synthetic / zero_shot_set (split "zero_shot", n per class) / grounding_set (split
+    "grounding", n per class), cached as a .pt in cache_dir.
     Rendering is cheap but not free (20k images at 64 px: several seconds per core); a cache makes
     restarts and repeated runs instant. The key holds GENERATOR_VERSION so a changed generator
     never serves stale pictures, and the report noise (training only) so a noisy set is never
@@ -645,8 +679,12 @@ def load_or_render(split, n, image_size, cache_dir=None, workers=0, report_noise
     report_noise = check_report_noise(report_noise)
     if report_noise > 0 and split != "train":
         raise ValueError(f"report noise is for the training set only, not {split!r}")
-    render = lambda: zero_shot_set(n, image_size, workers) if split == "zero_shot" else \
-        render_synthetic(split, n, image_size, workers, report_noise=report_noise)  # noqa: E731
+    def render():
+        if split == "zero_shot":
+            return zero_shot_set(n, image_size, workers)
+        if split == "grounding":
+            return grounding_set(n, image_size)
+        return render_synthetic(split, n, image_size, workers, report_noise=report_noise)
     if cache_dir is None:
         return render()
     path = Path(cache_dir) / cache_file_name(split, n, image_size, report_noise)

@@ -57,7 +57,7 @@ def train(args):
     lock = claim_folders(args, run)                   # one run per --out, before touching it
     ckpt = resume_or_start(args)                      # every check of the checkpoint, first
     prompts = evaluation.check_benchmark_options(args.eval_manifest, args.prompts,
-                                                 args.retrieval_manifest)
+                                                 args.retrieval_manifest, args.grounding_manifest)
     torch.manual_seed(args.seed)                      # the same initial model on every rank
 
     t0 = time.time()
@@ -67,8 +67,8 @@ def train(args):
     log(f"data: {len(pairs['texts'])} pairs from {pairs['source']}, "
         f"{len(set(pairs['ids'].tolist()))} distinct reports, vocabulary {cfg.vocab_size}, "
         f"ready in {time.time() - t0:.1f}s", flush=True)
-    zs, ret = load_benchmark(args, prompts, pairs.get("label_names"), run, log)
-    evaluate = not (zs is False and ret is False)    # False, False: a manifest without eval sets
+    zs, ret, gr = load_benchmark(args, prompts, pairs.get("label_names"), run, log)
+    quick = not (zs is False and ret is False)       # False, False: a manifest without eval sets
 
     parts = build(args, cfg, run, ckpt, log)           # student, teacher, queue, optimizer, ...
     del ckpt
@@ -101,7 +101,7 @@ def train(args):
 
         if run.master and (step % args.log_every == 0 or step == args.steps):
             log_step(parts, args, run, step, clock, lr, alpha, m)
-        if (run.master and evaluate and args.eval_every and step % args.eval_every == 0
+        if (run.master and quick and args.eval_every and step % args.eval_every == 0
                 and step < args.steps):
             with clock.paused():                                 # evaluation stays out of the ETA
                 quick_check(parts, tokenizer, args, run, step, zs, ret, log)
@@ -112,7 +112,7 @@ def train(args):
             break
 
     if run.master and status == 0 and step == args.steps:
-        final_report(parts, tokenizer, args, run, zs, ret, clock, log)
+        final_report(parts, tokenizer, args, run, (zs, ret, gr), clock, log)
     if run.ddp:
         # Leave together: a rank that tore down its gloo connections while rank 0 was still
         # evaluating aborted at exit now and then ("terminate called without an active exception").
@@ -235,26 +235,30 @@ def tokenize_reports(args, pairs, ckpt, run):
 
 
 def load_benchmark(args, prompts, label_names, run, log):
-    """What to evaluate on: the user's sets, the synthetic benchmark (None), or nothing (False,
-    when training on a manifest without evaluation sets: the synthetic numbers would say nothing
-    about the user's data)."""
-    if not (args.eval_manifest or args.retrieval_manifest):
+    """What to evaluate on, (zero-shot, retrieval, grounding): the user's sets, the synthetic
+    benchmark (None), or nothing (False, when training on a manifest without evaluation sets: the
+    synthetic numbers would say nothing about the user's data)."""
+    if not (args.eval_manifest or args.retrieval_manifest or args.grounding_manifest):
         if not args.train_manifest:
-            return None, None
-        log("no --eval-manifest/--retrieval-manifest given: skipping evaluation on the synthetic "
-            "benchmark, which says nothing about your data (eval.py can evaluate ckpt.pt later)",
-            flush=True)
-        return False, False
-    zs = ret = None
+            return None, None, None
+        log("no --eval-manifest/--retrieval-manifest/--grounding-manifest given: skipping "
+            "evaluation on the synthetic benchmark, which says nothing about your data (eval.py "
+            "can evaluate ckpt.pt later)", flush=True)
+        return False, False, False
+    zs = ret = gr = None
     if run.master:                                    # rank 0 alone evaluates
         zs, ret = evaluation.read_benchmark(args.eval_manifest, prompts, args.retrieval_manifest,
                                             args.image_size, args.channels,
                                             cache_dir=args.data_cache or None, log=log)
+        if args.grounding_manifest and zs is None:     # grounding alone replaces the synthetic
+            zs = ret = False                           # benchmark too
+        gr = evaluation.read_grounding(args.grounding_manifest, args.image_size, args.channels,
+                                       others=zs is not None or ret is not None, log=log)
     if prompts and label_names:
         missing = evaluation.unlabelled_prompt_classes(list(prompts), label_names)
         log(f"prompt classes no training report is labelled with: {missing}" if missing else
             "every prompt class is among the training labels", flush=True)
-    return zs, ret
+    return zs, ret, gr
 
 
 @dataclass
@@ -491,10 +495,11 @@ def save_checkpoint(parts, args, run, cfg, step):
         parts.saved_step = step
 
 
-def final_report(parts, tokenizer, args, run, zs, ret, clock, log):
+def final_report(parts, tokenizer, args, run, benchmark, clock, log):
     """The full benchmark on the final model, printed and written to eval.json."""
+    zs, ret, gr = benchmark
     written = f"{parts.ckpt_path}, {os.path.join(args.out, 'tokenizer.json')} and {parts.metrics_path}"
-    if zs is False and ret is False:
+    if zs is False and ret is False and gr is False:
         log(f"training done in {fmt_time(clock.elapsed())}; not evaluated (no --eval-manifest/"
             f"--retrieval-manifest given), so no eval.json: evaluate later with python eval.py "
             f"--checkpoint {args.out} --eval-manifest CSV --prompts JSON --retrieval-manifest CSV")
@@ -502,7 +507,7 @@ def final_report(parts, tokenizer, args, run, zs, ret, clock, log):
         return
     log(f"training done in {fmt_time(clock.elapsed())}; evaluating the final model...", flush=True)
     results = evaluation.evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs,
-                                  ret=ret, n_per_class=args.eval_per_class,
+                                  ret=ret, gr=gr, n_per_class=args.eval_per_class,
                                   n_retrieval=args.eval_retrieval, log=lambda s: log(s, flush=True))
     log(evaluation.format_table(results))
     try:

@@ -18,7 +18,8 @@ import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
 import metrics  # noqa: E402
 from data import tokenize, train_tokenizer  # noqa: E402
 from model import DualEncoder, make_config  # noqa: E402
-from synthetic import (CLASS_PROMPTS, EVAL_SEED, SECOND_EVAL_SEED, TRAIN_SEED,  # noqa: E402
+from synthetic import (CLASS_PROMPTS, EVAL_SEED, GROUNDING_CLASSES, GROUNDING_SEED,  # noqa: E402
+                       SECOND_EVAL_SEED, TRAIN_SEED,
                        ZERO_SHOT_CLASSES, render_synthetic)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -389,7 +390,7 @@ def small_benchmark(word_tokenizer):
 
 def test_evaluate_intervals_are_the_bootstrap_of_its_own_numbers(word_tokenizer):
     model, zs, ret = small_benchmark(word_tokenizer)
-    kw = dict(zs=zs, ret=ret, shots=(1, 2), seeds=(0, 1))
+    kw = dict(zs=zs, ret=ret, gr=False, shots=(1, 2), seeds=(0, 1))
     res = ev.evaluate(model, word_tokenizer, "cpu", 4, bootstrap=200, bootstrap_seed=7, **kw)
     ci = res["ci95"]
     assert (ci["resamples"], ci["seed"]) == (200, 7)
@@ -476,9 +477,14 @@ def run_cli(*args):
                           capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
-def check_json_structure(results, shots=("1", "2", "4", "8", "16")):
-    assert set(results) == {"zero_shot", "few_shot", "retrieval", "ci95", "evaluated_on"}
-    assert set(results.pop("evaluated_on")) == {"zero_shot", "retrieval"}
+def check_json_structure(results, shots=("1", "2", "4", "8", "16"), grounding=False):
+    more = {"grounding"} if grounding else set()
+    assert set(results) == {"zero_shot", "few_shot", "retrieval", "ci95", "evaluated_on"} | more
+    assert set(results.pop("evaluated_on")) == {"zero_shot", "retrieval"} | more
+    if grounding:
+        g = results.pop("grounding")
+        assert set(g) == {"per_class", "overall", "class_mean", "no_place"}
+        assert set(g["per_class"]) == set(GROUNDING_CLASSES) and g["overall"]["n"] == 250
     # ci95 mirrors the numbers: a [lo, hi] for each, from 1000 resamples with seed 0
     ci = results.pop("ci95")
     assert (ci.pop("resamples"), ci.pop("seed")) == (1000, 0)
@@ -505,8 +511,9 @@ def test_cli_json_on_the_synthetic_benchmark(checkpoint, tmp_path):
     assert results["evaluated_on"] == {
         "zero_shot": {"source": "synthetic", "images": 5 * 20, "classes": list(ZERO_SHOT_CLASSES),
                       "seed": EVAL_SEED},
-        "retrieval": {"source": "synthetic", "pairs": 30, "seed": EVAL_SEED}}
-    check_json_structure(results)
+        "retrieval": {"source": "synthetic", "pairs": 30, "seed": EVAL_SEED},
+        "grounding": {"source": "synthetic", "phrases": 250, "seed": GROUNDING_SEED}}
+    check_json_structure(results, grounding=True)
     assert "zero-shot" in r.stdout and "Recall@10" in r.stdout   # the table was printed
 
 
@@ -528,7 +535,8 @@ def test_cli_bootstrap_0_leaves_the_intervals_out(checkpoint, tmp_path, capsys):
     out = tmp_path / "r.json"
     ev.main(["--checkpoint", str(checkpoint), "--n-per-class", "10", "--n-retrieval", "20",
              "--seeds", "1", "--device", "cpu", "--bootstrap", "0", "--json", str(out)])
-    assert set(json.loads(out.read_text())) == {"zero_shot", "few_shot", "retrieval", "evaluated_on"}
+    assert set(json.loads(out.read_text())) == {"zero_shot", "few_shot", "retrieval", "grounding",
+                                                     "evaluated_on"}
     printed = capsys.readouterr().out
     table = printed[printed.index("task "):]
     assert "Recall@10" in table and "95% CI" not in table and "[" not in table

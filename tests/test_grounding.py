@@ -2,6 +2,7 @@
 map, the metrics against hand computations, and the grounding manifest (grounding.py)."""
 
 import csv
+import os
 import math
 
 import numpy as np
@@ -373,3 +374,110 @@ def test_an_unreadable_image_is_one_clear_line(tmp_path):
     csv_path = _manifest(tmp_path / "g.csv", [["a.png", "Opacity.", "0", "0", "1", "1", ""]])
     with pytest.raises(ManifestError, match=r"row 1 \(line 2\), column 'image': cannot read image .*a\.png"):
         grounding.read_grounding_manifest(csv_path, 10)
+
+
+# -----------------------------------------------------------------------------
+# The synthetic grounding set, and grounding in the benchmark (eval.py, train.py)
+
+NAMED = {"atelectasis": ("atelecta", "collapse", "volume loss"), "consolidation": ("consolidation", "opacity"),
+         "nodule": ("nodul", "mass"), "pleural effusion": ("effusion", "fluid"),
+         "pneumothorax": ("pneumothorax",)}
+
+
+def test_the_grounding_set_is_single_findings_with_their_mask_and_sentence():
+    g = synthetic.grounding_set(6, 32)
+    assert g["images"].shape == (30, 1, 32, 32) and g["masks"].shape == (30, 32, 32)
+    assert g["labels"] == [c for c in synthetic.GROUNDING_CLASSES for _ in range(6)]
+    for i, (name, text) in enumerate(zip(g["labels"], g["texts"])):
+        rng, patient, findings = synthetic.draw_study(synthetic.GROUNDING_SEED, i % 6, only=name)
+        assert list(findings) == [name]
+        report = synthetic.write_report(findings, rng)
+        assert report.startswith("FINDINGS: " + text[:-1])      # its first sentence, which
+        assert any(word in text.lower() for word in NAMED[name]), text   # names the finding
+        image, masks = radiograph.render_with_masks(patient, findings, 32)
+        assert torch.equal(g["masks"][i], torch.from_numpy(masks[name])) and g["masks"][i].any()
+    # seeded apart from the training and both evaluation sets
+    import eval as evaluation
+    seeds = {evaluation.grounding_seed(s) for s in (synthetic.EVAL_SEED, synthetic.SECOND_EVAL_SEED)}
+    assert len(seeds) == 2 and not seeds & {TRAIN_SEED, synthetic.EVAL_SEED, synthetic.SECOND_EVAL_SEED}
+
+
+def test_evaluate_reports_grounding_per_class_with_its_chance_level():
+    import eval as evaluation
+    from data import train_tokenizer
+    g = synthetic.grounding_set(4, 32)
+    tokenizer = train_tokenizer(g["texts"], 200)
+    model = DualEncoder(tiny(vocab_size=tokenizer.get_vocab_size())).eval()
+    gr = {**g, "source": "synthetic"}
+    res = evaluation.evaluate(model, tokenizer, "cpu", 32, zs=False, ret=False, gr=gr)
+    out = res["grounding"]
+    assert res["evaluated_on"]["grounding"] == {"source": "synthetic", "phrases": 20,
+                                                "seed": synthetic.GROUNDING_SEED}
+    maps = evaluation.grounding_maps(model, tokenizer, g["images"], g["texts"], "cpu")
+    for name in synthetic.GROUNDING_CLASSES:
+        rows = [i for i, label in enumerate(g["labels"]) if label == name]
+        c = out["per_class"][name]
+        assert c["n"] == 4
+        assert c["pointing_game"] == pytest.approx(
+            sum(grounding.pointing_game(maps[i], g["masks"][i]) for i in rows) / 4)
+        assert c["cnr"] == pytest.approx(sum(grounding.cnr(maps[i], g["masks"][i]) for i in rows) / 4)
+        # a random map's maximum lands in the mask with the mask's share of the image
+        assert c["chance_pointing_game"] == pytest.approx(
+            sum(g["masks"][i].float().mean().item() for i in rows) / 4)
+    assert "grounding   pointing game of a random map" in evaluation.format_table(res)
+
+
+def test_eval_cli_grounds_a_manifest_and_draws_it(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    from data import train_tokenizer
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _images(tmp_path)
+    csv_path = _manifest(tmp_path / "g.csv", [
+        ["a.png", "Right lower lobe opacity.", "20", "30", "40", "10", "consolidation"],
+        ["b.png", "Left effusion.", "120", "60", "30", "20", "pleural effusion"],
+        ["b.png", "Left effusion.", "100", "10", "10", "10", "pleural effusion"]])
+    tokenizer = train_tokenizer(["Right lower lobe opacity.", "Left effusion."], 100)
+    cfg = tiny(vocab_size=tokenizer.get_vocab_size())
+    torch.save({"student": DualEncoder(cfg).state_dict(), "step": 1,
+                "config": {"model": asdict(cfg), "train": {}}}, tmp_path / "ckpt.pt")
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    proc = subprocess.run([sys.executable, os.path.join(root, "eval.py"), "--checkpoint", str(tmp_path),
+                           "--grounding-manifest", str(csv_path), "--json", str(tmp_path / "r.json"),
+                           "--show-grounding", str(tmp_path / "g.png")],
+                          capture_output=True, text=True, timeout=300, cwd=root,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "r.json").read_text())
+    # the user's data replaces the synthetic benchmark: grounding alone, on their phrases
+    assert set(res) == {"grounding", "evaluated_on"}
+    assert res["evaluated_on"] == {"grounding": {"source": str(csv_path), "phrases": 2}}
+    assert {k: v["n"] for k, v in res["grounding"]["per_class"].items()} == {
+        "consolidation": 1, "pleural effusion": 1}
+    picture = Image.open(tmp_path / "g.png")
+    assert picture.size == (3 * 128, 2 * (128 + 4 * 13 + 6))     # a row per class, 3 cells each
+
+
+def test_train_grounds_a_manifest_in_its_final_report(tmp_path):
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _images(tmp_path)
+    csv_path = _manifest(tmp_path / "g.csv", [
+        ["a.png", "Right lower lobe opacity.", "20", "30", "40", "10", "consolidation"]])
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, os.path.join(root, "train.py"), "--out", str(out),
+                           "--image-size", "32", "--n-train", "64", "--batch-size", "8",
+                           "--steps", "1", "--vocab-size", "200", "--data-cache", "",
+                           "--workers", "1", "--grounding-manifest", str(csv_path)],
+                          capture_output=True, text=True, timeout=300, cwd=root,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert "grounding   pointing game, mean of 1 classes" in proc.stdout
+    res = json.loads((out / "eval.json").read_text())
+    assert set(res) == {"grounding", "evaluated_on"}
+    assert res["grounding"]["per_class"]["consolidation"]["n"] == 1

@@ -81,7 +81,8 @@ def test_end_to_end_then_eval_json(reference_run, tmp_path):
     # with no manifest, train.py's own table is the synthetic benchmark, and eval.json says so
     assert json.loads((out / "eval.json").read_text())["evaluated_on"] == {
         "zero_shot": {"source": "synthetic", "images": 5 * 10, "classes": ZERO_SHOT_CLASSES, "seed": 2002},
-        "retrieval": {"source": "synthetic", "pairs": 40, "seed": 2002}}
+        "retrieval": {"source": "synthetic", "pairs": 40, "seed": 2002},
+        "grounding": {"source": "synthetic", "phrases": 250, "seed": 4004}}
     ckpt = load(out / "ckpt.pt")
     assert ckpt["step"] == 6 and ckpt["samples_seen"] == 6 * 16
     assert len(ckpt["queue"]["ids"]) == 64 and int(ckpt["queue"]["filled"]) == 64
@@ -94,7 +95,7 @@ def test_end_to_end_then_eval_json(reference_run, tmp_path):
     run("eval.py", "--checkpoint", str(out), "--json", str(out_json), "--n-per-class", "20",
         "--n-retrieval", "40")
     res = json.loads(out_json.read_text())
-    assert set(res) == {"zero_shot", "few_shot", "retrieval", "ci95", "evaluated_on"}
+    assert set(res) == {"zero_shot", "few_shot", "retrieval", "grounding", "ci95", "evaluated_on"}
     assert set(res["retrieval"]) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
     values = [*res["zero_shot"].values(), *res["few_shot"].values(), *res["retrieval"].values()]
     assert all(0.0 <= v <= 1.0 for v in values)
@@ -114,8 +115,8 @@ def test_train_on_a_manifest_without_evaluation_sets_skips_the_synthetic_benchma
                *SMALL, "--queue-size", "16", "--steps", "2", "--eval-every", "1")
     assert "64 pairs from" in proc.stdout
     assert load(out / "ckpt.pt")["step"] == 2
-    assert ("no --eval-manifest/--retrieval-manifest given: skipping evaluation on the synthetic "
-            "benchmark, which says nothing about your data") in proc.stdout
+    assert ("no --eval-manifest/--retrieval-manifest/--grounding-manifest given: skipping "
+            "evaluation on the synthetic benchmark, which says nothing about your data") in proc.stdout
     # no quick check at step 1, no final table, no eval.json: no synthetic number anywhere
     assert "rendering" not in proc.stdout
     assert "zero-shot" not in proc.stdout and "Recall@" not in proc.stdout
@@ -222,7 +223,7 @@ def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_pat
     run("eval.py", "--checkpoint", str(out), "--json", str(tmp_path / "r.json"), "--n-per-class", "4",
         "--n-retrieval", "10")
     assert set(json.loads((tmp_path / "r.json").read_text())) == {"zero_shot", "few_shot", "retrieval",
-                                                                 "ci95", "evaluated_on"}
+                                                                 "grounding", "ci95", "evaluated_on"}
 
 
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
