@@ -36,8 +36,8 @@ import os
 import shlex
 import sys
 
-from studies import (HERE, compare, fmt_mean_std, read_json, record, train_and_evaluate,
-                     write_json)
+from studies import (HERE, compare, fmt_mean_std, mean_std, read_json, record,
+                     train_and_evaluate, write_json)
 
 REGIMES = {  # name -> (training pairs, report noise)
     "today": (20000, 0.0),
@@ -122,6 +122,36 @@ def format_table(runs):
     return "\n".join(lines)
 
 
+def grounding_tables(runs):
+    """Two markdown tables, the pointing game and CNR per class (grounding.py on the synthetic
+    grounding set), for every cell that has them, student and teacher, mean ± std over seeds; the
+    pointing game of a random map (the mask's share of the image) in the last row."""
+    classes = sorted({key.split("/", 1)[1] for by_seed in runs.values() for r in by_seed.values()
+                      for key in r if key.startswith("grounding_pointing_game/")})
+    if not classes:
+        return ""
+    tables = []
+    for metric, title in (("pointing_game", "pointing game"), ("cnr", "CNR")):
+        head = ["regime", "arm", "seeds", *classes, "mean"]
+        lines = [f"{title}:", "| " + " | ".join(head) + " |", "|---|---|---:|" + "---:|" * (len(classes) + 1)]
+        for regime in REGIMES:
+            for arm in ARMS:
+                by_seed = runs.get((regime, arm), {})
+                for name, prefix in [(arm, "")] + ([(f"{arm} teacher", "teacher_")] if has_teacher(arm) else []):
+                    values = [[r.get(f"{prefix}grounding_{metric}/{c}") for r in by_seed.values()]
+                              for c in classes] + [[r.get(f"{prefix}grounding_{metric}") for r in by_seed.values()]]
+                    if by_seed and any(v is not None for column in values for v in column):
+                        lines.append("| " + " | ".join([regime, name, str(len(by_seed))] +
+                                                       [fmt_mean_std(v) for v in values]) + " |")
+        if metric == "pointing_game":
+            chance = [[r.get(f"grounding_chance/{c}") for by_seed in runs.values()
+                       for r in by_seed.values()] for c in classes]
+            lines.append("| a random map | | | " + " | ".join(
+                f"{mean_std(v)[0]:.3f}" if mean_std(v)[0] is not None else "–" for v in chance) + " | |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
 def comparisons(runs):
     """Per regime, each pair of PAIRS on each key: the difference of means and whether it exceeds
     the larger of the two standard deviations (pairs with at least 2 seeds on both sides)."""
@@ -186,6 +216,7 @@ def main(argv=None):
     if args.report:
         runs = runs_by_cell(report)
         print(f"{len(report['records'])} runs recorded in {args.json}\n\n{format_table(runs)}\n")
+        print(grounding_tables(runs) + "\n")
         print("\n".join(comparisons(runs)) or "(no pair has 2 seeds on both sides yet)")
         return 0
     # seed-major: every cell gets seed 0 before any gets seed 1, so a study cut short still
@@ -210,6 +241,7 @@ def main(argv=None):
             continue
         report["records"][key] = record(summary, cmd)
         report["table"] = format_table(runs_by_cell(report))
+        report["grounding_tables"] = grounding_tables(runs_by_cell(report))
         write_json(args.json, report)
     runs = runs_by_cell(report)
     print(f"\n{format_table(runs)}\n\n" + "\n".join(comparisons(runs)))

@@ -67,6 +67,15 @@ def summarise_run(eval_results, metrics_rows, teacher_results=None, second_resul
                "few_shot_1": fs.get("1"), "few_shot_16": fs.get("16"),
                "i2t_r1": ret.get("i2t_r1"), "i2t_r10": ret.get("i2t_r10"),
                "t2i_r1": ret.get("t2i_r1"), "t2i_r10": ret.get("t2i_r10")}
+        # grounding (eval.py): the class means, and each class's pointing game and CNR
+        g = res.get("grounding")
+        if g:
+            for metric in ("pointing_game", "cnr", "miou"):
+                out[f"grounding_{metric}"] = g["class_mean"][metric]
+            for name, c in g["per_class"].items():
+                out[f"grounding_pointing_game/{name}"] = c["pointing_game"]
+                out[f"grounding_cnr/{name}"] = c["cnr"]
+                out[f"grounding_chance/{name}"] = c.get("chance_pointing_game")
         # the bootstrap interval of the test items (eval.py), as scalars so they average over seeds
         ci = res.get("ci95", {})
         for key, part, name in (("zero_shot_accuracy", "zero_shot", "accuracy"),
