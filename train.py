@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+import benchmark
 import data
 import eval as evaluation
 import synthetic
@@ -56,7 +57,7 @@ def train(args):
     log = print if run.master else (lambda *a, **k: None)
     lock = claim_folders(args, run)                   # one run per --out, before touching it
     ckpt = resume_or_start(args)                      # every check of the checkpoint, first
-    prompts = evaluation.check_benchmark_options(args.eval_manifest, args.prompts,
+    prompts = benchmark.check_benchmark_options(args.eval_manifest, args.prompts,
                                                  args.retrieval_manifest, args.grounding_manifest)
     torch.manual_seed(args.seed)                      # the same initial model on every rank
 
@@ -247,15 +248,15 @@ def load_benchmark(args, prompts, label_names, run, log):
         return False, False, False
     zs = ret = gr = None
     if run.master:                                    # rank 0 alone evaluates
-        zs, ret = evaluation.read_benchmark(args.eval_manifest, prompts, args.retrieval_manifest,
+        zs, ret = benchmark.read_benchmark(args.eval_manifest, prompts, args.retrieval_manifest,
                                             args.image_size, args.channels,
                                             cache_dir=args.data_cache or None, log=log)
         if args.grounding_manifest and zs is None:     # grounding alone replaces the synthetic
             zs = ret = False                           # benchmark too
-        gr = evaluation.read_grounding(args.grounding_manifest, args.image_size, args.channels,
+        gr = benchmark.read_grounding(args.grounding_manifest, args.image_size, args.channels,
                                        others=zs is not None or ret is not None, log=log)
     if prompts and label_names:
-        missing = evaluation.unlabelled_prompt_classes(list(prompts), label_names)
+        missing = benchmark.unlabelled_prompt_classes(list(prompts), label_names)
         log(f"prompt classes no training report is labelled with: {missing}" if missing else
             "every prompt class is among the training labels", flush=True)
     return zs, ret, gr

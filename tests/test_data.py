@@ -493,6 +493,7 @@ def test_trim_padding_keeps_every_token_and_rounds_for_compile():
     assert data.trim_padding(torch.full((2, 64), P)).shape == (2, 1)   # all padding: one column
 
 
+@pytest.mark.slow   # data.py show and export with noise, twice: `pytest -m slow`, CI's second step
 def test_cli_show_and_export_with_report_noise(tmp_path):
     r = _cli("show", "--out", "noisy.png", "--n", "5", "--image-size", "64", "--report-noise", "0.5",
              cwd=tmp_path)

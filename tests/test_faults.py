@@ -88,6 +88,7 @@ def test_a_checkpoint_that_fills_the_disk_keeps_the_last_good_one(tmp_path, monk
     assert steps == [1, 2, 3, 4]
 
 
+@pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
 @unix_only
 def test_a_real_write_failure_of_the_first_checkpoint(tmp_path):
     """A real failing write: files may not grow past 1 MB, so the tokenizer and the metrics are

@@ -26,6 +26,9 @@ PICTURES = {
     "docs/predictions.png": ("python eval.py --checkpoint out --show docs/predictions.png",
                              (640, 1090)),
     "docs/curve.png": ("python plot.py out --out docs/curve.png", (800, 280)),
+    # 5 grounding classes x 3 cells of 128 x (128 + 4 lines of 13 + 6)
+    "docs/grounding.png": ("python eval.py --checkpoint out --show-grounding docs/grounding.png",
+                           (384, 930)),
 }
 
 

@@ -190,6 +190,7 @@ def test_a_manifest_smaller_than_one_window_is_refused(tmp_path):
     assert not (tmp_path / "x" / "ckpt.pt").exists()
 
 
+@pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
 def test_resume_from_a_cached_manifest_matches_a_run_from_memory(tmp_path):
     """A manifest decoded into memory, against the same manifest memory-mapped from its cache by a
     run killed after step 3 and resumed (from the step-2 checkpoint): bit for bit the same."""
@@ -209,6 +210,7 @@ def test_resume_from_a_cached_manifest_matches_a_run_from_memory(tmp_path):
         assert_same_tensors(a[key], b[key], key)
 
 
+@pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
 def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_path):
     """--stem patch --pool cls (ViT's own embedding and pooling): the checkpoint holds the single
     p x p convolution and a class token, and eval.py rebuilds that model from the saved config
@@ -356,6 +358,7 @@ def test_resume_on_a_truncated_or_garbage_checkpoint_is_one_clear_line(reference
     assert "weights_only" not in proc.stderr
 
 
+@pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
 def test_torchrun_two_ranks_equal_one_process_with_twice_the_micro_batch(tmp_path):
     common = [*SMALL, "--steps", "1", "--accum-steps", "1", "--alpha-warmup", "0",
               "--no-augment", "--eval-every", "0", "--eval-per-class", "2", "--eval-retrieval", "10"]
@@ -472,6 +475,7 @@ def test_exact_clip_accumulation_trains_and_resumes_exactly(exact_clip_runs):
     assert losses[0] == losses[1] and len(losses[0]) == 4
 
 
+@pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
 def test_resume_refuses_a_changed_method_and_a_checkpoint_of_an_older_layout(exact_clip_runs):
     root, _ = exact_clip_runs
     at2 = root / "at2"
@@ -572,6 +576,7 @@ def test_help_says_the_schedule_repeats_a_small_set(capsys):
     assert args.report_noise == 0.0
 
 
+@pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
 def test_report_noise_is_saved_and_a_resume_with_another_is_refused(tmp_path):
     out = tmp_path / "noisy"
     proc = run("train.py", "--out", str(out), *SMALL, "--report-noise", "0.3", "--steps", "2",
@@ -585,6 +590,7 @@ def test_report_noise_is_saved_and_a_resume_with_another_is_refused(tmp_path):
     assert "rendering" not in proc.stdout                   # refused before any data is made
 
 
+@pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
 def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(reference_run, tmp_path):
     """--report-noise came after checkpoints of this layout: one without the entry ran without
     noise, so a resume with the default continues it (and one with noise is refused)."""
