@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+import reports
 import synthetic
 
 # -----------------------------------------------------------------------------
@@ -42,7 +43,7 @@ def describe(findings):
     parts = []
     for name, f in findings.items():
         grade = f.get("severity")  # said as the reports say it: "mild cardiomegaly", not "small"
-        grade = grade and synthetic.SEVERITY_WORDS.get(name, synthetic.SEVERITY_WORDS["default"])[grade][0]
+        grade = grade and reports.SEVERITY_WORDS.get(name, reports.SEVERITY_WORDS["default"])[grade][0]
         words = [grade, f.get("side"), f.get("device", name)]
         parts.append(" ".join(w for w in words if w) + ("?" if f.get("hedged") else ""))
     return ", ".join(parts)

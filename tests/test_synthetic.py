@@ -12,6 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import reports  # noqa: E402
 import synthetic  # noqa: E402
 from data import PAD_ID  # noqa: E402
 from synthetic import CLASS_PROMPTS, EVAL_SEED, FINDINGS, TRAIN_SEED, ZERO_SHOT_CLASSES  # noqa: E402
@@ -244,7 +245,7 @@ def test_normal_studies_are_common_and_share_reports():
     normal = [s for s in studies if not s.findings]
     assert 0.25 < len(normal) / len(studies) < 0.45
     text, count = collections.Counter(s.report for s in studies).most_common(1)[0]
-    assert count >= 20 and text in synthetic.CANONICAL_NORMAL  # word-for-word duplicates exist
+    assert count >= 20 and text in reports.CANONICAL_NORMAL  # word-for-word duplicates exist
     assert any(len(s.findings) >= 2 for s in studies)     # and multi-finding studies
 
 
