@@ -10,9 +10,8 @@ reports optionally noisy, train.py --report-noise), a CheXpert 5x200-style zero-
 retrieval set, and an export as PNGs plus a manifest that data.py reads like any real data set.
 
 In the order a reader meets them: the vocabulary (findings, zero-shot classes and prompts, seeds),
-patients, findings, the drawing (radiograph.py), the reports (reports.py), studies, noisy reports
-and data sets, the grounding set,
-then the export.
+patients, findings, the drawing (radiograph.py), the reports (reports.py), studies, noisy reports,
+the data sets and the grounding set, then the export.
 
 Run `python data.py show --out samples.png` to look at what the model sees: a grid of training
 studies, each with its findings and the start of its report (drawn by plot.py). From Python,
