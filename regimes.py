@@ -73,6 +73,15 @@ def has_teacher(arm):
     return "--method" not in ARMS[arm][1]
 
 
+def job_key(regime, arm, seed):
+    return f"{regime}/{arm}-seed{seed}"
+
+
+def latest(path, report):
+    """The report as it is on disk now (other workers write to it too), else the one in memory."""
+    return read_json(path) if os.path.exists(path) else report
+
+
 def run_dir(out_dir, regime, arm, seed):
     return os.path.join(out_dir, regime, f"{arm}-seed{seed}")
 
@@ -178,6 +187,9 @@ def parse_args(argv=None):
     a("--out-dir", default="results/regimes", help="one folder per run (not committed)")
     a("--json", default="docs/results/regimes.json",
       help="the report: every finished run's numbers, command, commit and machine")
+    a("--worker", default="1/1", metavar="I/N",
+      help="run only the I-th of every N runs not yet recorded: start N studies at once, "
+           "1/N to N/N, one per core with OMP_NUM_THREADS=1, and they share --json")
     a("--dry-run", action="store_true", help="print the commands; run nothing")
     a("--report", action="store_true", help="print the tables of the runs recorded in --json")
     args = p.parse_args(argv)
@@ -191,6 +203,13 @@ def parse_args(argv=None):
         if unknown:
             p.error(f"--{name}: unknown {unknown}; choose from {','.join(known)}")
         setattr(args, name, chosen)
+    try:
+        i, n = (int(x) for x in args.worker.split("/"))
+    except ValueError:
+        p.error(f"--worker must be I/N, such as 1/2, got {args.worker!r}")
+    if not 1 <= i <= n:
+        p.error(f"--worker {args.worker}: I must be between 1 and N")
+    args.worker = (i, n)
     own = {"--n-train", "--report-noise", "--method", "--accum-steps", "--steps", "--alpha",
            "--seed", "--out", "--resume"}
     clash = sorted({t.split("=")[0] for t in shlex.split(args.extra)} & own)
@@ -223,13 +242,19 @@ def main(argv=None):
     # covers every regime
     jobs = [(regime, arm, seed) for seed in args.seeds for regime in args.regimes
             for arm in args.arms]
+    if args.worker[1] > 1:             # share the runs not yet recorded, in turn, among N studies
+        i, n = args.worker
+        pending = [job for job in jobs if job_key(*job) not in report["records"]]
+        jobs = pending[i - 1::n]
+        print(f"worker {i} of {n}: {len(jobs)} of the {len(pending)} runs not yet recorded")
     if args.dry_run:
         for job in jobs:
             print(shlex.join(train_command(*job, args)))
         return 0
     failed = []
     for i, (regime, arm, seed) in enumerate(jobs):
-        key, tag = f"{regime}/{arm}-seed{seed}", f"[{i + 1}/{len(jobs)}] {regime} {arm} seed {seed}"
+        key, tag = job_key(regime, arm, seed), f"[{i + 1}/{len(jobs)}] {regime} {arm} seed {seed}"
+        report = latest(args.json, report)
         if key in report["records"]:
             print(f"{tag}: in {args.json} already (commit {report['records'][key]['commit']})")
             continue
@@ -239,6 +264,7 @@ def main(argv=None):
         if summary is None:
             failed.append(key)
             continue
+        report = latest(args.json, report)   # another worker may have recorded runs meanwhile
         report["records"][key] = record(summary, cmd)
         report["table"] = format_table(runs_by_cell(report))
         report["grounding_tables"] = grounding_tables(runs_by_cell(report))

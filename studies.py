@@ -196,7 +196,7 @@ def record(summary, cmd):
 def write_json(path, obj):
     """Write atomically: never a torn report, even when killed mid-write."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"     # a name of its own: two workers may write at once
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
     os.replace(tmp, path)

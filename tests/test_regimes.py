@@ -86,3 +86,48 @@ def test_grounding_tables_per_class_with_the_chance_row():
     assert "| today | clip | 1 | 0.200 | 0.200 |" in text
     assert "| a random map | | | 0.004 | |" in text
     assert regimes.grounding_tables({("today", "msd"): {0: {"zero_shot_accuracy": 0.9}}}) == ""
+
+
+def test_workers_share_the_pending_runs_and_one_report(tmp_path, capsys):
+    out, report = tmp_path / "runs", tmp_path / "regimes.json"
+    for seed in (0, 1):
+        for arm in ("msd", "clip"):
+            finished_run(out / "small" / f"{arm}-seed{seed}", 0.5 + seed / 10, teacher_acc=0.4)
+    common = ["--regimes", "small", "--arms", "msd,clip", "--seeds", "0,1", "--out-dir", str(out),
+              "--json", str(report)]
+    # worker 2 of 2 takes every second run not yet recorded, in the study's order
+    assert regimes.main(common + ["--worker", "2/2"]) == 0
+    assert "worker 2 of 2: 2 of the 4 runs not yet recorded" in capsys.readouterr().out
+    assert sorted(json.loads(report.read_text())["records"]) == ["small/clip-seed0", "small/clip-seed1"]
+    # worker 1, started with the same (then empty) report, would have taken the other two; one
+    # that starts now sees 2 pending and takes the first of them; the report keeps both workers' runs
+    assert regimes.main(common + ["--worker", "1/2"]) == 0
+    assert "worker 1 of 2: 1 of the 2 runs not yet recorded" in capsys.readouterr().out
+    assert sorted(json.loads(report.read_text())["records"]) == [
+        "small/clip-seed0", "small/clip-seed1", "small/msd-seed0"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_record_written_by_another_worker_meanwhile_is_kept(tmp_path, monkeypatch):
+    out, report = tmp_path / "runs", tmp_path / "regimes.json"
+    finished_run(out / "today" / "msd-seed0", 0.9, teacher_acc=0.8)
+    real = regimes.train_and_evaluate
+
+    def and_meanwhile(tag, cmd, run, teacher):   # the other worker records its run during ours
+        other = json.loads(report.read_text()) if report.exists() else {
+            "settings": {"extra": "", "regimes": {k: list(v) for k, v in regimes.REGIMES.items()},
+                         "arms": {k: list(v[1]) for k, v in regimes.ARMS.items()}}, "records": {}}
+        other["records"]["today/clip-seed0"] = {"summary": {"zero_shot_accuracy": 0.7}}
+        report.write_text(json.dumps(other))
+        return real(tag, cmd, run, teacher)
+    monkeypatch.setattr(regimes, "train_and_evaluate", and_meanwhile)
+    assert regimes.main(["--regimes", "today", "--arms", "msd", "--seeds", "0", "--out-dir",
+                         str(out), "--json", str(report)]) == 0
+    assert sorted(json.loads(report.read_text())["records"]) == ["today/clip-seed0", "today/msd-seed0"]
+
+
+def test_worker_must_be_i_of_n(capsys):
+    for bad, why in (("2", "--worker must be I/N"), ("3/2", "I must be between 1 and N")):
+        with pytest.raises(SystemExit):
+            regimes.parse_args(["--worker", bad])
+        assert why in capsys.readouterr().err
