@@ -188,8 +188,8 @@ def parse_args(argv=None):
     a("--json", default="docs/results/regimes.json",
       help="the report: every finished run's numbers, command, commit and machine")
     a("--worker", default="1/1", metavar="I/N",
-      help="run only the I-th of every N runs not yet recorded: start N studies at once, "
-           "1/N to N/N, one per core with OMP_NUM_THREADS=1, and they share --json")
+      help="run only the I-th of every N runs of the study: start N studies, 1/N to N/N, one "
+           "per core with OMP_NUM_THREADS=1; they share --json")
     a("--dry-run", action="store_true", help="print the commands; run nothing")
     a("--report", action="store_true", help="print the tables of the runs recorded in --json")
     args = p.parse_args(argv)
@@ -242,11 +242,13 @@ def main(argv=None):
     # covers every regime
     jobs = [(regime, arm, seed) for seed in args.seeds for regime in args.regimes
             for arm in args.arms]
-    if args.worker[1] > 1:             # share the runs not yet recorded, in turn, among N studies
+    if args.worker[1] > 1:
+        # every N-th run of the whole list, not of what is left: the share does not depend on when
+        # each worker starts, so two never take the same run and none is missed
         i, n = args.worker
-        pending = [job for job in jobs if job_key(*job) not in report["records"]]
-        jobs = pending[i - 1::n]
-        print(f"worker {i} of {n}: {len(jobs)} of the {len(pending)} runs not yet recorded")
+        jobs = jobs[i - 1::n]
+        left = sum(job_key(*job) not in report["records"] for job in jobs)
+        print(f"worker {i} of {n}: {len(jobs)} runs, {left} not yet recorded")
     if args.dry_run:
         for job in jobs:
             print(shlex.join(train_command(*job, args)))

@@ -95,16 +95,15 @@ def test_workers_share_the_pending_runs_and_one_report(tmp_path, capsys):
             finished_run(out / "small" / f"{arm}-seed{seed}", 0.5 + seed / 10, teacher_acc=0.4)
     common = ["--regimes", "small", "--arms", "msd,clip", "--seeds", "0,1", "--out-dir", str(out),
               "--json", str(report)]
-    # worker 2 of 2 takes every second run not yet recorded, in the study's order
+    # worker 2 of 2 takes every second run of the study's list (msd then clip, seed by seed)
     assert regimes.main(common + ["--worker", "2/2"]) == 0
-    assert "worker 2 of 2: 2 of the 4 runs not yet recorded" in capsys.readouterr().out
+    assert "worker 2 of 2: 2 runs, 2 not yet recorded" in capsys.readouterr().out
     assert sorted(json.loads(report.read_text())["records"]) == ["small/clip-seed0", "small/clip-seed1"]
-    # worker 1, started with the same (then empty) report, would have taken the other two; one
-    # that starts now sees 2 pending and takes the first of them; the report keeps both workers' runs
+    # worker 1 takes the others, however late it starts, and the report keeps both workers' runs
     assert regimes.main(common + ["--worker", "1/2"]) == 0
-    assert "worker 1 of 2: 1 of the 2 runs not yet recorded" in capsys.readouterr().out
+    assert "worker 1 of 2: 2 runs, 2 not yet recorded" in capsys.readouterr().out
     assert sorted(json.loads(report.read_text())["records"]) == [
-        "small/clip-seed0", "small/clip-seed1", "small/msd-seed0"]
+        "small/clip-seed0", "small/clip-seed1", "small/msd-seed0", "small/msd-seed1"]
     assert not list(tmp_path.glob("*.tmp"))
 
 
