@@ -50,7 +50,7 @@ import shlex
 import sys
 
 from studies import (SECOND_EVAL_SEED, aggregate, compare, evaluate_more, fmt_mean_std,  # noqa: F401
-                     mean_std, read_json, read_run, record, second_command, summarise_run,
+                     mean_std, read_json, read_run, record, said, second_command, summarise_run,
                      teacher_command, train_and_evaluate, write_json)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -186,8 +186,7 @@ def comparisons(runs, key="zero_shot_accuracy"):
     for x, y in PAIRS:
         c = compare(runs, x, y, key)
         if c is not None:
-            lines.append(f"{key} {x} - {y}: {c[0]:+.3f} ({'beyond' if c[2] else 'within'} the "
-                         f"larger standard deviation, {c[1]:.3f})")
+            lines.append(f"{key} {x} - {y}: {said(c, 'the larger standard deviation')}")
     return lines
 
 

@@ -36,7 +36,7 @@ import os
 import shlex
 import sys
 
-from studies import (HERE, compare, fmt_mean_std, mean_std, read_json, record,
+from studies import (HERE, compare, fmt_mean_std, mean_std, read_json, record, said,
                      train_and_evaluate, write_json)
 
 REGIMES = {  # name -> (training pairs, report noise)
@@ -171,8 +171,7 @@ def comparisons(runs):
             for key in KEYS:
                 c = compare(cells, x, y, key)
                 if c is not None:
-                    lines.append(f"{regime:12s} {key:26s} {x} - {y}: {c[0]:+.3f} "
-                                 f"({'beyond' if c[2] else 'within'} the spread, {c[1]:.3f})")
+                    lines.append(f"{regime:12s} {key:26s} {x} - {y}: {said(c)}")
     return lines
 
 

@@ -117,6 +117,11 @@ def compare(runs, x, y, key="zero_shot_accuracy"):
     return mx - my, spread, abs(mx - my) > spread
 
 
+def said(c, spread="the spread"):
+    """compare()'s answer in words: "+0.245 (beyond the spread, 0.071)"."""
+    return f"{c[0]:+.3f} ({'beyond' if c[2] else 'within'} {spread}, {c[1]:.3f})"
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)
