@@ -2,8 +2,10 @@
 data regimes: the synthetic set as it is, a small set, noisy reports, and both.
 
     python regimes.py --dry-run                    # the exact train.py commands, nothing run
-    python regimes.py --report                     # the tables of the runs recorded so far
+    python regimes.py --report                     # the tables so far, and what to use per regime
     python regimes.py --seeds 0,1,2                # all 48 runs: about 4 min each on 2 CPU cores
+    OMP_NUM_THREADS=1 python regimes.py --worker 1/2 & OMP_NUM_THREADS=1 python regimes.py --worker 2/2
+                                                   # the same in two halves, one per core
 
 The premise of MSD (and of ALBEF's momentum distillation before it) is data that is small and
 noisy: radiologists leave findings out of reports, and paired data has mismatches. The synthetic
@@ -161,6 +163,46 @@ def grounding_tables(runs):
     return "\n\n".join(tables)
 
 
+def short(runs, x, y, key="zero_shot_accuracy"):
+    """x - y on one metric, in a table cell: "+0.152, beyond 0.053" (the larger standard deviation
+    of the two), or the bare difference and the seeds when either side has only one."""
+    c = compare(runs, x, y, key)
+    if c is not None:
+        return f"{c[0]:+.3f}, {'beyond' if c[2] else 'within'} {c[1]:.3f}"
+    (mx, _), (my, _) = (mean_std([r.get(key) for r in runs.get(a, {}).values()]) for a in (x, y))
+    if mx is None or my is None:
+        return "–"
+    return f"{mx - my:+.3f} ({min(len(runs[x]), len(runs[y]))} seed)"
+
+
+def decision_table(runs):
+    """What to use, per regime: the arm with the highest mean zero-shot accuracy, its numbers, how
+    far it leads the next arm, MSD against exact CLIP, and MSD's EMA teacher against MSD itself
+    ("+" means the teacher is the better model to ship)."""
+    head = ["your data", "use", "seeds", "zero-shot acc", "2nd set", "t2i R@10", "lead on the next",
+            "MSD − exact CLIP", "MSD's teacher − MSD"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for regime, (n, noise) in REGIMES.items():
+        cells = {arm: runs[(regime, arm)] for arm in ARMS if runs.get((regime, arm))}
+        if not cells:
+            continue
+        order = sorted(cells, key=lambda a: -mean_std([r.get("zero_shot_accuracy")
+                                                       for r in cells[a].values()])[0])
+        best = order[0]
+        options = " ".join(ARMS[best][1]) or "(the default)"
+        numbers = [fmt_mean_std([r.get(key) for r in cells[best].values()])
+                   for key in ("zero_shot_accuracy", "second_zero_shot_accuracy", "t2i_r10")]
+        teacher = {"msd": cells.get("msd", {}),
+                   "teacher": {s: {"zero_shot_accuracy": r.get("teacher_zero_shot_accuracy")}
+                               for s, r in cells.get("msd", {}).items()}}
+        data = f"{n:,} pairs, " + (f"noise {noise}" if noise else "clean")
+        lines.append("| " + " | ".join([
+            data, f"{best}: `{options}`", str(len(cells[best])), *numbers,
+            f"{order[1]}: {short(cells, best, order[1])}" if len(order) > 1 else "–",
+            short(cells, "msd", "clip"), short(teacher, "teacher", "msd")]) + " |")
+    return "\n".join(lines)
+
+
 def comparisons(runs):
     """Per regime, each pair of PAIRS on each key: the difference of means and whether it exceeds
     the larger of the two standard deviations (pairs with at least 2 seeds on both sides)."""
@@ -234,6 +276,7 @@ def main(argv=None):
     if args.report:
         runs = runs_by_cell(report)
         print(f"{len(report['records'])} runs recorded in {args.json}\n\n{format_table(runs)}\n")
+        print(f"what to use:\n{decision_table(runs)}\n")
         print(grounding_tables(runs) + "\n")
         print("\n".join(comparisons(runs)) or "(no pair has 2 seeds on both sides yet)")
         return 0
@@ -268,6 +311,7 @@ def main(argv=None):
         report = latest(args.json, report)   # another worker may have recorded runs meanwhile
         report["records"][key] = record(summary, cmd)
         report["table"] = format_table(runs_by_cell(report))
+        report["decision_table"] = decision_table(runs_by_cell(report))
         report["grounding_tables"] = grounding_tables(runs_by_cell(report))
         write_json(args.json, report)
     runs = runs_by_cell(report)
