@@ -176,12 +176,12 @@ def short(runs, x, y, key="zero_shot_accuracy"):
 
 
 def decision_table(runs):
-    """What to use, per regime: the arm with the highest mean zero-shot accuracy, its numbers, how
-    far it leads the next arm, MSD against exact CLIP, and MSD's EMA teacher against MSD itself
+    """What to use, per regime: the arm with the highest mean zero-shot accuracy, its numbers and
+    training minutes (its cost, on the machine the runs name), how far it leads the next arm, MSD against exact CLIP, and MSD's EMA teacher against MSD itself
     ("+" means the teacher is the better model to ship)."""
-    head = ["your data", "use", "seeds", "zero-shot acc", "2nd set", "t2i R@10", "lead on the next",
-            "MSD − exact CLIP", "MSD's teacher − MSD"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    head = ["your data", "use", "seeds", "zero-shot acc", "2nd set", "t2i R@10", "train min",
+            "lead on the next", "MSD − exact CLIP", "MSD's teacher − MSD"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for regime, (n, noise) in REGIMES.items():
         cells = {arm: runs[(regime, arm)] for arm in ARMS if runs.get((regime, arm))}
         if not cells:
@@ -190,8 +190,9 @@ def decision_table(runs):
                                                        for r in cells[a].values()])[0])
         best = order[0]
         options = " ".join(ARMS[best][1]) or "(the default)"
-        numbers = [fmt_mean_std([r.get(key) for r in cells[best].values()])
-                   for key in ("zero_shot_accuracy", "second_zero_shot_accuracy", "t2i_r10")]
+        numbers = [fmt_mean_std([r.get(key) for r in cells[best].values()], digits)
+                   for key, digits in (("zero_shot_accuracy", 3), ("second_zero_shot_accuracy", 3),
+                                       ("t2i_r10", 3), ("train_min", 1))]
         teacher = {"msd": cells.get("msd", {}),
                    "teacher": {s: {"zero_shot_accuracy": r.get("teacher_zero_shot_accuracy")}
                                for s, r in cells.get("msd", {}).items()}}

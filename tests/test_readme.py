@@ -263,3 +263,15 @@ def test_readme_preset_parameter_counts_match_the_code():
         for vocab, count in zip(vocabularies, counts):
             want = DualEncoder(make_config(name, vocab_size=vocab)).num_params() / 1e6
             assert count == round(want, 2), f"{name} at vocabulary {vocab}: {count}M, model.py {want:.2f}M"
+
+
+def test_readme_decision_table_is_what_regimes_report_prints():
+    """Every number of the regime-aware table comes from the committed study, through the same
+    function `python regimes.py --report` prints it with."""
+    import regimes
+    import studies
+    report = studies.read_json(os.path.join(ROOT, "docs", "results", "regimes.json"))
+    expected = regimes.decision_table(regimes.runs_by_cell(report)).splitlines()
+    lines = read("README.md").splitlines()
+    start = lines.index(expected[0])
+    assert lines[start:start + len(expected)] == expected

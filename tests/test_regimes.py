@@ -135,6 +135,7 @@ def test_worker_must_be_i_of_n(capsys):
 def test_decision_table_names_the_best_arm_and_the_differences_that_matter():
     def cell(accs, teacher=None):
         return {s: {"zero_shot_accuracy": a, "second_zero_shot_accuracy": a + 0.01, "t2i_r10": 0.5,
+                    "train_min": 7.0,
                     "teacher_zero_shot_accuracy": None if teacher is None else teacher[s]}
                 for s, a in enumerate(accs)}
     runs = {("today", "msd"): cell([0.90, 0.92], teacher=[0.95, 0.97]),
@@ -145,9 +146,9 @@ def test_decision_table_names_the_best_arm_and_the_differences_that_matter():
     assert len(lines) == 4   # the header, its rule and the two regimes that have runs
     # today: MSD leads exact CLIP by 0.16, beyond the larger std (0.0707); its teacher leads it by 0.05
     assert lines[2] == ("| 20,000 pairs, clean | msd: `(the default)` | 2 | 0.910 ± 0.014 | "
-                        "0.920 ± 0.014 | 0.500 ± 0.000 | clip: +0.160, beyond 0.071 | "
+                        "0.920 ± 0.014 | 0.500 ± 0.000 | 7.0 ± 0.0 | clip: +0.160, beyond 0.071 | "
                         "+0.160, beyond 0.071 | +0.050, beyond 0.014 |")
     # small: CLIP wins; MSD has one seed, so only the bare difference, marked as such
     assert lines[3] == ("| 2,000 pairs, clean | clip: `--method clip` | 2 | 0.900 ± 0.000 | "
-                        "0.910 ± 0.000 | 0.500 ± 0.000 | msd: +0.050 (1 seed) | -0.050 (1 seed) | "
+                        "0.910 ± 0.000 | 0.500 ± 0.000 | 7.0 ± 0.0 | msd: +0.050 (1 seed) | -0.050 (1 seed) | "
                         "-0.050 (1 seed) |")
