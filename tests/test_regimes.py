@@ -132,7 +132,7 @@ def test_worker_must_be_i_of_n(capsys):
         assert why in capsys.readouterr().err
 
 
-def test_decision_table_names_the_best_arm_and_the_differences_that_matter():
+def test_decision_table_keeps_the_default_unless_beaten_beyond_the_spread():
     def cell(accs, teacher=None):
         return {s: {"zero_shot_accuracy": a, "second_zero_shot_accuracy": a + 0.01, "t2i_r10": 0.5,
                     "train_min": 7.0,
@@ -140,15 +140,22 @@ def test_decision_table_names_the_best_arm_and_the_differences_that_matter():
                 for s, a in enumerate(accs)}
     runs = {("today", "msd"): cell([0.90, 0.92], teacher=[0.95, 0.97]),
             ("today", "clip"): cell([0.70, 0.80]),
-            ("small", "clip"): cell([0.90, 0.90]),
-            ("small", "msd"): cell([0.85], teacher=[0.80])}
+            ("today", "msd-a0"): cell([0.88, 0.96]),       # ahead of MSD, within the spread
+            ("small", "clip"): cell([0.90, 0.90]),          # ahead of MSD beyond it
+            ("small", "msd"): cell([0.85, 0.86], teacher=[0.80, 0.80]),
+            ("noisy", "clip-b"): cell([0.95]),              # ahead, but one seed
+            ("noisy", "msd"): cell([0.60, 0.62])}
     lines = regimes.decision_table(runs).splitlines()
-    assert len(lines) == 4   # the header, its rule and the two regimes that have runs
-    # today: MSD leads exact CLIP by 0.16, beyond the larger std (0.0707); its teacher leads it by 0.05
-    assert lines[2] == ("| 20,000 pairs, clean | msd: `(the default)` | 2 | 0.910 ± 0.014 | "
-                        "0.920 ± 0.014 | 0.500 ± 0.000 | 7.0 ± 0.0 | clip: +0.160, beyond 0.071 | "
+    assert len(lines) == 5   # the header, its rule and the three regimes that have runs
+    # today: MSD stays; it is 0.01 behind --alpha 0 within the spread; it leads exact CLIP by 0.16,
+    # beyond the larger std (0.0707); its teacher leads it by 0.05
+    assert lines[2] == ("| 20,000 pairs, clean | msd: the default | 2 | 0.910 ± 0.014 | "
+                        "0.920 ± 0.014 | 0.500 ± 0.000 | 7.0 ± 0.0 | msd-a0: -0.010, within 0.057 | "
                         "+0.160, beyond 0.071 | +0.050, beyond 0.014 |")
-    # small: CLIP wins; MSD has one seed, so only the bare difference, marked as such
+    # small: exact CLIP beats MSD beyond the spread, so it is what to use
     assert lines[3] == ("| 2,000 pairs, clean | clip: `--method clip` | 2 | 0.900 ± 0.000 | "
-                        "0.910 ± 0.000 | 0.500 ± 0.000 | 7.0 ± 0.0 | msd: +0.050 (1 seed) | -0.050 (1 seed) | "
-                        "-0.050 (1 seed) |")
+                        "0.910 ± 0.000 | 0.500 ± 0.000 | 7.0 ± 0.0 | msd: +0.045, beyond 0.007 | "
+                        "-0.045, beyond 0.007 | -0.055, beyond 0.007 |")
+    # noisy: one seed of CLIP at b cannot displace the default; the bare difference says so
+    assert lines[4].startswith("| 20,000 pairs, noise 0.3 | msd: the default | 2 | 0.610 ± 0.014 |")
+    assert "| clip-b: -0.340 (1 seed) | – |" in lines[4]
