@@ -29,10 +29,10 @@ same queue.
 The CLIP baselines reach beyond a micro-batch two other ways. The three side by side (forwards
 counted per sample; a backward costs about two forwards):
 
-  clip_naive_step  naive accumulation: k separate CLIP losses, b − 1 negatives per row, one-hot
-                   targets; 1 forward + backward; the memory of b.
+  clip_naive_step  naive accumulation: k separate CLIP losses, b − 1 negatives per row;
+                   1 forward + backward; the memory of b.
   clip_step        the feature cache (GradCache): the exact gradient of CLIP at batch N,
-                   N − 1 negatives per row, one-hot targets; 2 forwards (one without gradient)
+                   N − 1 negatives per row; 2 forwards (one without gradient)
                    + backward; the memory of b plus N x D features.
   msd_step         N + K − 1 negatives (window and queue), the teacher's soft targets; 1 student
                    forward + backward and 1 teacher forward; the memory of b, N x D features and
@@ -94,13 +94,15 @@ def _optimizer_step(model, optimizer, loss, scaler, max_grad_norm):
 
 
 def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, momentum: float,
-             duplicate_aware: bool = False, autocast=contextlib.nullcontext, scaler=None,
+             duplicate_aware: bool = True, autocast=contextlib.nullcontext, scaler=None,
              max_grad_norm: float | None = None) -> torch.Tensor:
     """One optimizer step of momentum self-distillation over `micro_batches`.
 
     model: the student (a DualEncoder, or DDP around one), called as model(images, tokens) ->
       (image features, text features, s). teacher: its EMA copy. queue: a loss.FeatureQueue.
     micro_batches: list of (images, tokens, report_ids) already on the device.
+    duplicate_aware (train.py's default too): every bank entry with the row's report id is a
+    positive (loss.positive_matrix); False: the row's own pair alone (one-hot).
     autocast: a zero-argument callable returning a context (e.g. a partial of torch.autocast).
     Returns the window's loss (a detached scalar): the same number a single batch of N would give.
     """
@@ -152,23 +154,26 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
     return total
 
 
-def clip_naive_step(model, optimizer, micro_batches, *, autocast=contextlib.nullcontext, scaler=None,
+def clip_naive_step(model, optimizer, micro_batches, *, duplicate_aware: bool = True,
+                    autocast=contextlib.nullcontext, scaler=None,
                     max_grad_norm: float | None = None) -> torch.Tensor:
     """Plain CLIP on one micro-batch, or CLIP with NAIVE gradient accumulation over k of them.
 
     Naive accumulation averages k independent CLIP losses: each row sees only the b − 1
     negatives of its own micro-batch, so the contrastive batch stays b whatever k is. Under DDP
-    each rank's micro-batches stay on their own too. Returns the mean micro-batch loss."""
+    each rank's micro-batches stay on their own too. duplicate_aware: a row's positives are every
+    pair of its micro-batch with the same report id (loss.clip_loss), else its own pair alone.
+    Returns the mean micro-batch loss."""
     optimizer.zero_grad(set_to_none=True)
     k = len(micro_batches)
     losses = []
-    for j, (images, tokens, _) in enumerate(micro_batches):
+    for j, (images, tokens, ids) in enumerate(micro_batches):
         last = j == k - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast():
                 img, txt, s = model(images, tokens)
-            loss_j = clip_loss(img, txt, s) / k
+            loss_j = clip_loss(img, txt, s, ids if duplicate_aware else None) / k
             (scaler.scale(loss_j) if scaler is not None else loss_j).backward()
         losses.append(loss_j.detach())
     total = torch.stack(losses).sum()
@@ -176,7 +181,8 @@ def clip_naive_step(model, optimizer, micro_batches, *, autocast=contextlib.null
     return total
 
 
-def clip_step(model, optimizer, micro_batches, *, autocast=contextlib.nullcontext, scaler=None,
+def clip_step(model, optimizer, micro_batches, *, duplicate_aware: bool = True,
+              autocast=contextlib.nullcontext, scaler=None,
               max_grad_norm: float | None = None) -> torch.Tensor:
     """CLIP over the WHOLE window of k micro-batches (and every rank): the exact gradient of CLIP
     at batch N = k · b, with the activation memory of a micro-batch of b.
@@ -210,12 +216,15 @@ def clip_step(model, optimizer, micro_batches, *, autocast=contextlib.nullcontex
     rank multiplies its loss by world before DDP's all-reduce averages the ranks. One all-reduce
     per optimizer step: no_sync on every micro-batch but the last.
 
+    duplicate_aware: a row's positives are every pair of the whole window (every rank's) with the
+    same report id, as in MSD's bank (loss.clip_loss); else its own pair alone (one-hot).
+
     With one micro-batch in one process there is nothing to cache: plain CLIP, one forward.
     Returns the window's loss (a detached scalar), the one a single batch of world · N gives."""
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     if len(micro_batches) == 1 and not distributed:
-        return clip_naive_step(model, optimizer, micro_batches, autocast=autocast, scaler=scaler,
-                               max_grad_norm=max_grad_norm)
+        return clip_naive_step(model, optimizer, micro_batches, duplicate_aware=duplicate_aware,
+                               autocast=autocast, scaler=scaler, max_grad_norm=max_grad_norm)
     world = dist.get_world_size() if distributed else 1
     optimizer.zero_grad(set_to_none=True)
     sizes = [mb[0].shape[0] for mb in micro_batches]
@@ -225,6 +234,7 @@ def clip_step(model, optimizer, micro_batches, *, autocast=contextlib.nullcontex
         feats = [model(images, tokens) for images, tokens, _ in micro_batches]
     c_img, offset = gather_window(torch.cat([upcast(f[0]) for f in feats]))   # (world·N, D)
     c_txt, _ = gather_window(torch.cat([upcast(f[1]) for f in feats]))        # (world·N, D)
+    c_ids = gather_window(torch.cat([i for _, _, i in micro_batches]))[0] if duplicate_aware else None
     del feats
 
     # 2. One micro-batch at a time with gradient, its rows live among the cached ones.
@@ -248,9 +258,9 @@ def clip_step(model, optimizer, micro_batches, *, autocast=contextlib.nullcontex
             a, z = offset + start, offset + start + sizes[j]      # this micro-batch's rows
             all_img = torch.cat([c_img[:a], upcast(img), c_img[z:]])   # (world·N, D), b rows live
             all_txt = torch.cat([c_txt[:a], upcast(txt), c_txt[z:]])
-            loss_j = world * clip_loss(all_img, all_txt, s.detach())
+            loss_j = world * clip_loss(all_img, all_txt, s.detach(), c_ids)
             if last:
-                window_loss = clip_loss(c_img, c_txt, s)     # cached features: only s is live
+                window_loss = clip_loss(c_img, c_txt, s, c_ids)   # cached features: only s is live
                 loss_j = loss_j + window_loss
             (scaler.scale(loss_j) if scaler is not None else loss_j).backward()
         start += sizes[j]

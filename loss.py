@@ -136,9 +136,18 @@ def msd_loss(image: torch.Tensor, text: torch.Tensor, bank_image: torch.Tensor,
     return total / (2 * normaliser)
 
 
-def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Plain CLIP (Radford et al. 2021): symmetric InfoNCE within the batch, student features on
-    both sides, the i-th image and i-th text the positive pair. The ablation baseline."""
+def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+              ids: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP (Radford et al. 2021): symmetric InfoNCE within the batch, student features on both
+    sides. The ablation baseline.
+
+    ids: the rows' report ids (B,). Left out, the i-th image and the i-th text alone are a positive
+    pair (one-hot). Given, a row's positives are every column with the same report, uniformly: the
+    duplicate-aware P of msd_loss, with the batch as its own bank. That P is symmetric, so the
+    text-to-image direction uses it as it is. With all ids distinct it is the one-hot loss."""
     logits = upcast(scale) * upcast(image) @ upcast(text).T       # (B, B)
-    labels = torch.arange(image.shape[0], device=image.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    if ids is None:
+        labels = torch.arange(image.shape[0], device=image.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    P = positive_matrix(ids, ids, 0, duplicate_aware=True, dtype=logits.dtype)   # (B, B)
+    return (soft_cross_entropy(logits, P) + soft_cross_entropy(logits.T, P)) / (2 * image.shape[0])

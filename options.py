@@ -100,7 +100,8 @@ def get_args(argv=None):
            "2020, starts its queue late; default: the end of the learning-rate warm-up, "
            "--warmup-steps; 0 = from the first step)")
     a("--duplicate-aware", action=argparse.BooleanOptionalAction, default=True,
-      help="identical reports are all positives")
+      help="identical reports are all positives, for MSD and CLIP alike (--no-duplicate-aware: "
+           "a pair's own report alone, one-hot)")
     # running
     a("--seed", type=int, default=0, help="seed for the model, the data order and augmentation")
     a("--device", default="auto", help="auto (cuda, else mps, else cpu), or cpu, cuda, cuda:1, mps")

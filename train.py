@@ -364,6 +364,7 @@ def describe_run(args, parts, run, queue_note):
         what = ("naive accumulation" if naive and args.accum_steps > 1 else "plain CLIP") + (
             ", each micro-batch alone:" if naive else ",") + f" {args.batch_size - 1} negatives per row"
         extra = ""
+    what += ", duplicate-aware positives" if args.duplicate_aware else ", one-hot positives"
     method = (f"method: {args.method}: {what} | micro-batch {args.batch_size} x {args.accum_steps} "
               f"accumulation x {run.world} rank(s) = {N} pairs per step{extra} | {args.steps} steps, "
               f"{(args.steps - parts.step) * N} samples to go")
@@ -424,11 +425,12 @@ def window(pairs, step, args, run):
 
 def optimizer_step(parts, batches, args, step, alpha, m):
     """One optimizer step of the chosen method over the window (accumulate.py)."""
-    common = dict(autocast=parts.autocast, scaler=parts.scaler, max_grad_norm=args.max_grad_norm)
+    common = dict(duplicate_aware=args.duplicate_aware, autocast=parts.autocast,
+                  scaler=parts.scaler, max_grad_norm=args.max_grad_norm)
     if args.method == "msd":
         bank_queue = parts.queue if step >= args.queue_start else parts.no_queue
         return msd_step(parts.model, parts.teacher, bank_queue, parts.optimizer, batches,
-                        alpha=alpha, momentum=m, duplicate_aware=args.duplicate_aware, **common)
+                        alpha=alpha, momentum=m, **common)
     step_fn = clip_step if args.method == "clip" else clip_naive_step   # exact, or per micro-batch
     return step_fn(parts.model, parts.optimizer, batches, **common)
 

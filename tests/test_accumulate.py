@@ -164,17 +164,18 @@ def test_non_finite_loss_raises_before_the_step():
     assert len(queue) == 5
 
 
-def test_clip_naive_step_is_the_mean_of_micro_batch_losses():
+@pytest.mark.parametrize("dup", [False, True])
+def test_clip_naive_step_is_the_mean_of_micro_batch_losses(dup):
     torch.manual_seed(0)
     student = DualEncoder(ModelConfig(**CFG)).double()
     ref = copy.deepcopy(student)
-    images, tokens, ids = data(8)
+    images, tokens, ids = data(8, dup_ids=dup)
     opt = torch.optim.SGD(student.parameters(), lr=0.0)
-    loss = clip_naive_step(student, opt, split(images, tokens, ids, 2))
+    loss = clip_naive_step(student, opt, split(images, tokens, ids, 2), duplicate_aware=dup)
     total = 0
-    for x, t, _ in split(images, tokens, ids, 2):
+    for x, t, rid in split(images, tokens, ids, 2):
         i, tx, s = ref(x, t)
-        total = total + clip_loss(i, tx, s) / 2
+        total = total + clip_loss(i, tx, s, rid if dup else None) / 2
     total.backward()
     torch.testing.assert_close(loss, total.detach(), rtol=1e-12, atol=0)
     for (n, p), q in zip(student.named_parameters(), ref.parameters()):
@@ -183,33 +184,38 @@ def test_clip_naive_step_is_the_mean_of_micro_batch_losses():
 
 # ---- CLIP with the feature cache: k micro-batches of b are CLIP at batch k·b ----
 
-def run_clip(k, n=8, scaler=None, step=clip_step):
+def run_clip(k, n=8, scaler=None, step=clip_step, dup=False):
     student = setup()[0]                                  # float64, logit_scale 2.5
     opt = torch.optim.SGD(student.parameters(), lr=0.0)
-    loss = step(student, opt, split(*data(n), k), scaler=scaler)
+    loss = step(student, opt, split(*data(n, dup_ids=dup), k), scaler=scaler, duplicate_aware=dup)
     return loss, {name: p.grad.clone() for name, p in student.named_parameters()}
 
 
-def clip_reference(n=8):
-    """CLIP's loss on one batch of all n pairs, and its gradients."""
+def clip_reference(n=8, dup=False):
+    """CLIP's loss on one batch of all n pairs (duplicate-aware: ids 0, 1, 2, 0, 1, 2, ...), and
+    its gradients."""
     student = setup()[0]
-    images, tokens, _ = data(n)
+    images, tokens, ids = data(n, dup_ids=dup)
     img, txt, s = student(images, tokens)
-    loss = clip_loss(img, txt, s)
+    loss = clip_loss(img, txt, s, ids if dup else None)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in student.named_parameters()}
     return loss.detach(), grads, (img.detach(), txt.detach(), s.detach())
 
 
-def test_clip_feature_cache_equals_one_batch_of_k_b():
-    want_loss, want_grads, _ = clip_reference()
+@pytest.mark.parametrize("dup", [False, True])
+def test_clip_feature_cache_equals_one_batch_of_k_b(dup):
+    want_loss, want_grads, _ = clip_reference(dup=dup)
     for k in (1, 2, 4, 8):
-        loss, grads = run_clip(k)
+        loss, grads = run_clip(k, dup=dup)
         assert_grads_equal(grads, want_grads)             # every parameter, logit_scale included
         torch.testing.assert_close(loss, want_loss, rtol=1e-10, atol=0)
     # and naive accumulation is not that batch (else the test above could not tell them apart)
-    _, naive = run_clip(2, step=clip_naive_step)
+    _, naive = run_clip(2, step=clip_naive_step, dup=dup)
     assert not torch.allclose(naive["image_proj.weight"], want_grads["image_proj.weight"], rtol=1e-3)
+    # and duplicate-aware positives are not one-hot ones
+    other = clip_reference(dup=not dup)[1]
+    assert not torch.allclose(other["image_proj.weight"], want_grads["image_proj.weight"], rtol=1e-3)
 
 
 def test_clip_feature_cache_counts_the_logit_scale_gradient_once():
@@ -254,12 +260,16 @@ def _ddp_worker(rank, world, port, out_dir):
                     alpha=0.4, momentum=0.9)
     out["msd"] = {"grads": {n: p.grad for n, p in student.named_parameters()}, "loss": loss,
                   "queue": queue.state_dict()}
-    for k in (1, 2):      # CLIP: one micro-batch (the cache is only the gather), and two (no_sync)
-        student = setup()[0]
+    dup_ids = data(16, dup_ids=True)[2]
+    for k, dup in ((1, False), (2, False), (2, True)):   # CLIP: one micro-batch (the cache is only
+        student = setup()[0]                               # the gather), two (no_sync), duplicates
         model = torch.nn.parallel.DistributedDataParallel(student)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        loss = clip_step(model, opt, split(images[mine], tokens[mine], ids[mine], k))
-        out[f"clip{k}"] = {"grads": {n: p.grad for n, p in student.named_parameters()}, "loss": loss}
+        ids_here = dup_ids if dup else ids
+        loss = clip_step(model, opt, split(images[mine], tokens[mine], ids_here[mine], k),
+                         duplicate_aware=dup)
+        out[f"clip{k}{'dup' if dup else ''}"] = {
+            "grads": {n: p.grad for n, p in student.named_parameters()}, "loss": loss}
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -290,9 +300,10 @@ def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(ddp_ranks):
 
 def test_ddp_clip_feature_cache_equals_one_process_with_the_whole_window(ddp_ranks):
     """Two ranks of 8 pairs each (in 1 or 2 micro-batches): CLIP at batch 16, on every rank."""
-    want_loss, want_grads, _ = clip_reference(16)
-    for rank, got in enumerate(ddp_ranks):
-        for k in (1, 2):
-            assert_grads_equal(got[f"clip{k}"]["grads"], want_grads)
-            torch.testing.assert_close(got[f"clip{k}"]["loss"], want_loss, rtol=1e-10, atol=0,
-                                       msg=f"rank {rank}, k = {k}")
+    for case, dup in (("clip1", False), ("clip2", False), ("clip2dup", True)):
+        # duplicates span the ranks (ids 0, 1, 2 repeat across both halves of the window)
+        want_loss, want_grads, _ = clip_reference(16, dup=dup)
+        for rank, got in enumerate(ddp_ranks):
+            assert_grads_equal(got[case]["grads"], want_grads)
+            torch.testing.assert_close(got[case]["loss"], want_loss, rtol=1e-10, atol=0,
+                                       msg=f"rank {rank}, {case}")

@@ -107,6 +107,31 @@ def test_duplicate_aware_positives():
     torch.testing.assert_close(P, want, rtol=0, atol=1e-12)
 
 
+def test_clip_loss_with_distinct_ids_is_the_one_hot_loss():
+    img, txt, s = unit(7, 8, seed=1), unit(7, 8, seed=2), torch.tensor(11.0)
+    one_hot = clip_loss(img, txt, s)
+    torch.testing.assert_close(clip_loss(img, txt, s, torch.tensor([9, 2, 5, 7, 1, 0, 4])), one_hot,
+                               rtol=1e-14, atol=0)
+
+
+def test_clip_loss_duplicate_aware_against_a_direct_computation():
+    """Rows 0, 2, 5 share report 3, rows 1, 4 report 8, row 3 is alone: each image's target is
+    uniform over the texts with its report, and each text's over the images with its report."""
+    ids = torch.tensor([3, 8, 3, 6, 8, 3])
+    img, txt, s = unit(6, 8, seed=3), unit(6, 8, seed=4), torch.tensor(7.5)
+    logits = s * img @ txt.T
+    total = 0.0
+    for i in range(6):
+        same = [j for j in range(6) if ids[j] == ids[i]]
+        # image i against every text, and text i against every image, its positives averaged
+        total -= sum(torch.log_softmax(logits[i], 0)[j] for j in same) / len(same)
+        total -= sum(torch.log_softmax(logits[:, i], 0)[j] for j in same) / len(same)
+    want = total / 12
+    got = clip_loss(img, txt, s, ids)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    assert not torch.isclose(got, clip_loss(img, txt, s))   # the duplicates do change the loss
+
+
 def test_one_hot_positives_at_offset():
     P = positive_matrix(torch.tensor([7, 8]), torch.arange(6), offset=3)
     assert P.nonzero().tolist() == [[0, 3], [1, 4]]

@@ -461,7 +461,7 @@ def exact_clip_runs(tmp_path_factory):
 def test_exact_clip_accumulation_trains_and_resumes_exactly(exact_clip_runs):
     root, proc = exact_clip_runs
     assert ("method: clip: exact accumulation over the window (feature cache), 31 negatives per "
-            "row, 2 student forwards per sample") in proc.stdout
+            "row, 2 student forwards per sample, duplicate-aware positives") in proc.stdout
     steps = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
     assert steps and not any("alpha" in line or "| m " in line for line in steps)   # CLIP has no teacher
     assert load(root / "cut" / "ckpt.pt")["step"] == 2
