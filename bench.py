@@ -46,7 +46,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import runtime
+from plumbing import runtime
 from accumulate import clip_naive_step, clip_step, msd_step
 from loss import FeatureQueue
 from model import PAD_ID, DualEncoder, make_config

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-import synthetic
-from runtime import WriteError, reason
+from synthetic import dataset as synthetic
+from plumbing.runtime import WriteError, reason
 
 # -----------------------------------------------------------------------------
 # Augmentation for radiographs
@@ -544,7 +544,7 @@ def main(argv=None):
             parser.error(f"--report-noise must be in [0, 1], got {args.report_noise}")
     try:
         if args.command == "show":
-            import plot   # the grid is a figure: plot.py draws it
+            from tools import plot   # the grid is a figure: plot.py draws it
             size = plot.show(args.out, args.n, args.image_size, args.report_noise)
             noise = f", reports with noise {args.report_noise:g}" if args.report_noise else ""
             print(f"wrote {args.out} ({size[0]}x{size[1]} px, {args.n} studies{noise})")

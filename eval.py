@@ -40,16 +40,16 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchmark import (check_benchmark_options, read_benchmark, read_grounding,  # noqa: F401
+from evaluation.sets import (check_benchmark_options, read_benchmark, read_grounding,  # noqa: F401
                        read_prompts, unlabelled_prompt_classes)
-from checkpoint import InputError, load_checkpoint
+from plumbing.checkpoint import InputError, load_checkpoint
 from data import ManifestError, report_ids, tokenize
-from grounding import similarity_map, summarize
-from metrics import (BOOTSTRAP_RESAMPLES, bootstrap_weights, ci95, few_shot_auc, few_shot_probes,
+from evaluation.grounding import similarity_map, summarize
+from evaluation.metrics import (BOOTSTRAP_RESAMPLES, bootstrap_weights, ci95, few_shot_auc, few_shot_probes,
                      macro_auc_ovr, recall_hits, weighted_few_shot, weighted_macro_auc_ovr,
                      weighted_mean)
-from runtime import WriteError, check_output_file, pick_device, reason, write_text
-from synthetic import (EVAL_SEED, GROUNDING_SEED, SECOND_EVAL_SEED, check_eval_seed, grounding_set,
+from plumbing.runtime import WriteError, check_output_file, pick_device, reason, write_text
+from synthetic.dataset import (EVAL_SEED, GROUNDING_SEED, SECOND_EVAL_SEED, check_eval_seed, grounding_set,
                        retrieval_set, zero_shot_set)
 
 # -----------------------------------------------------------------------------
@@ -469,7 +469,7 @@ def run(args):
                           for c in range(len(zs["classes"]))])
         z = zero_shot(model, tokenizer, zs["images"][pick], zs["labels"][pick], zs["classes"],
                       zs["prompts"], args.device, args.batch_size)
-        from plot import draw_predictions   # Pillow: only --show needs it
+        from tools.plot import draw_predictions   # Pillow: only --show needs it
         try:
             draw_predictions(args.show, zs["images"][pick], zs["labels"][pick], z["probs"],
                              zs["classes"])
@@ -486,7 +486,7 @@ def run(args):
                 for i in [j for j, name in enumerate(gr["labels"]) if name == c][:3]]
         maps = grounding_maps(model, tokenizer, gr["images"][pick], [gr["texts"][i] for i in pick],
                               args.device, args.batch_size)
-        from plot import draw_grounding   # Pillow: only --show-grounding needs it
+        from tools.plot import draw_grounding   # Pillow: only --show-grounding needs it
         try:
             draw_grounding(args.show_grounding, gr["images"][pick], gr["masks"][pick], maps,
                            [gr["texts"][i] for i in pick], [gr["labels"][i] for i in pick])

@@ -23,17 +23,17 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-import benchmark
+from evaluation import sets as eval_sets
 import data
 import eval as evaluation
-import synthetic
+from synthetic import dataset as synthetic
 from accumulate import NonFiniteLossError, clip_naive_step, clip_step, msd_step, unwrap
-from checkpoint import read_for_resume, restore, training_state
+from plumbing.checkpoint import read_for_resume, restore, training_state
 from loss import FeatureQueue
 from model import DualEncoder, make_config, param_groups
 from momentum import make_teacher, momentum_at, momentum_for_half_life
-from options import QUEUE_CAP, default_queue_size, get_args
-from runtime import (Clock, FolderLock, InputError, StopFlag, WriteError, fmt_time, peak_memory_mb,
+from plumbing.options import QUEUE_CAP, default_queue_size, get_args
+from plumbing.runtime import (Clock, FolderLock, InputError, StopFlag, WriteError, fmt_time, peak_memory_mb,
                      make_folder, pick_precision, reason, save_atomic, send_signal_to_self, setup_distributed,
                      write_text)
 
@@ -57,7 +57,7 @@ def train(args):
     log = print if run.master else (lambda *a, **k: None)
     lock = claim_folders(args, run)                   # one run per --out, before touching it
     ckpt = resume_or_start(args)                      # every check of the checkpoint, first
-    prompts = benchmark.check_benchmark_options(args.eval_manifest, args.prompts,
+    prompts = eval_sets.check_benchmark_options(args.eval_manifest, args.prompts,
                                                  args.retrieval_manifest, args.grounding_manifest)
     torch.manual_seed(args.seed)                      # the same initial model on every rank
 
@@ -248,15 +248,15 @@ def load_benchmark(args, prompts, label_names, run, log):
         return False, False, False
     zs = ret = gr = None
     if run.master:                                    # rank 0 alone evaluates
-        zs, ret = benchmark.read_benchmark(args.eval_manifest, prompts, args.retrieval_manifest,
+        zs, ret = eval_sets.read_benchmark(args.eval_manifest, prompts, args.retrieval_manifest,
                                             args.image_size, args.channels,
                                             cache_dir=args.data_cache or None, log=log)
         if args.grounding_manifest and zs is None:     # grounding alone replaces the synthetic
             zs = ret = False                           # benchmark too
-        gr = benchmark.read_grounding(args.grounding_manifest, args.image_size, args.channels,
+        gr = eval_sets.read_grounding(args.grounding_manifest, args.image_size, args.channels,
                                        others=zs is not None or ret is not None, log=log)
     if prompts and label_names:
-        missing = benchmark.unlabelled_prompt_classes(list(prompts), label_names)
+        missing = eval_sets.unlabelled_prompt_classes(list(prompts), label_names)
         log(f"prompt classes no training report is labelled with: {missing}" if missing else
             "every prompt class is among the training labels", flush=True)
     return zs, ret, gr

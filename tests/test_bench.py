@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-import ablation
-import studies
+from experiments import ablation
+from experiments import studies
 import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(script, *args, check=True):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
+    # a file in a folder (experiments/ablation.py) runs as a module, as the README says
+    target = ["-m", script[:-3].replace("/", ".")] if "/" in script else [os.path.join(ROOT, script)]
+    proc = subprocess.run([sys.executable, *target, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}:\n"
@@ -49,7 +51,7 @@ def test_negatives_per_row():
 
 
 def test_msd_is_timed_as_train_py_runs_it_and_with_a_queue_as_its_own_rows():
-    import options
+    from plumbing import options
     train_defaults = options.get_args([])[1]
     args = bench.parse_args([])[1]
     assert args.queue_size == train_defaults.queue_size == 0          # the msd rows: no queue
@@ -205,7 +207,7 @@ def test_precision_is_runtimes_rule_fp16_with_a_scaler_on_a_cuda_card_without_bf
 
     import torch
 
-    import runtime
+    from plumbing import runtime
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)          # a CUDA card...
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)   # ...without bf16
     with warnings.catch_warnings():
@@ -224,7 +226,7 @@ def test_precision_is_runtimes_rule_fp16_with_a_scaler_on_a_cuda_card_without_bf
 def test_every_step_gets_the_loss_scaler(kind, monkeypatch):
     import contextlib
 
-    import runtime
+    from plumbing import runtime
 
     class Scaler:                                 # a GradScaler that counts and does not scale
         steps = 0
@@ -255,7 +257,7 @@ def test_imports_without_the_unix_only_resource_module(monkeypatch):
     with pytest.raises(ImportError):
         import resource  # noqa: F401
     monkeypatch.delitem(sys.modules, "bench")              # both restored after the test
-    monkeypatch.delitem(sys.modules, "runtime")
+    monkeypatch.delitem(sys.modules, "plumbing.runtime")
     fresh = importlib.import_module("bench")
     assert fresh is not bench and fresh.parse_args([])[1].queue_size == 0
     if os.path.exists("/proc/self/status"):               # Linux: the peak without `resource`
@@ -291,7 +293,7 @@ def option(cmd, name):
 
 
 def test_dry_run_every_arm_sees_the_same_samples_warm_ups_and_teacher_horizon():
-    proc = run("ablation.py", "--dry-run", "--seeds", "0,1", "--batch-size", "8",
+    proc = run("experiments/ablation.py", "--dry-run", "--seeds", "0,1", "--batch-size", "8",
                "--accum-steps", "4", "--steps", "30", "--only", ",".join(ablation.ARMS),
                "--extra=--image-size 32")
     lines = [shlex.split(line) for line in proc.stdout.splitlines() if ".py" in line and "--" in line]
@@ -342,14 +344,14 @@ def test_dry_run_every_arm_sees_the_same_samples_warm_ups_and_teacher_horizon():
     assert {option(c, "--checkpoint") for c in teachers} == \
         {option(c, "--out") for c in cmds if option(c, "--method") == "msd"}
     # and every run's student on the second evaluation set, synthetic.py's SECOND_EVAL_SEED
-    import synthetic
+    from synthetic import dataset as synthetic
     seconds = [c for c in lines if c[1].endswith("eval.py") and "--use-teacher" not in c]
     assert sorted(option(c, "--checkpoint") for c in seconds) == sorted(option(c, "--out") for c in cmds)
     assert {option(c, "--eval-seed") for c in seconds} == {str(synthetic.SECOND_EVAL_SEED)}
 
 
 def test_extra_may_not_change_what_the_arms_compare():
-    proc = run("ablation.py", "--dry-run", "--extra=--steps 5", check=False)
+    proc = run("experiments/ablation.py", "--dry-run", "--extra=--steps 5", check=False)
     assert proc.returncode == 2 and "--steps" in proc.stderr
 
 
@@ -495,7 +497,7 @@ def test_report_prints_the_recorded_runs_and_their_comparisons_without_running(t
 # profile_step.py: the parts its docstring promises, and the table's arithmetic
 
 def test_profile_report_shares_and_order():
-    import profile_step
+    from experiments import profile_step
     parts = {"a": 0.010, "b": 0.030, "c": 0.020}
     lines = profile_step.format_report(0.080, parts, N=128).splitlines()
     body = [line.split() for line in lines[2:5]]
@@ -506,9 +508,9 @@ def test_profile_report_shares_and_order():
 
 
 def test_profile_measures_the_parts_its_docstring_lists(tmp_path):
-    import profile_step
+    from experiments import profile_step
     out = tmp_path / "profile.json"
-    run("profile_step.py", "--batch-size", "4", "--accum-steps", "2", "--queue-size", "8",
+    run("experiments/profile_step.py", "--batch-size", "4", "--accum-steps", "2", "--queue-size", "8",
         "--repeats", "1", "--warmup", "0", "--json", str(out))
     result = json.loads(out.read_text())
     documented = [line.strip().split("   ")[0] for line in profile_step.__doc__.splitlines()

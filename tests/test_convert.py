@@ -16,10 +16,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import convert  # noqa: E402
+from tools import convert  # noqa: E402
 import data  # noqa: E402
 import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
-import grounding  # noqa: E402
+from evaluation import grounding  # noqa: E402
 from data import ManifestError  # noqa: E402
 
 
@@ -414,9 +414,10 @@ def test_chexpert_errors_name_the_file_row_and_column(tmp_path, case, fragment):
 def test_cli_chexpert_and_argument_errors(tmp_path, capsys):
     rows, _ = _chexpert_rows()
     csv_path = _chexpert(tmp_path, rows)
-    r = subprocess.run([sys.executable, str(ROOT / "convert.py"), "chexpert-5x200", "--csv", str(csv_path),
+    r = subprocess.run([sys.executable, "-m", "tools.convert", "chexpert-5x200", "--csv", str(csv_path),
                         "--per-class", "3", "--out", "z.csv", "--prompts", "p.json"],
-                       capture_output=True, text=True, cwd=tmp_path)  # the command as a user types it
+                       capture_output=True, text=True, cwd=tmp_path,   # relative paths: from here
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     assert len(_read_csv(tmp_path / "z.csv")) == 16 and json.loads((tmp_path / "p.json").read_text()) == convert.PROMPTS_5X200
     with pytest.raises(SystemExit) as e:  # 200 asked, 4 there: one line, no traceback

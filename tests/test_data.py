@@ -15,10 +15,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
-import plot  # noqa: E402
-import synthetic  # noqa: E402
+from tools import plot  # noqa: E402
+from synthetic import dataset as synthetic  # noqa: E402
 from data import PAD_ID, ManifestError  # noqa: E402
-from synthetic import EVAL_SEED, TRAIN_SEED  # noqa: E402
+from synthetic.dataset import EVAL_SEED, TRAIN_SEED  # noqa: E402
 
 S = 64  # image size for the tests
 

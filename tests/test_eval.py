@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
-import metrics  # noqa: E402
+from evaluation import metrics  # noqa: E402
 from data import tokenize, train_tokenizer  # noqa: E402
 from model import DualEncoder, make_config  # noqa: E402
-from synthetic import (CLASS_PROMPTS, EVAL_SEED, GROUNDING_CLASSES, GROUNDING_SEED,  # noqa: E402
+from synthetic.dataset import (CLASS_PROMPTS, EVAL_SEED, GROUNDING_CLASSES, GROUNDING_SEED,  # noqa: E402
                        SECOND_EVAL_SEED, TRAIN_SEED,
                        ZERO_SHOT_CLASSES, render_synthetic)
 

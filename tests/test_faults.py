@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-import runtime
+from plumbing import runtime
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,7 +151,7 @@ def test_eval_reads_a_folder_while_a_run_holds_it(finished_run):
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    code = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r}); import runtime; "
+    code = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r}); from plumbing import runtime; "
             f"lock = runtime.FolderLock({str(out)!r}); os.kill(os.getpid(), signal.SIGKILL)")
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import plot
+from tools import plot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +25,7 @@ PICTURES = {
                          (576, 864)),
     "docs/predictions.png": ("python eval.py --checkpoint out --show docs/predictions.png",
                              (640, 1090)),
-    "docs/curve.png": ("python plot.py out --out docs/curve.png", (800, 280)),
+    "docs/curve.png": ("python -m tools.plot out --out docs/curve.png", (800, 280)),
     # 5 grounding classes x 3 cells of 128 x (128 + 4 lines of 13 + 6)
     "docs/grounding.png": ("python eval.py --checkpoint out --show-grounding docs/grounding.png",
                            (384, 930)),
@@ -165,7 +165,7 @@ def test_picture_command_draws_a_picture_of_the_stated_size(picture, trained, tm
 # ------------------------------------------------------------------ the grid with noisy reports
 
 def test_show_frames_exactly_the_reports_the_noise_changed(tmp_path):
-    import synthetic
+    from synthetic import dataset as synthetic
     n, size, p = 9, 64, 0.5
     plot.show(tmp_path / "noisy.png", n, size, report_noise=p)
     plot.show(tmp_path / "clean.png", n, size)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-import grounding
-import radiograph
-import synthetic
+from evaluation import grounding
+from synthetic import radiograph
+from synthetic import dataset as synthetic
 from data import ManifestError, load_image
 from model import DualEncoder, ModelConfig
-from synthetic import FINDINGS, TRAIN_SEED
+from synthetic.dataset import FINDINGS, TRAIN_SEED
 
 S = 64
 LOCALISED = ["cardiomegaly", "pleural effusion", "pneumothorax", "consolidation", "atelectasis",

@@ -7,8 +7,8 @@ import shlex
 
 import pytest
 
-import ladder
-import options
+from experiments import ladder
+from plumbing import options
 from test_bench import finished_run
 
 

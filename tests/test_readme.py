@@ -16,8 +16,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_README_LINES = 250
 # The scripts whose command lines the README's commands must fit (python SCRIPT --help).
-SCRIPTS_WITH_OPTIONS = {"train.py", "eval.py", "bench.py", "data.py", "ablation.py", "convert.py",
-                        "plot.py", "profile_step.py"}
+# A file in a folder runs as a module (python -m tools.convert): it is named here by its path.
+SCRIPTS_WITH_OPTIONS = {"train.py", "eval.py", "bench.py", "data.py", "experiments/ablation.py",
+                        "experiments/regimes.py", "experiments/ladder.py", "tools/convert.py",
+                        "tools/plot.py", "experiments/profile_step.py"}
 
 
 def read(name):
@@ -144,6 +146,9 @@ def readme_commands():
             m = re.search(r"(?:^|\s)(?:python3?|torchrun(?:\s+--\S+)*)\s+(\S+\.py)\b(.*)", part)
             if m:
                 commands.append((m.group(1), shlex.split(m.group(2))))
+            m = re.search(r"(?:^|\s)python3?\s+-m\s+([a-z_]+\.[a-z_]+)\b(.*)", part)
+            if m:                                              # python -m tools.convert ...
+                commands.append((m.group(1).replace(".", "/") + ".py", shlex.split(m.group(2))))
     return commands
 
 
@@ -157,7 +162,10 @@ for key in json.loads(sys.argv[2]):
     sys.argv = [script, *args, "--help"]
     try:
         with contextlib.redirect_stdout(buf):
-            runpy.run_path(script, run_name="__main__")
+            if "/" in script:      # a module in a folder: python -m tools.convert
+                runpy.run_module(script[:-3].replace("/", "."), run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(script, run_name="__main__")
     except SystemExit:
         pass
     out[key] = buf.getvalue()
@@ -222,7 +230,7 @@ def test_readme_option_names_exist(helps):
 # ----------------------------------------------------------------------------- the method document
 
 
-CODE_AND_DOCS = (glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "tests", "*.py"))
+CODE_AND_DOCS = (glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "*", "*.py"))
                  + glob.glob(os.path.join(ROOT, "docs", "*.md")) + [os.path.join(ROOT, "README.md")])
 
 
@@ -268,8 +276,8 @@ def test_readme_preset_parameter_counts_match_the_code():
 def test_readme_decision_table_is_what_regimes_report_prints():
     """Every number of the regime-aware table comes from the committed study, through the same
     function `python regimes.py --report` prints it with."""
-    import regimes
-    import studies
+    from experiments import regimes
+    from experiments import studies
     report = studies.read_json(os.path.join(ROOT, "docs", "results", "regimes.json"))
     expected = regimes.decision_table(regimes.runs_by_cell(report)).splitlines()
     lines = read("README.md").splitlines()

@@ -6,8 +6,8 @@ import shlex
 
 import pytest
 
-import options
-import regimes
+from plumbing import options
+from experiments import regimes
 from test_bench import finished_run
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-import runtime
+from plumbing import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +63,9 @@ def test_every_script_imports_without_unix_only_modules():
     code = ("import sys\n"
             "sys.modules['resource'] = None\n"
             "sys.modules['fcntl'] = None\n"
-            "import train, eval, bench, profile_step, ablation, data, runtime, checkpoint\n"
+            "import train, eval, bench, data, model, loss, momentum, accumulate\n"
+            "import experiments.profile_step, experiments.ablation, experiments.regimes, experiments.ladder\n"
+            "import plumbing.runtime, plumbing.checkpoint, tools.convert, tools.plot\n"
             "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)

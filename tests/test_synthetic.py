@@ -12,10 +12,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import reports  # noqa: E402
-import synthetic  # noqa: E402
+from synthetic import reports  # noqa: E402
+from synthetic import dataset as synthetic  # noqa: E402
 from data import PAD_ID  # noqa: E402
-from synthetic import CLASS_PROMPTS, EVAL_SEED, FINDINGS, TRAIN_SEED, ZERO_SHOT_CLASSES  # noqa: E402
+from synthetic.dataset import CLASS_PROMPTS, EVAL_SEED, FINDINGS, TRAIN_SEED, ZERO_SHOT_CLASSES  # noqa: E402
 
 S = 64  # image size for the tests
 
@@ -279,7 +279,7 @@ def test_render_pool_closes_under_train_py_signal_handler():
     so without synthetic._worker_signals they ignore the SIGTERM the pool sends them on closing and
     the final evaluation's rendering hangs forever. Rendering with two workers under that handler must
     finish and give the same images as rendering in this process."""
-    code = ("import sys, torch; sys.path.insert(0, '.'); import synthetic, train\n"
+    code = ("import sys, torch; sys.path.insert(0, '.'); from synthetic import dataset as synthetic; import train\n"
             "train.StopFlag()\n"
             "a = synthetic.zero_shot_set(60, 16, workers=2)\n"      # 300 jobs: above the pool threshold
             "b = synthetic.zero_shot_set(60, 16, workers=1)\n"

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-import options
+from plumbing import options
 import eval as evaluation  # noqa: E402  (the repository's eval.py)
 import train
-from synthetic import ZERO_SHOT_CLASSES
+from synthetic.dataset import ZERO_SHOT_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -195,7 +195,7 @@ def test_resume_from_a_cached_manifest_matches_a_run_from_memory(tmp_path):
     """A manifest decoded into memory, against the same manifest memory-mapped from its cache by a
     run killed after step 3 and resumed (from the step-2 checkpoint): bit for bit the same."""
     sys.path.insert(0, ROOT)
-    import synthetic
+    from synthetic import dataset as synthetic
     manifest = synthetic.export_synthetic(tmp_path / "export", 64, image_size=32)
     common = [*SMALL, "--train-manifest", str(manifest), "--queue-size", "16",
               "--steps", "4", "--eval-every", "0", "--eval-per-class", "2", "--eval-retrieval", "10"]

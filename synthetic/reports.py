@@ -9,7 +9,7 @@ synthetic.py draws the findings and calls write_report with the study's own gene
 Depends on numpy (the generator it is given) and radiograph.lerp only.
 """
 
-from radiograph import lerp
+from synthetic.radiograph import lerp
 
 # Reports. A report is written from the findings dict alone, from many paraphrases per statement,
 # so the text agrees with the image in finding, side and severity. Normal studies often get one

@@ -49,11 +49,11 @@ import os
 import shlex
 import sys
 
-from studies import (SECOND_EVAL_SEED, aggregate, compare, evaluate_more, fmt_mean_std,  # noqa: F401
+from experiments.studies import (SECOND_EVAL_SEED, aggregate, compare, evaluate_more, fmt_mean_std,  # noqa: F401
                      mean_std, read_json, read_run, record, said, second_command, summarise_run,
                      teacher_command, train_and_evaluate, write_json)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
 
 # arm -> (description, method, micro-batch is k·b?, accum-steps is k?, steps are S·k?, options)
 # Options may name "S/6" or "S/2": replaced by that share of the arm's own steps.
@@ -141,7 +141,7 @@ def train_command(arm, seed, args, python=sys.executable):
         if args.alpha is not None:
             opts["--alpha"] = str(args.alpha)
     opts.update(zip(s["options"][::2], s["options"][1::2]))
-    cmd = [python, os.path.relpath(os.path.join(HERE, "train.py"))]
+    cmd = [python, os.path.relpath(os.path.join(ROOT, "train.py"))]
     for name, value in opts.items():
         cmd += [name, value]
     return cmd + shlex.split(args.extra)

@@ -11,8 +11,8 @@ import json
 import os
 
 from data import read_class_manifest, read_pair_manifest
-from grounding import read_grounding_manifest
-from runtime import InputError
+from evaluation.grounding import read_grounding_manifest
+from plumbing.runtime import InputError
 
 
 def read_prompts(path):

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 
-from studies import (HERE, fmt_mean_std, mean_std, read_json, record, train_and_evaluate,
+from experiments.studies import (ROOT, fmt_mean_std, mean_std, read_json, record, train_and_evaluate,
                      write_json)
 
 ARMS = {  # name -> (what it adds to the arm before it, train.py options)
@@ -97,7 +97,7 @@ def run_dir(out_dir, job):
 def train_command(job, args, python=sys.executable):
     _, setting, arm, recipe, seed = job
     n, noise, steps = SETTINGS[setting]
-    cmd = [python, os.path.relpath(os.path.join(HERE, "train.py")), "--n-train", str(n)]
+    cmd = [python, os.path.relpath(os.path.join(ROOT, "train.py")), "--n-train", str(n)]
     if noise:
         cmd += ["--report-noise", str(noise)]
     cmd += ["--steps", str(steps), *recipe_options(recipe, steps), *ARMS[arm][1], "--seed", str(seed),

@@ -38,7 +38,7 @@ import os
 import shlex
 import sys
 
-from studies import (HERE, compare, fmt_mean_std, mean_std, read_json, record, said,
+from experiments.studies import (ROOT, compare, fmt_mean_std, mean_std, read_json, record, said,
                      train_and_evaluate, write_json)
 
 REGIMES = {  # name -> (training pairs, report noise)
@@ -90,7 +90,7 @@ def run_dir(out_dir, regime, arm, seed):
 
 def train_command(regime, arm, seed, args, python=sys.executable):
     n, noise = REGIMES[regime]
-    cmd = [python, os.path.relpath(os.path.join(HERE, "train.py")), "--n-train", str(n)]
+    cmd = [python, os.path.relpath(os.path.join(ROOT, "train.py")), "--n-train", str(n)]
     if noise:
         cmd += ["--report-noise", str(noise)]
     cmd += [*ARMS[arm][1], "--seed", str(seed), "--out", run_dir(args.out_dir, regime, arm, seed)]

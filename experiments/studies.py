@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
 
 # synthetic.SECOND_EVAL_SEED (this file does not import the project): every run is evaluated on a
 # second, disjoint synthetic set too, so an arm that wins on the first must win on images that
@@ -30,13 +30,13 @@ SECOND_EVAL_SEED = 3003
 
 def second_command(out, python=sys.executable):
     """eval.py on the checkpoint in run folder `out` (the student), on the second evaluation set."""
-    return [python, os.path.relpath(os.path.join(HERE, "eval.py")), "--checkpoint", out,
+    return [python, os.path.relpath(os.path.join(ROOT, "eval.py")), "--checkpoint", out,
             "--eval-seed", str(SECOND_EVAL_SEED), "--json", os.path.join(out, "eval_second.json")]
 
 
 def teacher_command(out, python=sys.executable):
     """eval.py on the checkpoint in `out` with the teacher's weights, the benchmark train.py ran."""
-    return [python, os.path.relpath(os.path.join(HERE, "eval.py")), "--checkpoint", out,
+    return [python, os.path.relpath(os.path.join(ROOT, "eval.py")), "--checkpoint", out,
             "--use-teacher", "--json", os.path.join(out, "eval_teacher.json")]
 
 
@@ -220,7 +220,7 @@ def machine():
 
 def commit():
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from radiograph import render_image, render_with_masks  # render_image: synthetic.render_image, as before
-from reports import finding_sentence, write_report  # noqa: F401  (synthetic.write_report, as before)
-from runtime import WriteError, reason, save_atomic
+from synthetic.radiograph import render_image, render_with_masks  # render_image: synthetic.render_image, as before
+from synthetic.reports import finding_sentence, write_report  # noqa: F401  (synthetic.write_report, as before)
+from plumbing.runtime import WriteError, reason, save_atomic
 
 # -----------------------------------------------------------------------------
 # Vocabulary of the data set

@@ -32,12 +32,12 @@ import time
 import torch
 
 import data
-import synthetic
+from synthetic import dataset as synthetic
 from accumulate import _optimizer_step, msd_step
 from loss import FeatureQueue, msd_loss, positive_matrix, soft_targets
 from model import DualEncoder, make_config, param_groups
 from momentum import ema_update, make_teacher
-from runtime import pick_device
+from plumbing.runtime import pick_device
 
 
 def timed(fn, repeats, warmup, device):

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-import reports
-import synthetic
+from synthetic import reports
+from synthetic import dataset as synthetic
 
 # -----------------------------------------------------------------------------
 # Words on a picture (Pillow alone), for every figure: these curves, eval.py --show's predictions,

@@ -14,7 +14,7 @@ import zipfile
 import torch
 
 from model import DualEncoder, ModelConfig
-from runtime import InputError, save_atomic  # noqa: F401  (save_atomic: what train.py saves with)
+from plumbing.runtime import InputError, save_atomic  # noqa: F401  (save_atomic: what train.py saves with)
 
 # Options that may differ between a run and its --resume: they change what is logged, saved or
 # evaluated, or where the run computes, never which numbers it computes on a given device.
