@@ -94,7 +94,7 @@ def _optimizer_step(model, optimizer, loss, scaler, max_grad_norm):
 
 
 def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, momentum: float,
-             duplicate_aware: bool = True, autocast=contextlib.nullcontext, scaler=None,
+             duplicate_aware: bool = True, autocast=contextlib.nullcontext(), scaler=None,
              max_grad_norm: float | None = None) -> torch.Tensor:
     """One optimizer step of momentum self-distillation over `micro_batches`.
 
@@ -103,7 +103,8 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
     micro_batches: list of (images, tokens, report_ids) already on the device.
     duplicate_aware (train.py's default too): every bank entry with the row's report id is a
     positive (loss.positive_matrix); False: the row's own pair alone (one-hot).
-    autocast: a zero-argument callable returning a context (e.g. a partial of torch.autocast).
+    autocast: a context the forward passes run in, entered once per pass, as nanoGPT's `ctx`:
+      torch.autocast("cuda", dtype=torch.bfloat16), or contextlib.nullcontext() for fp32.
     Returns the window's loss (a detached scalar): the same number a single batch of N would give.
     """
     optimizer.zero_grad(set_to_none=True)
@@ -112,7 +113,7 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
     N = sum(sizes)
 
     # 1. Teacher pass over the whole window without gradient; keep only features, in float32.
-    with torch.no_grad(), autocast():
+    with torch.no_grad(), autocast:
         t_img = torch.cat([upcast(teacher.encode_image(x)) for x, _, _ in micro_batches])  # (N, D)
         t_txt = torch.cat([upcast(teacher.encode_text(t)) for _, t, _ in micro_batches])   # (N, D)
     ids = torch.cat([i for _, _, i in micro_batches])                                     # (N,)
@@ -139,7 +140,7 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
         last = j == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with autocast():
+            with autocast:
                 img, txt, s = model(images, tokens)
             loss_j = msd_loss(img, txt, bank_img, bank_txt, y_i2t, y_t2i, s, normaliser=N)
             (scaler.scale(loss_j) if scaler is not None else loss_j).backward()
@@ -155,7 +156,7 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
 
 
 def clip_naive_step(model, optimizer, micro_batches, *, duplicate_aware: bool = True,
-                    autocast=contextlib.nullcontext, scaler=None,
+                    autocast=contextlib.nullcontext(), scaler=None,
                     max_grad_norm: float | None = None) -> torch.Tensor:
     """Plain CLIP on one micro-batch, or CLIP with NAIVE gradient accumulation over k of them.
 
@@ -171,7 +172,7 @@ def clip_naive_step(model, optimizer, micro_batches, *, duplicate_aware: bool = 
         last = j == k - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with autocast():
+            with autocast:
                 img, txt, s = model(images, tokens)
             loss_j = clip_loss(img, txt, s, ids if duplicate_aware else None) / k
             (scaler.scale(loss_j) if scaler is not None else loss_j).backward()
@@ -182,7 +183,7 @@ def clip_naive_step(model, optimizer, micro_batches, *, duplicate_aware: bool = 
 
 
 def clip_step(model, optimizer, micro_batches, *, duplicate_aware: bool = True,
-              autocast=contextlib.nullcontext, scaler=None,
+              autocast=contextlib.nullcontext(), scaler=None,
               max_grad_norm: float | None = None) -> torch.Tensor:
     """CLIP over the WHOLE window of k micro-batches (and every rank): the exact gradient of CLIP
     at batch N = k · b, with the activation memory of a micro-batch of b.
@@ -230,7 +231,7 @@ def clip_step(model, optimizer, micro_batches, *, duplicate_aware: bool = True,
     sizes = [mb[0].shape[0] for mb in micro_batches]
 
     # 1. The cache: every micro-batch through the same model and autocast as step 2, no gradient.
-    with torch.no_grad(), autocast():
+    with torch.no_grad(), autocast:
         feats = [model(images, tokens) for images, tokens, _ in micro_batches]
     c_img, offset = gather_window(torch.cat([upcast(f[0]) for f in feats]))   # (world·N, D)
     c_txt, _ = gather_window(torch.cat([upcast(f[1]) for f in feats]))        # (world·N, D)
@@ -253,7 +254,7 @@ def clip_step(model, optimizer, micro_batches, *, duplicate_aware: bool = True,
         last = j == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with autocast():
+            with autocast:
                 img, txt, s = model(images, tokens)
             a, z = offset + start, offset + start + sizes[j]      # this micro-batch's rows
             all_img = torch.cat([c_img[:a], upcast(img), c_img[z:]])   # (world·N, D), b rows live

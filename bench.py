@@ -200,7 +200,7 @@ def cpu_name():
 
 
 def _setup(cfg):
-    """The device, the autocast factory, the GradScaler (fp16) or None, the precision name and the
+    """The device, the autocast context, the GradScaler (fp16) or None, the precision name and the
     model config: device and precision by runtime.py's rules, the same as train.py's."""
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from evaluation.sets import (check_benchmark_options, read_benchmark, read_grounding,  # noqa: F401
                        read_prompts, unlabelled_prompt_classes)
 from plumbing.checkpoint import InputError, load_checkpoint
-from data import ManifestError, report_ids, tokenize
+from data import report_ids, tokenize
+from manifests.read import ManifestError
 from evaluation.grounding import similarity_map, summarize
 from evaluation.metrics import (BOOTSTRAP_RESAMPLES, bootstrap_weights, ci95, few_shot_auc, few_shot_probes,
                      macro_auc_ovr, recall_hits, weighted_few_shot, weighted_macro_auc_ovr,

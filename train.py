@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from evaluation import sets as eval_sets
 import data
+from manifests import read as manifest
 import eval as evaluation
 from synthetic import dataset as synthetic
 from accumulate import NonFiniteLossError, clip_naive_step, clip_step, msd_step, unwrap
@@ -42,7 +43,7 @@ def main(argv=None):
     parser, args = get_args(argv)
     try:
         return train(args)
-    except (InputError, data.ManifestError) as e:   # the user's input, not the code: one line, exit 2
+    except (InputError, manifest.ManifestError) as e:   # the user's input, not the code: one line, exit 2
         parser.error(str(e))
     except WriteError as e:                          # the disk or a permission: one line, exit 1
         print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
@@ -183,7 +184,7 @@ def load_training_data(args, run, log):
     cache = args.data_cache or None
     if run.ddp and cache and not run.master:
         dist.barrier()
-    pairs = data.read_pair_manifest(args.train_manifest, args.image_size, args.channels,
+    pairs = manifest.read_pair_manifest(args.train_manifest, args.image_size, args.channels,
                                     cache_dir=cache, workers=args.workers, log=log)
     if run.ddp and cache and run.master:
         dist.barrier()

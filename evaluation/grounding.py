@@ -182,7 +182,7 @@ def summarize(items):
 
 def box_to_mask(x, y, w, h, image_w, image_h, size):
     """A box in an (image_w, image_h) image's pixels -> bool (size, size) mask of the evaluation
-    image that data.load_image makes of it: the centred square crop of side min(image_w, image_h)
+    image that manifest.load_image makes of it: the centred square crop of side min(image_w, image_h)
     (Pillow's ImageOps.fit), resized to size x size.
 
     Rounding rule: an evaluation pixel is in the mask when its CENTRE falls inside the box, with
@@ -218,7 +218,7 @@ def read_grounding_manifest(csv_path, image_size, channels=1, log=print):
     whose boxes lie wholly outside the centre crop are dropped, counted aloud and in "dropped"."""
     from PIL import Image  # only here: the maps and metrics above need torch alone
 
-    from data import ManifestError, load_image
+    from manifests.read import ManifestError, load_image
 
     csv_path = Path(csv_path)
     if not csv_path.is_file():

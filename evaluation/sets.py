@@ -10,7 +10,7 @@ skipped (False) rather than mixing real and synthetic numbers in one table.
 import json
 import os
 
-from data import read_class_manifest, read_pair_manifest
+from manifests.read import read_class_manifest, read_pair_manifest
 from evaluation.grounding import read_grounding_manifest
 from plumbing.runtime import InputError
 
@@ -61,7 +61,7 @@ def read_benchmark(eval_manifest, prompts, retrieval_manifest, image_size, chann
     returns them. Real data replaces the synthetic benchmark: when one manifest is given, the part
     without one is False (skipped) rather than mixing real and synthetic numbers in one table. With
     neither, both are None: the synthetic benchmark. cache_dir: where the manifests' decoded images
-    are kept (data.read_pair_manifest; None decodes into memory). Raises InputError or ManifestError."""
+    are kept (manifest.read_pair_manifest; None decodes into memory). Raises InputError or ManifestError."""
     if not (eval_manifest or retrieval_manifest):
         return None, None
     zs, ret = False, False

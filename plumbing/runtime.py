@@ -10,7 +10,6 @@ fcntl's on Unix and msvcrt's on Windows, each imported where it is used.
 
 import contextlib
 import errno
-import functools
 import os
 import signal
 import sys
@@ -208,12 +207,13 @@ def resolve_precision(precision, device):
 
 
 def pick_precision(precision, device):
-    """(autocast factory, GradScaler or None, the resolved name) for --precision on `device`."""
+    """(autocast context, GradScaler or None, the resolved name) for --precision on `device`. The
+    context is entered around each forward pass (`with autocast:`), as nanoGPT's `ctx`."""
     precision = resolve_precision(precision, device)
     if precision == "fp32":
-        return contextlib.nullcontext, None, precision
+        return contextlib.nullcontext(), None, precision
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    autocast = functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
+    autocast = torch.autocast(device_type=device.type, dtype=dtype)
     # fp16 has a narrow exponent range: scale the loss so small gradients do not flush to zero.
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     return autocast, scaler, precision
@@ -358,3 +358,12 @@ def send_signal_to_self(kind):
         os.kill(os.getpid(), signal.SIGKILL)
     else:
         os._exit(137)
+
+
+def worker_signals():
+    """A pool worker inherits its parent's signal handlers. train.py's Ctrl-C handler only sets a
+    flag, so a worker keeping it would ignore the SIGTERM the pool sends it on closing, and the
+    pool would wait for it forever. Workers get the default SIGTERM back and leave Ctrl-C
+    (which the terminal sends to the whole process group) to the parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

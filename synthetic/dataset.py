@@ -22,7 +22,6 @@ import csv
 import math
 import multiprocessing
 import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from PIL import Image
 
 from synthetic.radiograph import render_image, render_with_masks  # render_image: synthetic.render_image, as before
 from synthetic.reports import finding_sentence, write_report  # noqa: F401  (synthetic.write_report, as before)
-from plumbing.runtime import WriteError, reason, save_atomic
+from plumbing.runtime import WriteError, reason, save_atomic, worker_signals
 
 # -----------------------------------------------------------------------------
 # Vocabulary of the data set
@@ -267,21 +266,12 @@ def _render_one(job):
     return to_uint8(s.image), s.report, s.labels
 
 
-def _worker_signals():
-    """A pool worker inherits its parent's signal handlers. train.py's Ctrl-C handler only sets a
-    flag, so a worker keeping it would ignore the SIGTERM the pool sends it on closing, and the
-    pool would wait for it forever. Workers get the default SIGTERM back and leave Ctrl-C
-    (which the terminal sends to the whole process group) to the parent."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _render_many(jobs, image_size, workers):
     """Render (seed, index, only) jobs, in order; a process pool when workers > 1."""
     jobs = [(seed, index, image_size, only) for seed, index, only in jobs]
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(jobs) >= 256:  # below that, starting processes costs more than it saves
-        with multiprocessing.get_context().Pool(workers, initializer=_worker_signals) as pool:
+        with multiprocessing.get_context().Pool(workers, initializer=worker_signals) as pool:
             out = pool.map(_render_one, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
     else:
         out = [_render_one(job) for job in jobs]

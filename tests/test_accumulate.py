@@ -139,7 +139,7 @@ def test_autocast_bf16_runs_close_to_float32():
     for use_amp in (False, True):
         s = copy.deepcopy(student)
         teacher, queue = make_teacher(s), FeatureQueue(16, 8)
-        ac = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if use_amp else None
+        ac = torch.autocast("cpu", dtype=torch.bfloat16) if use_amp else None   # a context, as nanoGPT's ctx
         kwargs = {"autocast": ac} if ac else {}
         opt = torch.optim.AdamW(s.parameters(), lr=1e-3)
         losses.append(msd_step(s, teacher, queue, opt, batches, alpha=0.4, momentum=0.99, **kwargs))

@@ -244,7 +244,7 @@ def test_every_step_gets_the_loss_scaler(kind, monkeypatch):
         def update(self):
             pass
 
-    monkeypatch.setattr(runtime, "pick_precision", lambda p, d: (contextlib.nullcontext, Scaler(), "fp16"))
+    monkeypatch.setattr(runtime, "pick_precision", lambda p, d: (contextlib.nullcontext(), Scaler(), "fp16"))
     monkeypatch.setattr(bench, "reset_peak_rss", lambda: 0.0)    # leave pytest's own peak alone
     out = bench.measure_step(one_config(kind=kind, device="cpu", queue_size=8 if kind == "msd" else 0))
     assert not out["oom"] and out["precision"] == "fp16"

@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tools import convert  # noqa: E402
 import data  # noqa: E402
+from manifests import read as manifest  # noqa: E402
 import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
 from evaluation import grounding  # noqa: E402
-from data import ManifestError  # noqa: E402
+from manifests.read import ManifestError  # noqa: E402
 
 
 def _write_csv(path, header, rows, gz=False):
@@ -86,7 +87,7 @@ def test_convert_iu_xray_on_a_fake(tmp_path, capsys):
                                         "IMPRESSION: Cardiomegaly.", "FINDINGS: Small left effusion."]
     assert [Path(r["image"]).name for r in rows] == ["1_IM-0001-4001.dcm.png", "2_IM-0652-1001.dcm.png",
                                                      "4_IM-2000-1001.dcm.png"]
-    m = data.read_pair_manifest(out, 16)  # the converter's output is a valid manifest
+    m = manifest.read_pair_manifest(out, 16)  # the converter's output is a valid manifest
     assert m["images"].shape == (3, 1, 16, 16)
 
 
@@ -228,7 +229,7 @@ def test_mimic_without_labels_separate_reports_and_one_split(tmp_path, capsys):
     assert "so no labels column" in said and "1 images of splits not asked for" in said
     # the output is a manifest train.py and eval.py read (a labels column of CheXpert's names is
     # only read back once the manifest reader takes any finding names)
-    m = data.read_pair_manifest(out, 16)
+    m = manifest.read_pair_manifest(out, 16)
     assert m["images"].shape == (3, 1, 16, 16) and m["splits"] == ["train", "train", "test"]
     assert m["texts"][0] == TEXT_FULL
 
@@ -358,7 +359,7 @@ def test_chexpert_5x200_takes_exactly_the_single_positive_frontal_images(tmp_pat
     # the prompt file eval.py reads, with the manifest's classes, and the manifest eval.py reads
     prompts = ev.read_prompts(str(out.with_name("chexpert_5x200_prompts.json")))
     assert prompts == convert.PROMPTS_5X200 and list(prompts) == [c.lower() for c in FIVE]
-    m = data.read_class_manifest(out, 16, list(prompts))
+    m = manifest.read_class_manifest(out, 16, list(prompts))
     assert m["images"].shape == (20, 1, 16, 16) and m["labels"].bincount().tolist() == [4] * 5
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from evaluation import grounding
 from synthetic import radiograph
 from synthetic import dataset as synthetic
-from data import ManifestError, load_image
+from manifests.read import ManifestError, load_image
 from model import DualEncoder, ModelConfig
 from synthetic.dataset import FINDINGS, TRAIN_SEED
 
@@ -267,7 +267,7 @@ def test_synthetic_masks_score_a_map_equal_to_them_perfectly():
 
 
 # -----------------------------------------------------------------------------
-# Boxes to masks, matched to data.load_image
+# Boxes to masks, matched to manifest.load_image
 
 
 def test_a_box_converts_to_exactly_its_pixels():

@@ -276,7 +276,7 @@ def test_load_or_render_caches(tmp_path):
 
 def test_render_pool_closes_under_train_py_signal_handler():
     """train.py installs a Ctrl-C / SIGTERM handler that only sets a flag. Pool workers inherit it,
-    so without synthetic._worker_signals they ignore the SIGTERM the pool sends them on closing and
+    so without plumbing.runtime.worker_signals they ignore the SIGTERM the pool sends them on closing and
     the final evaluation's rendering hangs forever. Rendering with two workers under that handler must
     finish and give the same images as rendering in this process."""
     code = ("import sys, torch; sys.path.insert(0, '.'); from synthetic import dataset as synthetic; import train\n"

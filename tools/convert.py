@@ -32,7 +32,7 @@ import sys
 import zlib
 from pathlib import Path
 
-from data import ManifestError
+from manifests.read import ManifestError
 
 # The 14 observations of the CheXpert labeler (Irvin et al. 2019), as CheXpert's train.csv orders
 # them. MIMIC-CXR-JPG's mimic-cxr-2.0.0-chexpert.csv.gz has the same 14 (the same labeler run on
