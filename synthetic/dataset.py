@@ -10,8 +10,9 @@ reports optionally noisy, train.py --report-noise), a CheXpert 5x200-style zero-
 retrieval set, and an export as PNGs plus a manifest that data.py reads like any real data set.
 
 In the order a reader meets them: the vocabulary (findings, zero-shot classes and prompts, seeds),
-patients, findings, the drawing (radiograph.py), the reports (reports.py), studies, noisy reports,
-the data sets and the grounding set, then the export.
+which findings a study has, studies (a patient and its findings' details from patients.py, the
+picture from radiograph.py, the report from reports.py), noisy reports, the data sets and the
+grounding set, then the export.
 
 Run `python data.py show --out samples.png` to look at what the model sees: a grid of training
 studies, each with its findings and the start of its report (drawn by plot.py). From Python,
@@ -30,9 +31,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synthetic.radiograph import render_image, render_with_masks  # render_image: synthetic.render_image, as before
-from synthetic.reports import finding_sentence, write_report  # noqa: F401  (synthetic.write_report, as before)
 from plumbing.runtime import WriteError, reason, save_atomic, worker_signals
+from synthetic.patients import Patient, sample_finding, sample_patient
+from synthetic.radiograph import render_image, render_with_masks
+from synthetic.reports import finding_sentence, write_report
 
 # -----------------------------------------------------------------------------
 # Vocabulary of the data set
@@ -100,107 +102,14 @@ SECOND_EVAL_SEED = 3003
 # Bump when the pictures or reports change, so cached renders (load_or_render) are not reused.
 GENERATOR_VERSION = 2
 
-SEVERITIES = ["small", "moderate", "large"]
-
 
 # -----------------------------------------------------------------------------
-# Patients: anatomy and acquisition, sampled independently of the findings, so that a test (or a
-# curious reader) can draw the very same patient with and without a finding.
-
-
-@dataclass
-class Patient:
-    x0: float              # horizontal shift of the whole chest (patient positioning)
-    y0: float              # vertical shift
-    width: float           # body habitus: scales thorax width
-    lung_top: float        # apex height
-    lung_w_right: float    # lung half-widths (before the width scale)
-    lung_w_left: float
-    diaphragm_right: float  # dome heights; the right hemidiaphragm usually sits a little higher
-    diaphragm_left: float
-    dome: float            # how curved the domes are (sets the costophrenic angles)
-    heart_w: float         # heart half-width; cardiothoracic ratio ~0.4 when normal
-    heart_h: float
-    heart_x: float         # the heart sits left of the midline (image right)
-    mediastinum_w: float
-    rib_spacing: float
-    rib_phase: float
-    rib_curve: float
-    vessel_freq: float     # density of vessel branches radiating from the hila
-    vessel_phase: float
-    brightness: float      # exposure / windowing
-    contrast: float
-    gamma: float
-    noise: float           # quantum noise level
-    noise_seed: int        # the noise is part of the patient's acquisition, not of the finding
-
-
-def sample_patient(rng):
-    U = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
-    dia = U(0.30, 0.42)
-    return Patient(
-        x0=U(-0.06, 0.06), y0=U(-0.05, 0.05), width=U(0.90, 1.05),
-        lung_top=U(-0.78, -0.70), lung_w_right=U(0.32, 0.36), lung_w_left=U(0.30, 0.34),
-        diaphragm_right=dia - U(0.0, 0.06), diaphragm_left=dia, dome=U(0.08, 0.14),
-        heart_w=U(0.27, 0.32), heart_h=U(0.19, 0.23), heart_x=U(0.08, 0.13),
-        mediastinum_w=U(0.09, 0.12),
-        rib_spacing=U(0.15, 0.19), rib_phase=U(0, 2 * math.pi), rib_curve=U(0.25, 0.45),
-        vessel_freq=float(rng.integers(9, 14)), vessel_phase=U(0, 2 * math.pi),
-        brightness=U(-0.03, 0.03), contrast=U(1.25, 1.4), gamma=U(0.9, 1.1),
-        noise=U(0.005, 0.02), noise_seed=int(rng.integers(2**31)),
-    )
-
-
-# -----------------------------------------------------------------------------
-# Findings: what is present, where, and how much. A findings dict maps a finding name to its
-# details: "side" ("right"/"left"/"bilateral"/None), "severity" ("small"/"moderate"/"large"/None),
-# "hedged" (the report voices uncertainty), and a few drawing parameters (positions, jitter).
+# Findings: which a study has. A findings dict maps a finding name to its details (where and how
+# much: patients.sample_finding).
 
 P_NORMAL = 0.35            # share of studies with no finding
 FINDINGS_PER_STUDY = ([1, 2, 3], [0.65, 0.27, 0.08])  # for abnormal studies
 FINDING_WEIGHTS = [1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.5, 0.6]  # relative frequency, FINDINGS order
-SIDES = {  # where each finding can be, with probabilities
-    "pleural effusion": (["right", "left", "bilateral"], [0.40, 0.30, 0.30]),
-    "pneumothorax": (["right", "left"], [0.5, 0.5]),
-    "consolidation": (["right", "left", "bilateral"], [0.45, 0.40, 0.15]),
-    "atelectasis": (["right", "left", "bilateral"], [0.35, 0.40, 0.25]),
-    "nodule": (["right", "left"], [0.5, 0.5]),
-}
-DEVICES = ["endotracheal tube", "central venous catheter", "enteric tube", "pacemaker"]
-
-
-def sample_finding(rng, name):
-    U = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
-    f = {"side": None, "severity": None, "hedged": False}
-    if name in SIDES:
-        names, p = SIDES[name]
-        f["side"] = str(rng.choice(names, p=p))
-    if name == "edema":
-        f["side"] = "bilateral"  # edema is a whole-lung process
-    if name != "support device":
-        f["severity"] = str(rng.choice(SEVERITIES, p=[0.4, 0.35, 0.25]))
-        # weak findings are where radiologists hedge ("possible", "cannot exclude")
-        f["hedged"] = bool(f["severity"] == "small" and rng.random() < 0.35)
-    f["jitter"] = U(0.85, 1.15)  # size variation within a severity grade
-    if name in ("consolidation", "nodule"):
-        f["zone"] = str(rng.choice(["upper", "middle", "lower"]))
-        f["x"] = U(0.0, 0.5)  # position across the lung, 0 = centre, 1 = lateral edge
-    if name == "consolidation":
-        # a patchy opacity: a cluster of overlapping blobs around the lobe's centre
-        f["blobs"] = [[U(-1, 1), U(-1, 1)] for _ in range({"small": 4, "moderate": 6, "large": 8}[f["severity"]])]
-    if name == "nodule":
-        lo, hi = {"small": (4, 8), "moderate": (10, 25), "large": (35, 60)}[f["severity"]]
-        f["size_mm"] = int(rng.integers(lo, hi + 1))
-    if name == "atelectasis":
-        f["band_y"], f["tilt"] = U(0.0, 0.08), U(-0.06, 0.06)
-    if name == "support device":
-        f["device"] = str(rng.choice(DEVICES))
-        if f["device"] == "central venous catheter":
-            f["side"] = str(rng.choice(["right", "left"], p=[0.7, 0.3]))
-        if f["device"] == "pacemaker":
-            f["side"] = str(rng.choice(["right", "left"], p=[0.2, 0.8]))
-        f["tip_cm"] = int(rng.integers(3, 7))
-    return f
 
 
 def sample_findings(rng, only=None):
@@ -288,10 +197,10 @@ def _render_many(jobs, image_size, workers):
 # retrieval sets never do.
 #
 # The noise has a stream of its own, [seed, NOISE_STREAM, index], that no study draws from, so the
-# pictures, findings, labels and every unchanged report are today's to the byte, and P = 0 is the
-# clean set. Its draws do not depend on P (a uniform u per finding, one u_swap and one for the
-# partner per study; a finding is left out when u < P, the report swapped when u_swap < P / 2), so
-# the noise is monotone in P: what is left out or swapped at P = 0.1 is so at 0.3 too, with the
+# pictures, findings, labels and every unchanged report are the clean set's to the byte, and P = 0
+# is the clean set. Its draws do not depend on P (a uniform u per finding, one u_swap and one for
+# the partner per study; a finding is left out when u < P, the report swapped when u_swap < P / 2),
+# so the noise is monotone in P: what is left out or swapped at P = 0.1 is so at 0.3 too, with the
 # same partner.
 
 NOISE_STREAM = 1000  # the studies' streams are 0 (training mix) and 1..9 (`only`)
@@ -446,7 +355,7 @@ def grounding_set(n_per_class, image_size, seed=GROUNDING_SEED):
 
 def cache_file_name(split, n, image_size, report_noise=0.0):
     """load_or_render's file name: the split, n, the size and GENERATOR_VERSION, then the report
-    noise when there is any (the clean set keeps the name it always had)."""
+    noise when there is any (report_noise=0 names the same file as no report noise)."""
     noise = f"-noise{float(report_noise)!r}" if report_noise > 0 else ""
     return f"{split}-n{n}-s{image_size}-v{GENERATOR_VERSION}{noise}.pt"
 
@@ -473,7 +382,7 @@ def load_or_render(split, n, image_size, cache_dir=None, workers=0, report_noise
     if path.exists():
         try:
             data = torch.load(path, weights_only=True)
-            if split == "zero_shot":  # prompts are code, not data: always today's
+            if split == "zero_shot":  # prompts are code, not data: always the current CLASS_PROMPTS
                 data["classes"], data["prompts"] = list(ZERO_SHOT_CLASSES), {c: list(p) for c, p in CLASS_PROMPTS.items()}
             return data
         except Exception as e:  # a truncated file from a killed run: render again

@@ -4,18 +4,14 @@ A report is "FINDINGS: ... IMPRESSION: ...", written from a study's findings dic
 paraphrases per statement (negations and hedges among them), so the text agrees with the image in
 finding, side and severity, and varies as real reports do. Normal studies often get one of three
 canonical reports, word for word: the duplicate reports that duplicate-aware positives are for.
-synthetic.py draws the findings and calls write_report with the study's own generator.
+dataset.py draws the findings and calls write_report with the study's own generator.
 
 Depends on numpy (the generator it is given) and radiograph.lerp only.
 """
 
 from synthetic.radiograph import lerp
 
-# Reports. A report is written from the findings dict alone, from many paraphrases per statement,
-# so the text agrees with the image in finding, side and severity. Normal studies often get one
-# of three canonical reports, word for word, as real radiology departments' templates do: the
-# resulting duplicate reports are exactly what duplicate-aware positives are for.
-
+# The canonical normal reports, word for word, as real radiology departments' templates give them.
 CANONICAL_NORMAL = [
     "FINDINGS: The lungs are clear. Heart size is normal. No pleural effusion or pneumothorax. "
     "IMPRESSION: No acute cardiopulmonary process.",

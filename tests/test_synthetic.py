@@ -1,4 +1,5 @@
-"""Tests for synthetic.py: each pins a property the rest of the project relies on (fast: small images)."""
+"""Tests for the synthetic data set (synthetic/): each pins a property the rest of the project
+relies on (fast: small images)."""
 
 import collections
 import re
@@ -12,7 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from synthetic import reports  # noqa: E402
+from synthetic import radiograph, reports  # noqa: E402
 from synthetic import dataset as synthetic  # noqa: E402
 from data import PAD_ID  # noqa: E402
 from synthetic.dataset import CLASS_PROMPTS, EVAL_SEED, FINDINGS, TRAIN_SEED, ZERO_SHOT_CLASSES  # noqa: E402
@@ -106,7 +107,7 @@ def test_second_eval_seed_is_a_disjoint_set_of_the_same_kind():
 def _with_and_without(name, index, **override):
     st = synthetic.make_study(TRAIN_SEED, index, S, only=name)
     f = {**st.findings[name], **override}
-    return synthetic.render_image(st.patient, {}, S), synthetic.render_image(st.patient, {name: f}, S), f
+    return radiograph.render_image(st.patient, {}, S), radiograph.render_image(st.patient, {name: f}, S), f
 
 
 def _halves(diff):
@@ -297,10 +298,10 @@ def test_render_pool_closes_under_train_py_signal_handler():
 # -----------------------------------------------------------------------------
 # Noisy training reports (train.py --report-noise P)
 
-# The generator's output for training items 0..199 as it was before report noise existed: the texts,
-# the labels and each study's patient and findings (what its picture is drawn from). Exact on any
-# machine (no picture's floating point in it); a deliberate change of the generator (a new
-# GENERATOR_VERSION) changes it.
+# The clean generator's output for training items 0..199 (no report noise): the texts, the labels
+# and each study's patient and findings (what its picture is drawn from). Exact on any machine (no
+# picture's floating point in it); a deliberate change of the generator (a new GENERATOR_VERSION)
+# changes it.
 CLEAN_200 = "0e979567380817e2c203856a61dd634432d7b09c9190f70b7a5b8bb38b51e716"
 
 
@@ -320,7 +321,7 @@ def _omitted_names(noise, i):
     return {FINDINGS[f] for f in torch.nonzero(noise["omitted"][i]).flatten().tolist()}
 
 
-def test_report_noise_0_is_todays_set_byte_for_byte():
+def test_report_noise_0_is_the_clean_set_byte_for_byte():
     clean = synthetic.render_synthetic("train", 200, 16, workers=1)
     zero = synthetic.render_synthetic("train", 200, 16, workers=1, report_noise=0.0)
     assert _generator_hash(zero, 200) == CLEAN_200
@@ -425,7 +426,7 @@ def test_evaluation_sets_never_get_report_noise(tmp_path):
 
 def test_the_cache_key_holds_the_report_noise(tmp_path):
     v = synthetic.GENERATOR_VERSION
-    assert synthetic.cache_file_name("train", 12, 16) == f"train-n12-s16-v{v}.pt"   # today's name
+    assert synthetic.cache_file_name("train", 12, 16) == f"train-n12-s16-v{v}.pt"   # no noise in the name
     assert synthetic.cache_file_name("train", 12, 16, 0.0) == f"train-n12-s16-v{v}.pt"
     names = {synthetic.cache_file_name("train", 12, 16, p) for p in (0.0, 0.1, 0.3, 0.30000000000000004)}
     assert len(names) == 4
