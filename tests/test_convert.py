@@ -1,6 +1,6 @@
-"""Tests for convert.py, each on a tiny fake of a public data set written in its real layout
-(MIMIC's gzipped CSVs written with gzip, report .txt files, CheXpert's train.csv, MS-CXR's box CSV,
-tiny images)."""
+"""Tests for tools/convert.py and the converters beside it, each on a tiny fake of a public data set
+written in its real layout (MIMIC's gzipped CSVs written with gzip, report .txt files, CheXpert's
+train.csv, tiny images). MS-CXR's converter has its own file, test_convert_ms_cxr.py."""
 
 import csv
 import gzip
@@ -11,16 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools import convert  # noqa: E402
-import data  # noqa: E402
+from tools import chexpert_5x200, convert, iu_xray, mimic_cxr, tables  # noqa: E402
 from manifests import read as manifest  # noqa: E402
-import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
-from evaluation import grounding  # noqa: E402
+from evaluation import sets  # noqa: E402
 from manifests.read import ManifestError  # noqa: E402
 
 
@@ -53,7 +50,7 @@ def test_iter_table_accepts_bom_crlf_quoted_newlines_and_gzip(tmp_path):
     (tmp_path / "t.csv").write_bytes(text.encode("utf-8"))
     (tmp_path / "t.csv.gz").write_bytes(gzip.compress(text.encode("utf-8")))
     for name in ("t.csv", "t.csv.gz"):
-        rows = list(convert.iter_table(tmp_path / name, ["findings", "uid"]))
+        rows = list(tables.iter_table(tmp_path / name, ["findings", "uid"]))
         # (row, line, cells): the quoted line break is kept, the blank line skipped, cells stripped
         assert rows == [(1, 3, {"findings": "Clear.\r\nNo effusion.", "uid": "1"}),
                         (2, 5, {"findings": "", "uid": "2"})], name
@@ -78,7 +75,7 @@ def test_convert_iu_xray_on_a_fake(tmp_path, capsys):
     for _, name, _ in proj:
         _image(images / name)
     out = tmp_path / "out" / "manifest.csv"
-    n = convert.convert_iu_xray(tmp_path / "indiana_reports.csv", tmp_path / "indiana_projections.csv", images, out)
+    n = iu_xray.convert_iu_xray(tmp_path / "indiana_reports.csv", tmp_path / "indiana_projections.csv", images, out)
     assert n == 3
     assert "skipped 1 reports with empty findings and impression" in capsys.readouterr().out
     with open(out, newline="") as f:
@@ -140,7 +137,7 @@ MIMIC_IMAGES = [
 MIMIC_REPORTS = {"50414267": REPORT_FULL, "53189527": REPORT_IMPRESSION, "56699142": REPORT_FINDINGS,
                  "57375967": REPORT_NEITHER, "59000002": REPORT_IMPRESSION, "59000003": REPORT_COMBINED}
 # MIMIC's chexpert file lists the observations alphabetically, not in CheXpert's order
-MIMIC_LABEL_COLUMNS = ["subject_id", "study_id"] + sorted(convert.OBSERVATIONS)
+MIMIC_LABEL_COLUMNS = ["subject_id", "study_id"] + sorted(tables.OBSERVATIONS)
 MIMIC_LABELS = {  # (subject, study) -> {observation: value}; every other cell blank
     ("10000032", "50414267"): {"Pleural Effusion": "1.0", "Lung Opacity": "1.0", "Edema": "0.0"},
     ("10000032", "53189527"): {"No Finding": "1.0"},
@@ -153,15 +150,15 @@ MIMIC_LABELS = {  # (subject, study) -> {observation: value}; every other cell b
 def _mimic(root, reports=None, chexpert=True, label_rows=None):
     """A fake MIMIC-CXR-JPG folder; reports go to `reports`/files (default: root/files)."""
     reports = reports or root
-    _write_csv(root / convert.MIMIC_METADATA, ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription",
+    _write_csv(root / mimic_cxr.MIMIC_METADATA, ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription",
                                                "ViewPosition", "Rows", "Columns"],
                [[d, sub, st, "CHEST (PA AND LAT)", view, "3056", "2544"] for d, sub, st, view, _ in MIMIC_IMAGES], gz=True)
-    _write_csv(root / convert.MIMIC_SPLIT, ["dicom_id", "study_id", "subject_id", "split"],
+    _write_csv(root / mimic_cxr.MIMIC_SPLIT, ["dicom_id", "study_id", "subject_id", "split"],
                [[d, st, sub, split] for d, sub, st, _, split in MIMIC_IMAGES], gz=True)
     if chexpert:
         rows = label_rows or [[sub, st] + [cells.get(name, "") for name in MIMIC_LABEL_COLUMNS[2:]]
                               for (sub, st), cells in MIMIC_LABELS.items()]
-        _write_csv(root / convert.MIMIC_CHEXPERT, MIMIC_LABEL_COLUMNS, rows, gz=True)
+        _write_csv(root / mimic_cxr.MIMIC_CHEXPERT, MIMIC_LABEL_COLUMNS, rows, gz=True)
     for d, sub, st, _, _ in MIMIC_IMAGES:
         if d != "d7":
             _image(root / "files" / f"p{sub[:2]}" / f"p{sub}" / f"s{st}" / f"{d}.jpg")
@@ -183,19 +180,19 @@ def _img(sub, st, d):
 
 
 def test_report_sections():
-    assert convert.report_sections(REPORT_FULL) == (
+    assert mimic_cxr.report_sections(REPORT_FULL) == (
         TEXT_FULL.split(" IMPRESSION: ")[0][len("FINDINGS: "):], "No acute cardiopulmonary process.")
-    assert convert.report_sections(REPORT_FINDINGS) == ("Patchy opacity at the right base.", "")  # wet read dropped
-    assert convert.report_sections(REPORT_COMBINED) == ("", "Small bilateral pleural effusions.")
-    assert convert.report_sections(REPORT_NEITHER) == ("", "")
-    assert convert.report_sections("FINDINGS:\n\n   \nIMPRESSION:  \n") == ("", "")  # titles, no text
+    assert mimic_cxr.report_sections(REPORT_FINDINGS) == ("Patchy opacity at the right base.", "")  # wet read dropped
+    assert mimic_cxr.report_sections(REPORT_COMBINED) == ("", "Small bilateral pleural effusions.")
+    assert mimic_cxr.report_sections(REPORT_NEITHER) == ("", "")
+    assert mimic_cxr.report_sections("FINDINGS:\n\n   \nIMPRESSION:  \n") == ("", "")  # titles, no text
 
 
 @pytest.mark.parametrize("uncertain", ["negative", "positive"])
 def test_mimic_manifest_rows(tmp_path, capsys, uncertain):
     _mimic(tmp_path / "mimic")
     out = tmp_path / "out" / "mimic.csv"
-    count = convert.convert_mimic_cxr(tmp_path / "mimic", out, uncertain=uncertain)
+    count = mimic_cxr.convert_mimic_cxr(tmp_path / "mimic", out, uncertain=uncertain)
     d4_labels = "lung opacity" if uncertain == "negative" else "lung opacity;edema;atelectasis"
     assert _read_csv(out) == [
         ["image", "text", "labels", "split"],
@@ -260,7 +257,7 @@ def test_mimic_errors_name_the_file_row_and_column(tmp_path, case, fragment):
         label_rows = [["10000032", "50414267"] + [""] * 14,
                       ["10000032", "53189527"] + ["2.0" if c == "Edema" else "" for c in MIMIC_LABEL_COLUMNS[2:]]]
     _mimic(root, label_rows=label_rows)
-    meta, split = root / convert.MIMIC_METADATA, root / convert.MIMIC_SPLIT
+    meta, split = root / mimic_cxr.MIMIC_METADATA, root / mimic_cxr.MIMIC_SPLIT
     if case == "missing metadata":
         meta.unlink()
     elif case == "no files folder":
@@ -292,7 +289,7 @@ def test_mimic_errors_name_the_file_row_and_column(tmp_path, case, fragment):
     out.parent.mkdir()
     out.write_text("a manifest from an earlier run\n")
     with pytest.raises(ManifestError) as e:
-        convert.convert_mimic_cxr(root, out)
+        mimic_cxr.convert_mimic_cxr(root, out)
     assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
     # nothing half-written is left, and the earlier manifest is untouched
     assert list(out.parent.iterdir()) == [out] and out.read_text() == "a manifest from an earlier run\n"
@@ -302,7 +299,7 @@ def test_mimic_errors_name_the_file_row_and_column(tmp_path, case, fragment):
 # CheXpert 5x200
 
 FIVE = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
-CHEXPERT_HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + convert.OBSERVATIONS
+CHEXPERT_HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + tables.OBSERVATIONS
 
 
 def _chexpert_rows():
@@ -315,7 +312,7 @@ def _chexpert_rows():
         n += 1
         path = f"CheXpert-v1.0-small/train/patient{n:05d}/study1/view1_{view.lower()}.jpg"
         rows.append([path, "Female", "60", view, "AP" if view == "Frontal" else ""] +
-                    [cells.get(name, "") for name in convert.OBSERVATIONS])
+                    [cells.get(name, "") for name in tables.OBSERVATIONS])
         return path
 
     for c in FIVE:
@@ -352,13 +349,13 @@ def test_chexpert_5x200_takes_exactly_the_single_positive_frontal_images(tmp_pat
     rows, eligible = _chexpert_rows()
     csv_path = _chexpert(tmp_path, rows)
     out = tmp_path / "eval" / "chexpert_5x200.csv"
-    counts = convert.convert_chexpert_5x200(csv_path, out, per_class=4)
+    counts = chexpert_5x200.convert_chexpert_5x200(csv_path, out, per_class=4)
     assert counts == {c: 4 for c in eligible}
     assert _chosen(out, tmp_path) == {(c, p) for c, paths in eligible.items() for p in paths}
     assert "atelectasis 4, cardiomegaly 4, consolidation 4, edema 4, pleural effusion 4" in capsys.readouterr().out
     # the prompt file eval.py reads, with the manifest's classes, and the manifest eval.py reads
-    prompts = ev.read_prompts(str(out.with_name("chexpert_5x200_prompts.json")))
-    assert prompts == convert.PROMPTS_5X200 and list(prompts) == [c.lower() for c in FIVE]
+    prompts = sets.read_prompts(str(out.with_name("chexpert_5x200_prompts.json")))
+    assert prompts == chexpert_5x200.PROMPTS_5X200 and list(prompts) == [c.lower() for c in FIVE]
     m = manifest.read_class_manifest(out, 16, list(prompts))
     assert m["images"].shape == (20, 1, 16, 16) and m["labels"].bincount().tolist() == [4] * 5
 
@@ -368,7 +365,7 @@ def test_chexpert_5x200_sampling_is_seeded(tmp_path):
     csv_path = _chexpert(tmp_path, rows)
 
     def sample(seed, name, path=csv_path):
-        convert.convert_chexpert_5x200(path, tmp_path / name, per_class=2, seed=seed)
+        chexpert_5x200.convert_chexpert_5x200(path, tmp_path / name, per_class=2, seed=seed)
         return _chosen(tmp_path / name, tmp_path)
 
     a, again, other = sample(0, "a.csv"), sample(0, "again.csv"), sample(1, "other.csv")
@@ -407,7 +404,7 @@ def test_chexpert_errors_name_the_file_row_and_column(tmp_path, case, fragment):
         csv_path.unlink()
     out = tmp_path / "out" / "z.csv"
     with pytest.raises(ManifestError) as e:
-        convert.convert_chexpert_5x200(csv_path, out, per_class=5 if case == "too few" else 4)
+        chexpert_5x200.convert_chexpert_5x200(csv_path, out, per_class=5 if case == "too few" else 4)
     assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert not out.exists()
 
@@ -420,7 +417,8 @@ def test_cli_chexpert_and_argument_errors(tmp_path, capsys):
                        capture_output=True, text=True, cwd=tmp_path,   # relative paths: from here
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
-    assert len(_read_csv(tmp_path / "z.csv")) == 16 and json.loads((tmp_path / "p.json").read_text()) == convert.PROMPTS_5X200
+    assert (len(_read_csv(tmp_path / "z.csv")) == 16
+            and json.loads((tmp_path / "p.json").read_text()) == chexpert_5x200.PROMPTS_5X200)
     with pytest.raises(SystemExit) as e:  # 200 asked, 4 there: one line, no traceback
         convert.main(["chexpert-5x200", "--csv", str(csv_path), "--out", str(tmp_path / "y.csv")])
     err = capsys.readouterr().err
@@ -428,123 +426,3 @@ def test_cli_chexpert_and_argument_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         convert.main(["mimic-cxr", "--root", ".", "--splits", "train,val", "--out", "m.csv"])
     assert e.value.code == 2 and "--splits 'train,val'" in capsys.readouterr().err
-
-
-# -----------------------------------------------------------------------------
-# MS-CXR: its CSV's layout (v1.1.0; v1.0.0 is the same without split), one row per box, path
-# relative to the MIMIC-CXR-JPG folder. The fake's images are small and keep the CSV's sizes,
-# except one, stored at half the size the CSV gives (a resized copy of MIMIC-CXR-JPG).
-
-MS_CXR_HEADER = ["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h",
-                 "image_width", "image_height", "split"]
-MS_A = "675d792f-a3521e48-5eec8573-1e81d644-e60c34f8"
-MS_B = "4decce85-c6ede74e-7a8bc81c-e81edee9-5ec17116"
-MS_C = "5318d353-daae9c3d-2ee8648e-32b65198-aeff801e"
-MS_D = "08c206fa-15bc2f42-f8918f67-9efbc2a4-3a1a8c0e"
-MS_PATHS = {MS_A: f"files/p10/p10233088/s54276838/{MS_A}.jpg", MS_B: f"files/p10/p10500801/s58577720/{MS_B}.jpg",
-            MS_C: f"files/p10/p10123147/s50230934/{MS_C}.jpg", MS_D: f"files/p11/p11000011/s51000001/{MS_D}.jpg"}
-MS_ROWS = [
-    [MS_A, "Pneumonia", "Bibasilar opacities", MS_PATHS[MS_A], "6", "36", "18", "12", "60", "72", "train"],
-    [MS_A, "Pneumonia", "Bibasilar opacities", MS_PATHS[MS_A], "34", "36", "20", "14", "60", "72", "train"],
-    [MS_B, "Pneumothorax", "Large right-sided pneumothorax", MS_PATHS[MS_B], "5", "3", "30", "50", "72", "60", "test"],
-    [MS_C, "Cardiomegaly", "Moderate cardiomegaly", MS_PATHS[MS_C], "40", "60", "50", "37", "120", "144", "val"],
-    [MS_D, "Pleural Effusion", "Small left pleural effusion", MS_PATHS[MS_D], "30", "40", "20", "20", "60", "72", "test"],
-]
-MS_FILE_SIZES = {MS_A: (60, 72), MS_B: (72, 60), MS_C: (60, 72)}  # MS_D's image is not there
-
-
-def _ms_cxr(tmp_path, rows=MS_ROWS, header=MS_CXR_HEADER):
-    root = tmp_path / "mimic-cxr-jpg"
-    for dicom, size in MS_FILE_SIZES.items():
-        _image(root / MS_PATHS[dicom], size=size)
-    return _write_csv(tmp_path / "MS_CXR_Local_Alignment_v1.1.0.csv", header, rows), root
-
-
-def _ms_img(dicom):
-    return os.path.join("..", "mimic-cxr-jpg", *MS_PATHS[dicom].split("/"))
-
-
-@pytest.mark.parametrize("version", ["v1.1.0", "v1.0.0"])
-def test_ms_cxr_manifest_rows(tmp_path, capsys, version):
-    header, rows = MS_CXR_HEADER, MS_ROWS
-    if version == "v1.0.0":  # no split column
-        header, rows = header[:-1], [r[:-1] for r in rows]
-    csv_path, root = _ms_cxr(tmp_path, rows, header)
-    out = tmp_path / "out" / "ms_cxr.csv"
-    count = convert.convert_ms_cxr(csv_path, root, out)
-    split = (lambda s: [s]) if version == "v1.1.0" else (lambda s: [])
-    assert _read_csv(out) == [
-        ["image", "text", "x", "y", "w", "h", "label"] + split("split"),
-        [_ms_img(MS_A), "Bibasilar opacities", "6", "36", "18", "12", "pneumonia"] + split("train"),
-        [_ms_img(MS_A), "Bibasilar opacities", "34", "36", "20", "14", "pneumonia"] + split("train"),
-        [_ms_img(MS_B), "Large right-sided pneumothorax", "5", "3", "30", "50", "pneumothorax"] + split("test"),
-        # the file is half the CSV's 120 x 144: the box is halved with it
-        [_ms_img(MS_C), "Moderate cardiomegaly", "20", "30", "25", "18.5", "cardiomegaly"] + split("val"),
-    ]
-    assert (count["written"], count["image not found"], count["rescaled"]) == (4, 1, 1)
-    said = capsys.readouterr().out
-    assert "wrote 4 boxes on 3 images" in said and "(cardiomegaly 1, pneumonia 2, pneumothorax 1)" in said
-    assert "skipped 1 boxes whose image is not under" in said
-    # the output is a grounding manifest: three phrases (the two opacities are one, two boxes)
-    m = grounding.read_grounding_manifest(out, 12, log=lambda *a: None)
-    assert m["texts"] == ["Bibasilar opacities", "Large right-sided pneumothorax", "Moderate cardiomegaly"]
-    assert m["labels"] == ["pneumonia", "pneumothorax", "cardiomegaly"] and m["dropped"] == 0
-    both = grounding.box_to_mask(6, 36, 18, 12, 60, 72, 12) | grounding.box_to_mask(34, 36, 20, 14, 60, 72, 12)
-    assert torch.equal(m["masks"][0], both)
-
-
-def test_ms_cxr_cli_with_splits(tmp_path, capsys):
-    csv_path, root = _ms_cxr(tmp_path)
-    out = tmp_path / "test.csv"
-    convert.main(["ms-cxr", "--csv", str(csv_path), "--images", str(root), "--splits", "test,val", "--out", str(out)])
-    assert [r[1] for r in _read_csv(out)[1:]] == ["Large right-sided pneumothorax", "Moderate cardiomegaly"]
-    assert "2 boxes of other splits" in capsys.readouterr().out
-    # v1.0.0 has no split to choose by: one line, no traceback
-    _write_csv(csv_path, MS_CXR_HEADER[:-1], [r[:-1] for r in MS_ROWS])
-    with pytest.raises(SystemExit) as e:
-        convert.main(["ms-cxr", "--csv", str(csv_path), "--images", str(root), "--splits", "test", "--out", str(out)])
-    err = capsys.readouterr().err
-    assert e.value.code == 1 and err.count("\n") == 1 and "column 'split': missing" in err
-
-
-def _ms_bad(case):
-    rows, header = [list(r) for r in MS_ROWS], list(MS_CXR_HEADER)
-    col = {name: i for i, name in enumerate(MS_CXR_HEADER)}
-    if case == "negative w":
-        rows[1][col["w"]] = "-20"
-    elif case == "outside width":
-        rows[2][col["x"]] = "50"                       # 50 + 30 > 72
-    elif case == "outside height":
-        rows[0][col["h"]] = "40"                       # 36 + 40 > 72
-    elif case == "negative x":
-        rows[2][col["x"]] = "-5"
-    elif case == "not a number":
-        rows[3][col["y"]] = "6O"
-    elif case == "missing column":
-        header[col["image_height"]] = "image_heigth"
-    elif case == "empty text":
-        rows[2][col["label_text"]] = " "
-    elif case == "other picture":
-        rows[3][col["image_width"]] = "100"          # the file is 60 x 72: not 100 x 144 at any one scale
-    return rows, header
-
-
-@pytest.mark.parametrize("case,fragment", [
-    ("negative w", "row 2 (line 3), column 'w': -20 is not a positive size"),
-    ("outside width", "row 3 (line 4), columns 'x' and 'w': the box ends at x + w = 80, past image_width 72"),
-    ("outside height", "row 1 (line 2), columns 'y' and 'h': the box ends at y + h = 76, past image_height 72"),
-    ("negative x", "row 3 (line 4), column 'x': -5 is outside the image"),
-    ("not a number", "row 4 (line 5), column 'y': '6O' is not a number"),
-    ("missing column", "line 1 (header), column 'image_height': missing"),
-    ("empty text", "row 3 (line 4), column 'label_text': empty"),
-    ("other picture", "row 4 (line 5), column 'image_width': the image "),
-])
-def test_ms_cxr_errors_name_the_file_row_and_column(tmp_path, case, fragment):
-    rows, header = _ms_bad(case)
-    csv_path, root = _ms_cxr(tmp_path, rows, header)
-    out = tmp_path / "out" / "ms_cxr.csv"
-    with pytest.raises(ManifestError) as e:
-        convert.convert_ms_cxr(csv_path, root, out)
-    msg = str(e.value)
-    assert msg.startswith(str(csv_path)) and fragment in msg and "\n" not in msg, msg
-    assert not out.exists() and not list(out.parent.glob("*.tmp"))

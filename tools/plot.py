@@ -2,7 +2,7 @@
 step), the grid of synthetic studies, eval.py --show's zero-shot predictions, and the words on
 every figure.
 
-    python plot.py out --out docs/curve.png
+    python -m tools.plot out --out docs/curve.png
     python data.py show --out samples.png     # the grid (show below)
 
 Reads train.py's out/metrics.jsonl: a row every --log-every steps with the training loss, and one
