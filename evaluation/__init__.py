@@ -1,6 +1,7 @@
 """What eval.py scores with.
 
-metrics.py    AUC-ROC, the few-shot linear probe, bootstrap intervals
-grounding.py  where a sentence lands: patch-text maps, pointing game, CNR, mIoU
-sets.py       your evaluation data: classification, retrieval and grounding manifests
+protocols.py  the frozen model's embeddings; zero-shot, retrieval and grounding maps with them
+metrics.py    AUC-ROC, Recall@k, the few-shot linear probe, bootstrap intervals
+grounding.py  where a sentence lands: patch-text maps, pointing game, CNR, mIoU; grounding manifests
+sets.py       the data: the synthetic sets (cached); your classification, retrieval, grounding manifests
 """

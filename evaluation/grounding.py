@@ -10,7 +10,7 @@ class and overall.
 
 Two parts. The first (maps, metrics, aggregation) needs torch alone and can be copied out of the
 repository on its own. The second reads a grounding manifest (real data with boxes, such as
-MS-CXR through `python convert.py ms-cxr`) into images and masks; it needs Pillow and data.py,
+MS-CXR through `python -m tools.convert ms-cxr`) into images and masks; it needs Pillow and data.py,
 imported inside its functions, so the first part copies out without them.
 
     maps = similarity_map(model, images, model.encode_text(tokens))   # (B, H, W)

@@ -1,4 +1,6 @@
-"""The user's evaluation data, read and checked before any slow work: class prompts, a class
+"""The data eval.evaluate() runs on: the synthetic benchmark's sets, or the user's.
+
+The user's evaluation data is read and checked before any slow work: class prompts, a class
 manifest for zero-shot and few-shot, a pair manifest for retrieval, a grounding manifest for phrase
 grounding. eval.py and train.py both read their --eval-manifest, --prompts, --retrieval-manifest
 and --grounding-manifest here, so the two refuse the same mistakes with the same line.
@@ -7,12 +9,48 @@ Real data replaces the synthetic benchmark: when any manifest is given, the part
 skipped (False) rather than mixing real and synthetic numbers in one table.
 """
 
+import functools
 import json
 import os
 
 from manifests.read import read_class_manifest, read_pair_manifest
 from evaluation.grounding import read_grounding_manifest
 from plumbing.runtime import InputError
+from synthetic.dataset import EVAL_SEED, GROUNDING_SEED, grounding_set, retrieval_set, zero_shot_set
+
+# -----------------------------------------------------------------------------
+# The synthetic benchmark. Rendering is deterministic, so the sets are cached: a training run that
+# evaluates every few hundred steps renders the benchmark once, not at every evaluation.
+
+GROUNDING_PER_CLASS = 50   # synthetic grounding: 5 localised findings x 50 single-finding studies
+
+
+@functools.lru_cache(maxsize=4)
+def synthetic_zero_shot(n_per_class, image_size, seed=EVAL_SEED):
+    """synthetic.zero_shot_set, cached."""
+    return zero_shot_set(n_per_class, image_size, seed=seed)
+
+
+@functools.lru_cache(maxsize=4)
+def synthetic_retrieval(n, image_size, seed=EVAL_SEED):
+    """synthetic.retrieval_set, cached."""
+    return retrieval_set(n, image_size, seed=seed)
+
+
+def grounding_seed(eval_seed):
+    """The synthetic grounding set that goes with an evaluation seed: GROUNDING_SEED with the
+    first, eval_seed + 2002 with any other (5005 with the second), apart from every other set."""
+    return GROUNDING_SEED if eval_seed == EVAL_SEED else eval_seed + 2002
+
+
+@functools.lru_cache(maxsize=2)
+def synthetic_grounding(n_per_class, image_size, seed):
+    """synthetic.grounding_set, cached."""
+    return grounding_set(n_per_class, image_size, seed)
+
+
+# -----------------------------------------------------------------------------
+# The user's data
 
 
 def read_prompts(path):

@@ -1,12 +1,13 @@
-"""Tests for eval.py: the metrics against hand-computed cases, the protocols on inputs whose answer
-is known, and the command line end to end on a tiny checkpoint."""
+"""Tests for eval.py and evaluation/protocols.py: the protocols on a fake model whose embeddings we
+choose, evaluate() and its intervals, and the command line end to end on a tiny checkpoint (the
+metrics themselves: test_metrics.py)."""
 
 import json
 import math
 import os
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from types import SimpleNamespace
 
 import pytest
@@ -16,257 +17,13 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as ev  # noqa: E402  (the repository's eval.py, not the builtin)
 from evaluation import metrics  # noqa: E402
+from evaluation.protocols import embed_images, retrieval, zero_shot  # noqa: E402
 from data import tokenize, train_tokenizer  # noqa: E402
 from model import DualEncoder, make_config  # noqa: E402
 from synthetic.dataset import (CLASS_PROMPTS, EVAL_SEED, GROUNDING_CLASSES, GROUNDING_SEED,  # noqa: E402
-                       SECOND_EVAL_SEED, TRAIN_SEED,
-                       ZERO_SHOT_CLASSES, render_synthetic)
+                               SECOND_EVAL_SEED, TRAIN_SEED, ZERO_SHOT_CLASSES, render_synthetic)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-# -----------------------------------------------------------------------------
-# roc_auc
-
-
-@pytest.mark.parametrize("scores, targets, expected", [
-    # Ranks 1, 3, 2, 4; positives hold ranks 2 and 4: (6 - 3) / (2 * 2) = 0.75. By pairs: the
-    # positive 0.35 beats 0.1 but loses to 0.4; the positive 0.8 beats both: 3 of 4 pairs.
-    ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75),
-    ([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1], 0.5),            # all tied: every pair counts one half
-    ([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], 1.0),            # perfect
-    ([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], 0.0),            # reversed
-    # One tie across classes (0.5 vs 0.5) among 2 x 3 = 6 pairs: positives 0.5 and 0.9 against
-    # negatives 0.1, 0.5, 0.7 win 1 + 0.5 + 0 and 1 + 1 + 1 = 4.5 of 6.
-    ([0.1, 0.5, 0.7, 0.5, 0.9], [0, 0, 0, 1, 1], 0.75),
-])
-def test_roc_auc_hand_cases(scores, targets, expected):
-    assert metrics.roc_auc(torch.tensor(scores), torch.tensor(targets)) == pytest.approx(expected)
-
-
-def test_roc_auc_matches_pairwise_count_with_ties():
-    # Scores drawn from only 6 values, so ties within and across classes are everywhere.
-    g = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        scores = torch.randint(0, 6, (200,), generator=g).float()
-        targets = torch.rand(200, generator=g) < 0.3
-        pos, neg = scores[targets], scores[~targets]
-        wins = (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
-        assert metrics.roc_auc(scores, targets) == pytest.approx(wins.mean().item(), abs=1e-12)
-
-
-def test_roc_auc_one_class_is_an_error():
-    with pytest.raises(ValueError, match="one class"):
-        metrics.roc_auc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1]))
-
-
-def test_macro_auc_ovr_hand_case():
-    # Class 0: column 0 ranks both class-0 images above the rest: 1.0.
-    # Class 1: column 1 is [0.1, 0.6, 0.5, 0.6]: positive 0.5 loses to the negative 0.6 and beats
-    # 0.1 (1 of 2); positive 0.6 ties 0.6 and beats 0.1 (1.5 of 2): 2.5 / 4 = 0.625.
-    # Class 2 has no image and is left out: macro = (1.0 + 0.625) / 2.
-    scores = torch.tensor([[0.9, 0.1, 0.0],
-                           [0.8, 0.6, 0.0],
-                           [0.2, 0.5, 0.3],
-                           [0.1, 0.6, 0.3]])
-    labels = torch.tensor([0, 0, 1, 1])
-    assert metrics.macro_auc_ovr(scores, labels) == pytest.approx((1.0 + 0.625) / 2)
-
-
-# -----------------------------------------------------------------------------
-# recall_at_k
-
-
-def test_recall_at_k_hand_cases():
-    sim = torch.tensor([[0.9, 0.1, 0.5],     # the correct candidate 0 is first
-                        [0.9, 0.1, 0.5],     # the correct candidate 1 is last (rank 3)
-                        [0.2, 0.9, 0.5]])    # the correct candidate 2 is second
-    correct = torch.eye(3, dtype=torch.bool)
-    r = metrics.recall_at_k(sim, correct, ks=(1, 2, 3))
-    assert r == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: pytest.approx(1.0)}
-
-
-def test_recall_at_k_counts_identical_reports_as_correct():
-    # Queries 0 and 1 have the same report. Query 1's top candidate is report 0, which is the
-    # same text as its own: that is a hit. Query 2's top candidate is 0, a different report: a miss.
-    reports = torch.tensor([7, 7, 3])   # report ids; equal ids mean identical report text
-    sim = torch.tensor([[0.9, 0.1, 0.0],
-                        [0.9, 0.1, 0.0],
-                        [0.9, 0.0, 0.5]])
-    correct = reports[:, None] == reports[None, :]
-    assert metrics.recall_at_k(sim, correct, ks=(1,))[1] == pytest.approx(2 / 3)
-    # With only the diagonal counted correct, query 1 would be a miss.
-    assert metrics.recall_at_k(sim, torch.eye(3, dtype=torch.bool), ks=(1,))[1] == pytest.approx(1 / 3)
-
-
-# -----------------------------------------------------------------------------
-# few_shot
-
-
-def test_few_shot_separable_features_give_high_auc():
-    # Five well-separated clusters: even one labelled image per class finds the right direction.
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(5, 32, generator=g)
-    labels = torch.arange(5).repeat_interleave(30)                              # (150,)
-    features = centres[labels] + 0.3 * torch.randn(150, 32, generator=g)        # (150, 32)
-    result = metrics.few_shot(features, labels, seeds=(0, 1))
-    assert list(result) == ["1", "2", "4", "8", "16"]
-    assert all(auc > 0.99 for auc in result.values()), result
-
-
-def test_few_shot_random_labels_are_chance():
-    # Labels independent of the features: no probe can do better than chance on held-out images.
-    g = torch.Generator().manual_seed(1)
-    features = torch.randn(150, 32, generator=g)
-    labels = torch.randint(0, 5, (150,), generator=g)
-    result = metrics.few_shot(features, labels, shots=(1, 4, 16), seeds=(0, 1, 2))
-    assert all(auc < 0.7 for auc in result.values()), result
-
-
-def test_few_shot_refuses_k_without_test_images():
-    labels = torch.arange(3).repeat_interleave(4)
-    with pytest.raises(ValueError, match="4-shot"):
-        metrics.few_shot(torch.randn(12, 8), labels, shots=(4,), seeds=(0,))
-
-
-
-def test_few_shot_probes_are_what_few_shot_scores():
-    g = torch.Generator().manual_seed(2)
-    features, labels = torch.randn(30, 8, generator=g), torch.arange(3).repeat(10)
-    probes = metrics.few_shot_probes(features, labels, shots=(1, 2), seeds=(0, 1))
-    assert list(probes) == ["1", "2"] and [len(runs) for runs in probes.values()] == [2, 2]
-    for k, runs in probes.items():
-        for p in runs:
-            # the test images are those not drawn: k per class left out, labels theirs
-            assert len(p["test"]) == 30 - 3 * int(k) and p["probs"].shape == (30 - 3 * int(k), 3)
-            assert torch.equal(p["labels"], labels[p["test"]])
-    expected = {k: sum(metrics.macro_auc_ovr(p["probs"], p["labels"]) for p in runs) / 2
-                for k, runs in probes.items()}
-    assert metrics.few_shot(features, labels, shots=(1, 2), seeds=(0, 1)) == expected
-
-
-# -----------------------------------------------------------------------------
-# The bootstrap: weighted statistics of fixed per-item values against the resampled items
-# written out (an item drawn m times repeated m times)
-
-
-def written_out(W_row):
-    """The indices of one resample: item i repeated W_row[i] times."""
-    return torch.repeat_interleave(torch.arange(len(W_row)), W_row.long())
-
-
-def or_nan(fn, *args):
-    try:
-        return fn(*args)
-    except ValueError:   # one class only: the metric is undefined on this resample
-        return float("nan")
-
-
-def same(a, b):
-    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-12)
-
-
-def test_bootstrap_weights_are_seeded_multinomial_counts():
-    W = metrics.bootstrap_weights(7, resamples=500, seed=3)
-    assert W.shape == (500, 7) and W.dtype == torch.float64
-    assert torch.equal(W, W.round()) and (W >= 0).all() and (W.sum(1) == 7).all()
-    # each item is drawn n * (1/n) = once per resample on average
-    assert W.mean(0) == pytest.approx(torch.ones(7, dtype=torch.float64), abs=0.1)
-    assert torch.equal(W, metrics.bootstrap_weights(7, resamples=500, seed=3))
-    assert not torch.equal(W, metrics.bootstrap_weights(7, resamples=500, seed=4))
-    state = torch.get_rng_state()
-    metrics.bootstrap_weights(7, seed=0)
-    assert torch.equal(state, torch.get_rng_state())   # its own generator: global state untouched
-
-
-def test_ci95_is_the_2_5th_and_97_5th_percentile_without_undefined_resamples():
-    values = torch.arange(1001, dtype=torch.float64)   # percentile p is exactly 10 p
-    assert metrics.ci95(values) == [25.0, 975.0]
-    assert metrics.ci95(torch.cat([values, torch.full((7,), float("nan"))])) == [25.0, 975.0]
-    with pytest.raises(ValueError, match="undefined"):
-        metrics.ci95(torch.full((3,), float("nan")))
-
-
-def test_weighted_statistics_equal_the_metrics_on_resampled_items_written_out():
-    # 5 items, scores from 3 values (ties within and across classes), hand-made and random
-    # resamples, including ones that leave out a class entirely (undefined: NaN).
-    g = torch.Generator().manual_seed(0)
-    hand = torch.tensor([[1, 1, 1, 1, 1],       # the original set
-                         [2, 0, 1, 0, 2],
-                         [0, 3, 0, 2, 0],
-                         [5, 0, 0, 0, 0]], dtype=torch.float64)
-    for trial in range(6):
-        scores = torch.randint(0, 3, (5,), generator=g).double()
-        targets = torch.tensor([1, 0, 1, 0, 0]).bool()[torch.randperm(5, generator=g)]
-        probs = torch.softmax(torch.randint(0, 3, (5, 3), generator=g).double(), dim=1)
-        labels = torch.tensor([0, 1, 2, 0, 1])[torch.randperm(5, generator=g)]
-        hits = torch.rand(5, generator=g) < 0.6
-        W = torch.cat([hand, metrics.bootstrap_weights(5, resamples=40, seed=trial)])
-        auc = metrics.weighted_auc(scores, targets, W)
-        macro = metrics.weighted_macro_auc_ovr(probs, labels, W)
-        mean = metrics.weighted_mean(hits, W)
-        for r in range(len(W)):
-            idx = written_out(W[r])
-            assert same(auc[r].item(), or_nan(metrics.roc_auc, scores[idx], targets[idx])), (trial, r)
-            assert same(macro[r].item(), or_nan(metrics.macro_auc_ovr, probs[idx], labels[idx])), (trial, r)
-            assert mean[r].item() == pytest.approx(hits[idx].double().mean().item(), abs=1e-12)
-        # and the pair-matrix formula: AUC_r = w_pos C w_neg / (sum w_pos sum w_neg)
-        pos, neg = scores[targets], scores[~targets]
-        C = (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
-        Wp, Wn = W[:, targets], W[:, ~targets]
-        direct = ((Wp @ C) * Wn).sum(1) / (Wp.sum(1) * Wn.sum(1))
-        torch.testing.assert_close(auc, direct, equal_nan=True)
-    assert math.isnan(metrics.weighted_auc(scores, targets, hand[3:])[0])   # item 0 alone
-
-
-def test_weighted_few_shot_resamples_the_images_once_for_every_probe():
-    """Per resample: each seed's probe scored on the resampled copies of its own test images (the
-    same draw of images for every seed), then the mean over seeds. Nothing refit."""
-    g = torch.Generator().manual_seed(1)
-    labels = torch.arange(3).repeat(4)                                       # 12 images
-    features = torch.randn(3, 6, generator=g)[labels] + torch.randn(12, 6, generator=g)
-    probes = metrics.few_shot_probes(features, labels, shots=(1, 2), seeds=(0, 1, 2))
-    W = metrics.bootstrap_weights(12, resamples=30, seed=5)
-    resampled = metrics.weighted_few_shot(probes, W)
-    assert list(resampled) == ["1", "2"]
-    for k, runs in probes.items():
-        for r in range(len(W)):
-            idx = written_out(W[r])
-            per_seed = []
-            for p in runs:   # the resample's copies of this seed's test images, in its own order
-                position = {int(i): j for j, i in enumerate(p["test"])}
-                keep = torch.tensor([position[int(i)] for i in idx if int(i) in position], dtype=torch.long)
-                per_seed.append(or_nan(metrics.macro_auc_ovr, p["probs"][keep], p["labels"][keep]))
-            assert same(resampled[k][r].item(), sum(per_seed) / len(per_seed)), (k, r)
-
-
-def test_constant_predictor_has_an_interval_of_zero_width():
-    g = torch.Generator().manual_seed(2)
-    labels = torch.randint(0, 4, (300,), generator=g)
-    # all scores equal: every pair is a tie, worth one half, on every resample
-    assert metrics.auc_ci95(torch.full((300,), 0.3), labels == 0) == [0.5, 0.5]
-    assert metrics.macro_auc_ci95(torch.full((300, 4), 0.25), labels) == [0.5, 0.5]
-    # always right: accuracy 1 on every resample
-    assert metrics.accuracy_ci95(torch.ones(300, dtype=torch.bool)) == [1.0, 1.0]
-    # and a predictor that is not constant has a real interval
-    lo, hi = metrics.auc_ci95(torch.rand(300, generator=g), labels == 0)
-    assert hi - lo > 0.05
-
-
-def test_accuracy_interval_matches_the_normal_approximation():
-    """900 of 1000 right: the bootstrap interval of the mean is about p +- 1.96 sqrt(p (1 - p) / n)
-    = 0.9 +- 0.0186. Within 0.003 (the Monte Carlo error of a percentile of 1000 resamples is about
-    0.001), but a bootstrap that drew n/2 items, or the interval of the standard deviation, would
-    be off by much more."""
-    hits = torch.zeros(1000, dtype=torch.bool)
-    hits[:900] = True
-    half = 1.96 * math.sqrt(0.9 * 0.1 / 1000)
-    for seed in (0, 1):
-        lo, hi = metrics.accuracy_ci95(hits, seed=seed)
-        assert lo == pytest.approx(0.9 - half, abs=0.003) and hi == pytest.approx(0.9 + half, abs=0.003)
-    assert metrics.accuracy_ci95(hits, seed=0) == metrics.accuracy_ci95(hits, seed=0)
-    assert metrics.accuracy_ci95(hits, seed=0) != metrics.accuracy_ci95(hits, seed=1)
-
 
 
 # -----------------------------------------------------------------------------
@@ -326,7 +83,7 @@ def test_zero_shot_prompt_ensemble_temperature_and_mode(word_tokenizer):
     labels = torch.tensor([0, 1, 2, 2])
     model = FakeModel(word_tokenizer, text_vectors, image_vectors, scale=10.0)
     model.train()
-    out = ev.zero_shot(model, word_tokenizer, coded_images(4), labels, list(prompts), prompts, "cpu")
+    out = zero_shot(model, word_tokenizer, coded_images(4), labels, list(prompts), prompts, "cpu")
 
     assert out["accuracy"] == pytest.approx(0.75)
     expected = torch.softmax(10.0 * F.normalize(image_vectors, dim=-1) @ torch.eye(3), dim=-1)
@@ -348,7 +105,7 @@ def test_retrieval_directions_and_duplicate_reports(word_tokenizer):
                                  e[0] + 0.05 * e[3],      # pair 2: nearest text is report 0 = its own
                                  e[2]])                   # pair 3: right
     model = FakeModel(word_tokenizer, text_vectors, image_vectors)
-    r = ev.retrieval(model, word_tokenizer, coded_images(4), texts, "cpu")
+    r = retrieval(model, word_tokenizer, coded_images(4), texts, "cpu")
     # Image -> text: images 0, 2, 3 find their report at rank 1; image 1 only at rank 2.
     assert r["i2t_r1"] == pytest.approx(3 / 4) and r["i2t_r5"] == pytest.approx(1.0)
     # Text -> image: text 1 finds image 1 (the only one with any e[1]); text 2's nearest image is
@@ -365,7 +122,7 @@ def test_quick_evaluate_without_zero_shot_set_runs_retrieval(word_tokenizer):
     model = FakeModel(word_tokenizer, dict(zip(texts, e)), torch.stack([e[0], e[2], e[1]]))
     ret = {"images": coded_images(3), "texts": texts, "source": "pairs.csv"}
     res = ev.evaluate(model, word_tokenizer, "cpu", 4, zs=False, ret=ret, quick=True)
-    assert res == {"retrieval": ev.retrieval(model, word_tokenizer, ret["images"], texts, "cpu"),
+    assert res == {"retrieval": retrieval(model, word_tokenizer, ret["images"], texts, "cpu"),
                    "evaluated_on": {"retrieval": {"source": "pairs.csv", "pairs": 3}}}
     assert res["retrieval"]["i2t_r1"] == pytest.approx(1 / 3)   # images 1 and 2 swap their texts
 
@@ -390,35 +147,38 @@ def small_benchmark(word_tokenizer):
 
 def test_evaluate_intervals_are_the_bootstrap_of_its_own_numbers(word_tokenizer):
     model, zs, ret = small_benchmark(word_tokenizer)
-    kw = dict(zs=zs, ret=ret, gr=False, shots=(1, 2), seeds=(0, 1))
-    res = ev.evaluate(model, word_tokenizer, "cpu", 4, bootstrap=200, bootstrap_seed=7, **kw)
+    kw = dict(zs=zs, ret=ret, gr=False)
+    settings = ev.EvalSettings(shots=(1, 2), seeds=(0, 1), bootstrap=200, bootstrap_seed=7)
+    res = ev.evaluate(model, word_tokenizer, "cpu", 4, settings=settings, **kw)
     ci = res["ci95"]
     assert (ci["resamples"], ci["seed"]) == (200, 7)
     # zero-shot: one draw of the 18 images for accuracy, AUC and the probes
     W = metrics.bootstrap_weights(18, 200, seed=7)
-    z = ev.zero_shot(model, word_tokenizer, zs["images"], zs["labels"], zs["classes"], zs["prompts"], "cpu")
+    z = zero_shot(model, word_tokenizer, zs["images"], zs["labels"], zs["classes"], zs["prompts"], "cpu")
     hits = z["probs"].argmax(1) == zs["labels"]
     assert ci["zero_shot"] == {
         "accuracy": metrics.ci95(metrics.weighted_mean(hits, W)),
         "auc": metrics.ci95(metrics.weighted_macro_auc_ovr(z["probs"], zs["labels"], W))}
-    features = ev.embed_images(model, zs["images"], "cpu")
+    features = embed_images(model, zs["images"], "cpu")
     probes = metrics.few_shot_probes(features, zs["labels"], (1, 2), (0, 1))
     assert ci["few_shot"] == {k: metrics.ci95(v) for k, v in metrics.weighted_few_shot(probes, W).items()}
     assert res["few_shot"] == metrics.few_shot(features, zs["labels"], (1, 2), (0, 1))
     # retrieval: one draw of the 6 pairs for both directions, each query against all 6 candidates
-    recalls, per_query = ev.retrieval(model, word_tokenizer, ret["images"], ret["texts"], "cpu", hits=True)
+    recalls, per_query = retrieval(model, word_tokenizer, ret["images"], ret["texts"], "cpu", hits=True)
     assert res["retrieval"] == recalls
     W = metrics.bootstrap_weights(6, 200, seed=7)
     assert ci["retrieval"] == {key: metrics.ci95(metrics.weighted_mean(h, W)) for key, h in per_query.items()}
     assert any(hi > lo for part in ("zero_shot", "few_shot", "retrieval") for lo, hi in ci[part].values())
     # the same seed gives the same intervals, another seed other ones
-    assert ev.evaluate(model, word_tokenizer, "cpu", 4, bootstrap=200, bootstrap_seed=7, **kw) == res
-    other = ev.evaluate(model, word_tokenizer, "cpu", 4, bootstrap=200, bootstrap_seed=8, **kw)
+    assert ev.evaluate(model, word_tokenizer, "cpu", 4, settings=settings, **kw) == res
+    other = ev.evaluate(model, word_tokenizer, "cpu", 4, settings=replace(settings, bootstrap_seed=8),
+                        **kw)
     assert other["ci95"]["zero_shot"] != ci["zero_shot"]
     assert {k: v for k, v in other.items() if k != "ci95"} == {k: v for k, v in res.items() if k != "ci95"}
     # bootstrap=0: no intervals; quick=True (train.py's periodic check): none either
-    assert "ci95" not in ev.evaluate(model, word_tokenizer, "cpu", 4, bootstrap=0, **kw)
-    assert "ci95" not in ev.evaluate(model, word_tokenizer, "cpu", 4, quick=True, **kw)
+    assert "ci95" not in ev.evaluate(model, word_tokenizer, "cpu", 4,
+                                     settings=replace(settings, bootstrap=0), **kw)
+    assert "ci95" not in ev.evaluate(model, word_tokenizer, "cpu", 4, quick=True, settings=settings, **kw)
 
 
 def test_format_table_shows_each_interval_beside_its_value():
@@ -433,7 +193,7 @@ def test_format_table_shows_each_interval_beside_its_value():
     assert lines[4].endswith("  0.800  [0.770, 0.830]") and lines[5].endswith("  0.250  [0.200, 0.300]")
     assert lines[-1] == ("95% CI: percentile bootstrap, 1000 resamples of the test items (seed 0); "
                          "few-shot probes not refit")
-    # without intervals, the table as it was
+    # without intervals: no interval column and no footnote
     plain = ev.format_table({k: v for k, v in results.items() if k != "ci95"}).splitlines()
     assert plain[0].split() == ["task", "metric", "value"] and plain[2].endswith("  0.920")
     assert len(plain) == len(lines) - 1
@@ -445,7 +205,7 @@ def test_embed_images_batches_and_restores_eval_mode():
                                     text_heads=2, embed_dim=8, vocab_size=50))
     model.eval()
     images = torch.randint(0, 256, (5, 1, 16, 16), dtype=torch.uint8)
-    small = ev.embed_images(model, images, "cpu", batch_size=2)      # batches of 2, 2, 1
+    small = embed_images(model, images, "cpu", batch_size=2)      # batches of 2, 2, 1
     whole = model.encode_image(images.float() / 255)
     torch.testing.assert_close(small, whole.detach(), rtol=1e-4, atol=1e-5)
     assert not model.training   # it was in eval mode, so it stays there

@@ -1,0 +1,163 @@
+"""The frozen model as a feature extractor, and what eval.py measures with its features.
+
+- embed_images, embed_texts: unit-norm embeddings on the CPU, in batches, in eval mode.
+- zero_shot: classification by the nearest prompt-ensemble class embedding (class_embeddings).
+- retrieval: image-to-text and text-to-image Recall@k, identical reports counting as matches.
+- grounding_maps, evaluate_grounding: patch-text similarity maps and their scores (grounding.py).
+
+Each function takes the model (or its DistributedDataParallel wrapper) and puts it back in the mode
+it was in: train.py evaluates in the middle of training.
+"""
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from data import report_ids, tokenize
+from evaluation.grounding import similarity_map, summarize
+from evaluation.metrics import macro_auc_ovr, recall_hits
+
+# -----------------------------------------------------------------------------
+# Embeddings
+
+
+def _restore_mode(fn):
+    """Run fn with the model in eval mode and under no_grad, then put the model back in the mode it
+    was in."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        model = getattr(model, "module", model)   # unwrap DistributedDataParallel
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+    return wrapper
+
+
+def _model_input(images, in_channels):
+    """A batch of benchmark images as the model takes them: float in [0, 1] (uint8 is divided by
+    255), grayscale expanded to RGB for an RGB-trained model."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    if x.shape[1] == 1 and in_channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    return x
+
+
+@_restore_mode
+def embed_images(model, images, device, batch_size=256):
+    """images (n, C, H, W), uint8 in [0, 255] (or float in [0, 1]) -> (n, D) float32 on the CPU,
+    unit L2 norm. Batches of batch_size go to the device one at a time, so n can be large."""
+    in_channels = getattr(getattr(model, "cfg", None), "in_channels", images.shape[1])
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = _model_input(images[i:i + batch_size].to(device), in_channels)
+        out.append(model.encode_image(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@_restore_mode
+def embed_texts(model, tokenizer, texts, device, batch_size=256):
+    """texts: list of n strings -> (n, D) float32 on the CPU, unit L2 norm."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        ids, _ = tokenize(tokenizer, texts[i:i + batch_size], model.cfg.context_length)  # (b, L)
+        out.append(model.encode_text(ids.to(device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+# -----------------------------------------------------------------------------
+# Zero-shot classification and retrieval
+
+
+def class_embeddings(model, tokenizer, classes, prompts, device, batch_size=256):
+    """A prompt ensemble per class (CLIP, section 3.1.4): the mean of the class's normalised prompt
+    embeddings, renormalised. Averaging in embedding space smooths over the wording of any single
+    prompt. Returns (C, D), row c for classes[c]."""
+    flat, owner = [], []
+    for c, name in enumerate(classes):
+        if not prompts.get(name):
+            raise ValueError(f"no prompts for class {name!r}")
+        flat += list(prompts[name])
+        owner += [c] * len(prompts[name])
+    emb = embed_texts(model, tokenizer, flat, device, batch_size)               # (P, D)
+    owner = torch.tensor(owner)
+    means = torch.stack([emb[owner == c].mean(0) for c in range(len(classes))])  # (C, D)
+    return F.normalize(means, dim=-1)
+
+
+def zero_shot(model, tokenizer, images, labels, classes, prompts, device, batch_size=256,
+              image_features=None):
+    """Zero-shot classification: p(class c | image) = softmax_c(s * cos(image, class_c)) with the
+    model's own inverse temperature s = exp(logit_scale). The argmax (accuracy) does not depend on
+    s, the one-vs-rest AUC of the probabilities does, so we use the s the model was trained with.
+
+    images (n, C, H, W), labels (n,) indices into classes, prompts {class: [prompt, ...]}.
+    image_features (n, D) may be passed to skip the image encoder (eval.evaluate reuses them for
+    the few-shot probe). Returns {"accuracy", "auc", "probs" (n, C)}."""
+    model = getattr(model, "module", model)   # unwrap DistributedDataParallel for logit_scale
+    if image_features is None:
+        image_features = embed_images(model, images, device, batch_size)       # (n, D)
+    text = class_embeddings(model, tokenizer, classes, prompts, device, batch_size)  # (C, D)
+    scale = float(model.logit_scale.detach().exp())
+    probs = torch.softmax(scale * image_features @ text.T, dim=-1)            # (n, C)
+    labels = torch.as_tensor(labels).long()
+    return {"accuracy": (probs.argmax(dim=1) == labels).double().mean().item(),
+            "auc": macro_auc_ovr(probs, labels),
+            "probs": probs}
+
+
+def retrieval(model, tokenizer, images, texts, device, batch_size=256, ks=(1, 5, 10), hits=False):
+    """Image-to-text and text-to-image Recall@k over n held-out pairs (image i goes with texts[i]);
+    a candidate whose normalised report equals the query's counts as correct (report_ids).
+    Returns {"i2t_r1", ..., "t2i_r10"}; with hits=True, (that, the same keys' (n,) bool hit vectors
+    query by query: row i is the query of pair i in either direction, for the bootstrap)."""
+    img = embed_images(model, images, device, batch_size)          # (n, D)
+    txt = embed_texts(model, tokenizer, texts, device, batch_size)  # (n, D)
+    sim = img @ txt.T                                              # (n, n) cosine similarities
+    ids = report_ids(texts)                                        # (n,)
+    correct = ids[:, None] == ids[None, :]                         # (n, n) True on the diagonal too
+    i2t = recall_hits(sim, correct, ks)
+    t2i = recall_hits(sim.T, correct.T, ks)
+    per_query = {**{f"i2t_r{k}": v for k, v in i2t.items()},
+                 **{f"t2i_r{k}": v for k, v in t2i.items()}}
+    recalls = {key: v.double().mean().item() for key, v in per_query.items()}
+    return (recalls, per_query) if hits else recalls
+
+
+# -----------------------------------------------------------------------------
+# Phrase grounding
+
+
+@_restore_mode
+def grounding_maps(model, tokenizer, images, texts, device, batch_size=256):
+    """Patch-text similarity maps (n, H, W) on the CPU of each image with its own sentence
+    (grounding.similarity_map)."""
+    text = embed_texts(model, tokenizer, texts, device, batch_size)              # (n, D)
+    maps = []
+    for i in range(0, len(texts), batch_size):
+        x = _model_input(images[i:i + batch_size].to(device), model.cfg.in_channels)
+        maps.append(similarity_map(model, x, text[i:i + batch_size].to(device)).float().cpu())
+    return torch.cat(maps)
+
+
+def evaluate_grounding(model, tokenizer, gr, device, batch_size=256):
+    """Pointing game, CNR and mIoU (grounding.py) per class and overall, with the chance level of
+    the pointing game beside them: a uniform random map's maximum lands in the mask with the
+    probability of the mask's share of the image.
+
+    gr: {"images" (n, C, H, W), "texts" [n], "masks" (n, H, W) bool, "labels" [n] class names}."""
+    maps = grounding_maps(model, tokenizer, gr["images"], gr["texts"], device, batch_size)
+    masks = gr["masks"]
+    out = summarize(zip(gr["labels"], maps, masks))
+    chance = {}
+    for name, mask in zip(gr["labels"], masks):
+        chance.setdefault(name, []).append(mask.float().mean().item())
+    for name, shares in chance.items():
+        out["per_class"][name]["chance_pointing_game"] = sum(shares) / len(shares)
+    everything = [s for shares in chance.values() for s in shares]
+    out["overall"]["chance_pointing_game"] = sum(everything) / len(everything)
+    return out
