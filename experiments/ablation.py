@@ -1,14 +1,21 @@
-"""When is momentum self-distillation worth it? Training arms at the same samples, seeds and memory.
+"""When is momentum self-distillation worth it? This study compares training arms at equal samples.
 
-    python ablation.py --dry-run                   # the exact train.py commands, nothing run
-    python ablation.py --report                    # the table of the runs recorded so far
-    python ablation.py --only a,g,e --seeds 0,1,2  # the arms that carry the claim: ~25 min per run-seed
-    python ablation.py                             # every arm, seeds 0,1 (hours on 2 CPU cores)
+Every arm sees the same number of samples with the same seeds, and all but one (b, the batch that
+needs the memory) hold one micro-batch of b pairs at a time.
+
+    python -m experiments.ablation --dry-run        # the exact train.py commands, nothing run
+    python -m experiments.ablation --report         # the table of the runs recorded so far
+    python -m experiments.ablation --only a,g,e --seeds 0,1,2   # the arms that carry the claim
+    python -m experiments.ablation                  # arms a to g, seeds 0,1: 14 runs
+
+The recorded runs trained for 7 to 14 min each on 2 CPU cores (the table's "train min"; two took
+longer, 18 and 35 min), then were evaluated.
 
 With a micro-batch of b pairs (what the card holds), k micro-batches per window and S optimizer
-steps (defaults 32, 4 and 600: every arm sees 76,800 samples, the budget of train.py's default
-before the half-cost one of 500 steps of 2 x 32; the MSD arms keep that default's recipe too,
-m 0.995 and --queue-size auto, so the recorded arms stay reproducible):
+steps (defaults 32, 4 and 600: every arm sees 76,800 samples, more than train.py's default run of
+500 steps of 2 x 32), and for the MSD arms a teacher momentum of 0.995 and --queue-size auto (a
+queue of 2048 on the default training set). The study sets these itself rather than take
+train.py's defaults, so that its recorded arms can be run again as they were measured:
 
     a  CLIP, batch b              --method clip       --batch-size b   --accum-steps 1   S·k steps
     b  CLIP, batch k·b            --method clip       --batch-size k·b --accum-steps 1   S steps
@@ -21,11 +28,12 @@ m 0.995 and --queue-size auto, so the recorded arms stay reproducible):
 (b) is what MSD tries to match without the memory; (a) and (c) are what a small card gives you
 naively; (g) is (b)'s exact gradient at the memory of b, for one more student forward
 (accumulate.clip_step's feature cache), the fair baseline for (e) at about the same cost; (d)
-separates the bigger bank (queue and window) from the distillation (alpha); (f) separates the
-window from the queue. Then MSD k×b with one remedy each for its short-run weaknesses:
+separates the bigger bank (queue and window) from the distillation (alpha 0: no soft targets, the
+targets are the duplicate-aware positives P); (f) separates the window from the queue. Arms d, e
+and f have the queue in the bank from the first step (--queue-start 0). Then MSD k×b with one
+remedy each for its short-run weaknesses:
 
-    q  the queue joins the bank after the warm-up (--queue-start S/6; SwAV, Caron et al. 2020);
-       train.py's default since this ablation (arm e is MSD's defaults before it)
+    q  the queue joins the bank after the warm-up (--queue-start S/6; SwAV, Caron et al. 2020)
     h  the teacher's half-life a twentieth of the run (--momentum-half-life 0.05)
     m  MoCo v3's momentum, a cosine from 0.99 to 1 (--momentum-schedule cosine, Chen et al. 2021)
     w  alpha warmed up over half the run (--alpha-warmup S/2; ALBEF warms up over its first epoch)
@@ -36,11 +44,12 @@ over the same number of samples. The arms with a teacher are evaluated twice: th
 teacher's EMA weights (`eval.py --use-teacher`), a weight average that is free at the end of a run.
 Every student is also evaluated on a second, disjoint synthetic set (`eval.py --eval-seed 3003`,
 column "2nd set acc"): an order of the arms that holds there was not chosen on the first set's
-images. Runs recorded before that column existed get it on the next call, if their folder is there.
+images. The column is the mean over the runs whose record has that evaluation (the report's
+"aggregate" gives each metric's number of runs).
 
 Each run writes results/ablation/ARM-seedN/{eval.json, eval_teacher.json, eval_second.json,
 metrics.jsonl, train.log} and is recorded at once in docs/results/ablation.json (small, committed),
-resumably: studies.py, which regimes.py shares, says how. Then one markdown table, mean ±
+resumably: studies.py, which the other studies share, says how. Then one markdown table, mean ±
 standard deviation over seeds.
 """
 
@@ -49,11 +58,8 @@ import os
 import shlex
 import sys
 
-from experiments.studies import (SECOND_EVAL_SEED, aggregate, compare, evaluate_more, fmt_mean_std,  # noqa: F401
-                     mean_std, read_json, read_run, record, said, second_command, summarise_run,
-                     teacher_command, train_and_evaluate, write_json)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
+from experiments.studies import (ROOT, aggregate, compare, fmt_mean_std, read_json, record, said,
+                                 second_command, teacher_command, train_and_evaluate, write_json)
 
 # arm -> (description, method, micro-batch is k·b?, accum-steps is k?, steps are S·k?, options)
 # Options may name "S/6" or "S/2": replaced by that share of the arm's own steps.
@@ -65,7 +71,7 @@ ARMS = {
     "e": ("MSD, k×b, queue from step 0", "msd", False, True, False, ()),
     "f": ("MSD, b, no accumulation", "msd", False, False, True, ()),
     "g": ("CLIP exact k×b (feature cache)", "clip", False, True, False, ()),
-    "q": ("MSD k×b, queue after the warm-up (default ea80c34 to 53a704d)", "msd", False, True, False, ("--queue-start", "S/6")),
+    "q": ("MSD k×b, queue after the warm-up", "msd", False, True, False, ("--queue-start", "S/6")),
     "h": ("MSD k×b, teacher half-life 0.05 of the run", "msd", False, True, False,
           ("--momentum-half-life", "0.05")),
     "m": ("MSD k×b, momentum cosine from 0.99", "msd", False, True, False,
@@ -97,7 +103,7 @@ METRICS = [
 
 
 # -----------------------------------------------------------------------------
-# Pure helpers (tests/test_bench.py pins them).
+# Pure helpers (tests/test_ablation.py pins them).
 
 def arm_settings(arm, b, k, steps):
     """train.py's method, micro-batch, accumulation and steps for one arm, and the factor its
@@ -132,11 +138,10 @@ def train_command(arm, seed, args, python=sys.executable):
         # steps becomes m^(1/k), so the teacher averages over the same number of samples.
         opts["--alpha-warmup"] = str(args.alpha_warmup * s["scale"])
         opts["--momentum"] = f"{args.momentum ** (1 / s['scale']):.6g}"
-        # MSD's defaults as they were when the ablation began: the queue from the first step (the
-        # runs recorded before train.py's default became "after the warm-up" had it implicitly).
+        # The study's queue, set here rather than left to train.py's defaults so that the recorded
+        # arms stay what they measured: sized from the training set (2048 here), in the bank from
+        # the first step (arm q's own --queue-start S/6 replaces that: the remedy it tests).
         opts["--queue-start"] = "0"
-        # and the queue itself, sized from the training set (2048 here), which train.py's default
-        # was until the half-cost recipe (no queue) replaced it
         opts["--queue-size"] = "auto"
         if args.alpha is not None:
             opts["--alpha"] = str(args.alpha)
@@ -174,7 +179,7 @@ def format_table(runs, arms, b, k):
 
 # The pairs whose order the README's reading rests on: MSD against the CLIP arms, the ways to a
 # batch of k·b against each other (b, c against g), what α and accumulation do to MSD (d, f
-# against e), and each remedy against MSD's old default (e) and against exact CLIP (g).
+# against e), and each remedy against MSD without it (e) and against exact CLIP (g).
 PAIRS = [("e", "g"), ("e", "a"), ("g", "a"), ("e", "b"), ("b", "g"), ("c", "g"), ("c", "a"), ("d", "e"),
          ("f", "e")] + \
         [(r, y) for r in "qhmw" for y in "eg"]
@@ -201,21 +206,24 @@ def parse_args(argv=None):
     a("--steps", type=int, default=600,
       help="S: optimizer steps of the k×b arms; arms a and f take S·k")
     a("--warmup-steps", type=int, default=None,
-      help="learning-rate warm-up in steps of the k×b arms, scaled by k for a and f (default S/6, as train.py: 100 of 600)")
+      help="learning-rate warm-up in steps of the k×b arms, scaled by k for a and f "
+           "(default S/6, as train.py: 100 of 600)")
     a("--alpha-warmup", type=int, default=None,
       help="alpha warm-up in steps of the k×b arms, scaled by k for a and f (default S/6)")
     a("--alpha", type=float, default=None,
       help="alpha of the MSD arms (default: train.py's); arm d always has 0")
     a("--momentum", type=float, default=0.995,
-      help="teacher EMA momentum per step of the k×b arms (train.py's before the half-cost default, "
-           "which has 0.98); m^(1/k) for arm f")
+      help="teacher EMA momentum per step of the k×b arms (the study's, not train.py's default); "
+           "m^(1/k) for arm f")
     a("--n-train", type=int, default=20000, help="synthetic training pairs (train.py --n-train)")
     a("--seeds", default="0,1", help="comma-separated seeds; every arm runs every seed")
     a("--only", default=MAIN_ARMS, help="comma-separated arms to run, of " + ",".join(ARMS))
-    a("--extra", default="", help='more train.py options for every run, e.g. --extra="--image-size 32"')
+    a("--extra", default="",
+      help='more train.py options for every run, e.g. --extra="--image-size 32"')
     a("--out-dir", default="results/ablation", help="one folder per run: ARM-seedN (not committed)")
     a("--json", default="docs/results/ablation.json",
-      help="the report: every finished run's numbers, command, commit and machine; runs in it are skipped")
+      help="the report: every finished run's numbers, command, commit and machine; runs in it "
+           "are skipped")
     a("--dry-run", action="store_true", help="print the commands and the samples per arm; run nothing")
     a("--report", action="store_true",
       help="print the table and the comparisons of the runs recorded in --json; run nothing")
@@ -260,39 +268,69 @@ def write_report(path, args, report):
     return runs
 
 
-def main(argv=None):
-    _, args = parse_args(argv)
+def print_report(path):
+    """--report: the table, the comparisons and each seed's zero-shot accuracy of the runs recorded
+    in `path`, from the report alone. Returns the exit status."""
+    if not os.path.exists(path):
+        print(f"error: --report: no report at {path}", file=sys.stderr)
+        return 2
+    report = read_json(path)
+    runs = tabulate(report, argparse.Namespace(**report["settings"]))
+    print(f"{len(report['records'])} runs recorded in {path}, settings {report['settings']}\n")
+    print(report["table"] + "\n")
+    for key in ("zero_shot_accuracy", "t2i_r10"):
+        print("\n".join(comparisons(runs, key)) or f"(no pair has 2 seeds on both sides: {key})")
+    print("\nzero-shot accuracy per seed (student; teacher; second evaluation set):")
+    for arm in (a for a in ARMS if a in runs):
+        print(f"  {arm}  " + "; ".join(
+            ", ".join(f"{seed}: {r[key]:.3f}" for seed, r in sorted(runs[arm].items())
+                      if r.get(key) is not None) or "–"
+            for key in ("zero_shot_accuracy", "teacher_zero_shot_accuracy",
+                        "second_zero_shot_accuracy")))
+    return 0
+
+
+def print_plan(args):
+    """The study's settings, and each arm's steps and samples."""
     b, k = args.batch_size, args.accum_steps
-    settings = {key: v for key, v in vars(args).items()
-                if key not in ("dry_run", "report", "only", "seeds", "json")}
-    if args.report:
-        if not os.path.exists(args.json):
-            print(f"error: --report: no report at {args.json}", file=sys.stderr)
-            return 2
-        report = read_json(args.json)
-        runs = tabulate(report, argparse.Namespace(**report["settings"]))
-        print(f"{len(report['records'])} runs recorded in {args.json}, settings {report['settings']}\n")
-        print(report["table"] + "\n")
-        for key in ("zero_shot_accuracy", "t2i_r10"):
-            print("\n".join(comparisons(runs, key)) or f"(no pair has 2 seeds on both sides: {key})")
-        print("\nzero-shot accuracy per seed (student; teacher; second evaluation set):")
-        for arm in (a for a in ARMS if a in runs):
-            print(f"  {arm}  " + "; ".join(
-                ", ".join(f"{seed}: {r[key]:.3f}" for seed, r in sorted(runs[arm].items())
-                          if r.get(key) is not None) or "–"
-                for key in ("zero_shot_accuracy", "teacher_zero_shot_accuracy",
-                            "second_zero_shot_accuracy")))
-        return 0
     print(f"ablation: micro-batch b = {b}, k = {k} (window {k * b}), S = {args.steps} steps, "
           f"warm-ups {args.warmup_steps} (lr) and {args.alpha_warmup} (alpha) steps and momentum "
-          f"{args.momentum} at k×b (scaled for the S·k-step arms), "
-          f"seeds {args.seeds}, n-train {args.n_train}" + (f", extra: {args.extra}" if args.extra else ""))
+          f"{args.momentum} at k×b (scaled for the S·k-step arms), seeds {args.seeds}, "
+          f"n-train {args.n_train}" + (f", extra: {args.extra}" if args.extra else ""))
     for arm in args.only:
         s = arm_settings(arm, b, k, args.steps)
         print(f"  {arm}  {ARMS[arm][0]:<44} {s['steps']:>6} steps x {s['batch_size']:>4} x "
               f"{s['accum_steps']:>2} = {samples_seen(s)} samples")
-    jobs = [(arm, seed) for seed in args.seeds for arm in args.only]
 
+
+def run_jobs(jobs, args, report):
+    """Train and evaluate every (arm, seed) of jobs not in the report yet, recording each in
+    --json as soon as it is done. Returns the keys of the runs that failed."""
+    failed = []
+    for i, (arm, seed) in enumerate(jobs):
+        key, out = f"{arm}-seed{seed}", run_dir(args.out_dir, arm, seed)
+        tag = f"[{i + 1}/{len(jobs)}] {arm} seed {seed}"
+        if key in report["records"]:
+            print(f"{tag}: skipped, in {args.json} already (measured at commit "
+                  f"{report['records'][key]['commit']})")
+            continue
+        cmd = train_command(arm, seed, args)
+        summary = train_and_evaluate(tag, cmd, out, has_teacher(arm))
+        if summary is None:
+            failed.append(key)
+            continue
+        report["records"][key] = record(summary, cmd)
+        if args.json:
+            write_report(args.json, args, report)
+    return failed
+
+
+def main(argv=None):
+    _, args = parse_args(argv)
+    if args.report:
+        return print_report(args.json)
+    print_plan(args)
+    jobs = [(arm, seed) for seed in args.seeds for arm in args.only]
     if args.dry_run:
         for arm, seed in jobs:
             print(shlex.join(train_command(arm, seed, args)))
@@ -302,6 +340,8 @@ def main(argv=None):
             print(shlex.join(second_command(out)))
         return 0
 
+    settings = {key: v for key, v in vars(args).items()
+                if key not in ("dry_run", "report", "only", "seeds", "json")}
     report = {"settings": settings, "records": {}}
     if args.json and os.path.exists(args.json):
         report = read_json(args.json)
@@ -309,38 +349,13 @@ def main(argv=None):
             print(f"error: {args.json} holds runs with other settings ({report.get('settings')}); "
                   f"give another --json", file=sys.stderr)
             return 2
-    failed = []
-    for i, (arm, seed) in enumerate(jobs):
-        key, out = f"{arm}-seed{seed}", run_dir(args.out_dir, arm, seed)
-        tag = f"[{i + 1}/{len(jobs)}] {arm} seed {seed}"
-        if key in report["records"]:
-            print(f"{tag}: skipped, in {args.json} already (measured at commit "
-                  f"{report['records'][key]['commit']})")
-            summary = report["records"][key]["summary"]
-            if "second_zero_shot_accuracy" not in summary and os.path.exists(os.path.join(out, "eval.json")):
-                # recorded before the second set existed, and its checkpoint is still here
-                failure = evaluate_more(out, has_teacher(arm))
-                if failure:
-                    print(f"{tag}: FAILED to evaluate it on the second set ({failure})", flush=True)
-                    failed.append(key)
-                    continue
-                summary.update({k: v for k, v in read_run(out).items() if k.startswith("second_")})
-                write_report(args.json, args, report)
-                print(f"{tag}: added the second evaluation set: zero-shot accuracy "
-                      f"{summary['second_zero_shot_accuracy']:.3f}", flush=True)
-            continue
-        summary = train_and_evaluate(tag, train_command(arm, seed, args), out, has_teacher(arm))
-        if summary is None:
-            failed.append(key)
-            continue
-        report["records"][key] = record(summary, train_command(arm, seed, args))
-        if args.json:
-            write_report(args.json, args, report)
-
+    failed = run_jobs(jobs, args, report)
     runs = write_report(args.json, args, report) if args.json else {}
+    b, k = args.batch_size, args.accum_steps
     print(f"\nmean ± standard deviation over the seeds recorded; micro-batch b = {b}, k = {k}, "
-          f"{args.steps * k * b} samples per arm; peak MB: train.py's peak memory (CPU: resident size "
-          f"of the process; CUDA: max allocated); train min: training only, evaluation excluded\n")
+          f"{args.steps * k * b} samples per arm; peak MB: train.py's peak memory (CPU: resident "
+          f"size of the process; CUDA: max allocated); train min: training only, evaluation "
+          f"excluded\n")
     print(report.get("table", ""))
     if args.json:
         print(f"\nwrote {args.json}")

@@ -1,9 +1,12 @@
-"""What pays, with every arm at its own best recipe: a ladder of four arms, each one change from the
-arm before it, at equal samples and memory (micro-batch b = 32, the default window N = 2 x 32).
+"""What pays? This study climbs a ladder of four arms, each one change from the arm before it.
 
-    python ladder.py --dry-run              # the exact train.py commands of the search, nothing run
-    python ladder.py --report               # the tables so far: search, choice, ladder, robustness
-    nice OMP_NUM_THREADS=1 python ladder.py --worker 1/2 & nice OMP_NUM_THREADS=1 python ladder.py --worker 2/2
+Every arm runs at its own best recipe, at equal samples and memory (micro-batch b = 32, the default
+window N = 2 x 32).
+
+    python -m experiments.ladder --dry-run     # the exact train.py commands of the search, nothing run
+    python -m experiments.ladder --report      # the tables so far: search, choice, ladder, robustness
+    nice OMP_NUM_THREADS=1 python -m experiments.ladder --worker 1/2 &
+    nice OMP_NUM_THREADS=1 python -m experiments.ladder --worker 2/2
 
 The arms, in ladder order:
 

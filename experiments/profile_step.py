@@ -1,11 +1,12 @@
-"""Where one training step's time goes: each part of train.py's default MSD step, timed on its own.
+"""Where does a training step's time go? This script times each part of an MSD step on its own.
 
-    python profile_step.py                     # tiny preset, b = 32, k = 2, no queue, the CPU
-    python profile_step.py --accum-steps 4 --queue-size 2048    # the default before the half-cost recipe
-    python profile_step.py --threads 1 --json results/profile.json
+    python -m experiments.profile_step     # the default step: tiny, b = 32, k = 2, no queue, the CPU
+    python -m experiments.profile_step --accum-steps 4 --queue-size 2048   # the ablation's MSD arms
+    python -m experiments.profile_step --threads 1 --json results/profile.json
 
-A whole training step (train.py's: a window of N = k·b pairs and `accumulate.msd_step`) is timed first (median of --repeats). Then each of
-its parts runs alone on inputs of the same shapes, for the whole window of k micro-batches:
+A whole training step (train.py's: a window of N = k·b pairs and `accumulate.msd_step`) is timed
+first (median of --repeats). Then each of its parts runs alone on inputs of the same shapes, for
+the whole window of k micro-batches:
 
     window + augmentation   gather N images, to float, data.train_augment (the whole window at once)
     teacher forward         both towers over the window, no gradient

@@ -1,10 +1,12 @@
-"""What ablation.py and regimes.py share: a study is a list of train.py runs, each exactly what a
-user would type (`python train.py ...` in a subprocess), each evaluated twice more by eval.py (on a
-second, disjoint evaluation set, and with the EMA teacher's weights when the run has one), and
-recorded, as soon as it finishes, in a small committed JSON report with its command, commit,
-machine and date. A run already in the report is skipped, an interrupted one continues with
---resume: a study can be spread over many sessions, on machines that keep nothing but the
-repository. Then mean ± standard deviation over seeds, and comparisons against the spread.
+"""What the studies (ablation.py, regimes.py, ladder.py) share.
+
+A study is a list of train.py runs, each exactly what a user would type (`python train.py ...` in
+a subprocess), each evaluated twice more by eval.py (on a second, disjoint evaluation set, and with
+the EMA teacher's weights when the run has one), and recorded, as soon as it finishes, in a small
+committed JSON report with its command, commit, machine and date. A run already in the report is
+skipped, an interrupted one continues with --resume: a study can be spread over many sessions, on
+machines that keep nothing but the repository. Then mean ± standard deviation over seeds, and
+comparisons against the spread.
 
 This file imports neither torch nor the project: on Linux a child's peak resident size (what
 train.py logs as peak_mem_mb on the CPU) starts from its parent's, so the parent stays small.
@@ -38,7 +40,6 @@ def teacher_command(out, python=sys.executable):
     """eval.py on the checkpoint in `out` with the teacher's weights, the benchmark train.py ran."""
     return [python, os.path.relpath(os.path.join(ROOT, "eval.py")), "--checkpoint", out,
             "--use-teacher", "--json", os.path.join(out, "eval_teacher.json")]
-
 
 
 def mean_std(values):

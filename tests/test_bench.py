@@ -1,27 +1,24 @@
-"""bench.py and ablation.py: the arithmetic on hand-made numbers (medians, ratios, mean ± spread,
-the tables), the ablation's commands (same samples, warm-ups and teacher horizon in every arm),
-bench.py's device, precision and loss scaler (runtime.py's), and one real bench.py --one
-measurement on a tiny configuration. No timing assertions."""
+"""The timing tools, bench.py and profile_step.py: the arithmetic on hand-made numbers (medians,
+ratios, shares, the tables), bench.py's device, precision and loss scaler (runtime.py's), and one
+real measurement of each on a tiny configuration. No timing assertions. (ablation.py's tests are in
+test_ablation.py.)"""
 
 import json
 import os
-import shlex
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from experiments import ablation
-from experiments import studies
 import bench
+from test_ablation import check_help_opens_with_a_full_sentence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(script, *args, check=True):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    # a file in a folder (experiments/ablation.py) runs as a module, as the README says
+    # a file in a folder (experiments/profile_step.py) runs as a module, as the README says
     target = ["-m", script[:-3].replace("/", ".")] if "/" in script else [os.path.join(ROOT, script)]
     proc = subprocess.run([sys.executable, *target, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -51,8 +48,8 @@ def test_negatives_per_row():
 
 
 def test_msd_is_timed_as_train_py_runs_it_and_with_a_queue_as_its_own_rows():
-    from plumbing import options
-    train_defaults = options.get_args([])[1]
+    import train
+    train_defaults = train.get_args([])[1]
     args = bench.parse_args([])[1]
     assert args.queue_size == train_defaults.queue_size == 0          # the msd rows: no queue
     assert args.queue_size_extra == 2048                               # the msd-queue rows
@@ -65,7 +62,7 @@ def test_msd_is_timed_as_train_py_runs_it_and_with_a_queue_as_its_own_rows():
 
 
 def test_command_line(capsys):
-    # the README's commands parse; the input-pipeline measurement (--no-data) is gone
+    # the README's commands parse; an option bench.py does not have (--no-data) is refused
     assert bench.parse_args(["--json", "results/bench.json"])[1].json == "results/bench.json"
     assert bench.parse_args(["--ks", "4,1"])[1].ks == [1, 4]
     assert bench.parse_args(["--compile", "--ks", "4"])[1].compile
@@ -213,7 +210,7 @@ def test_precision_is_runtimes_rule_fp16_with_a_scaler_on_a_cuda_card_without_bf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         device, _, scaler, precision, _ = bench._setup(one_config(device="auto", precision="auto"))
-        assert precision == runtime.pick_precision("auto", device)[2] == "fp16"   # the old rule: fp32
+        assert precision == runtime.pick_precision("auto", device)[2] == "fp16"   # not fp32
     assert device.type == "cuda" and isinstance(scaler, torch.amp.GradScaler)
     assert bench._setup(one_config(device="cpu"))[2:4] == (None, "fp32")
     # and it is runtime's function that decides, not a copy of its rule
@@ -280,221 +277,18 @@ def test_one_configuration_reports_time_and_memory(kind, queue):
         {"k": 2, "batch_size": 4, "kind": kind, "queue_size": queue}
 
 
-def test_the_input_pipeline_kind_is_gone():
+def test_an_unknown_kind_is_refused():
     proc = run("bench.py", "--one", json.dumps({"kind": "data"}), check=False)
-    assert proc.returncode == 2 and "unknown kind 'data'" in proc.stderr   # profile_step.py measures it
-
-
-# -----------------------------------------------------------------------------
-# ablation.py
-
-def option(cmd, name):
-    return cmd[cmd.index(name) + 1] if name in cmd else None
-
-
-def test_dry_run_every_arm_sees_the_same_samples_warm_ups_and_teacher_horizon():
-    proc = run("experiments/ablation.py", "--dry-run", "--seeds", "0,1", "--batch-size", "8",
-               "--accum-steps", "4", "--steps", "30", "--only", ",".join(ablation.ARMS),
-               "--extra=--image-size 32")
-    lines = [shlex.split(line) for line in proc.stdout.splitlines() if ".py" in line and "--" in line]
-    cmds = [c for c in lines if c[1].endswith("train.py")]
-    n_arms = len(ablation.ARMS)
-    assert len(cmds) == 2 * n_arms
-    for seed in (0, 1):
-        arms = [c for c in cmds if option(c, "--seed") == str(seed)]
-        assert len(arms) == n_arms
-        for c in arms:                                   # every option once: no silent override
-            names = [t for t in c if t.startswith("--")]
-            assert len(names) == len(set(names)), c
-        samples = {int(option(c, "--steps")) * int(option(c, "--batch-size")) *
-                   int(option(c, "--accum-steps")) for c in arms}
-        assert samples == {30 * 4 * 8}
-        # warm-ups over the same number of samples in every arm
-        warm = {int(option(c, "--warmup-steps")) * int(option(c, "--batch-size")) *
-                int(option(c, "--accum-steps")) for c in arms}
-        assert len(warm) == 1
-        by_arm = {os.path.basename(option(c, "--out")).split("-")[0]: c for c in arms}
-        # the teacher averages over the same number of samples: m^steps is the same (arms d, e, f)
-        horizons = {round(float(option(by_arm[a], "--momentum")) ** int(option(by_arm[a], "--steps")), 4)
-                    for a in "def"}
-        assert len(horizons) == 1
-        assert [a for a in by_arm if option(by_arm[a], "--alpha") == "0"] == ["d"]
-        assert all(option(c, "--eval-every") == "0" and option(c, "--image-size") == "32" for c in arms)
-        # the remedies: each differs from arm e by its own options only
-        assert option(by_arm["q"], "--queue-start") == "5"                  # S/6 of 30 steps
-        # the other teacher arms keep the queue from step 0 whatever train.py's default becomes
-        assert all(option(by_arm[a], "--queue-start") == "0" for a in "defhmw")
-        # the queue the recorded arms trained with, now that train.py's default is none
-        assert all(option(by_arm[a], "--queue-size") == "auto" for a in "defhmwq")
-        assert option(by_arm["h"], "--momentum-half-life") == "0.05"
-        assert (option(by_arm["m"], "--momentum-schedule"), option(by_arm["m"], "--momentum")) == ("cosine", "0.99")
-        assert option(by_arm["w"], "--alpha-warmup") == "15"                # S/2
-        for arm in "qhmw":
-            differ = {n for n in set(by_arm[arm]) | set(by_arm["e"]) if n.startswith("--")
-                      and option(by_arm[arm], n) != option(by_arm["e"], n)}
-            assert differ == {"--out"} | set(ablation.ARMS[arm][5][::2]), arm
-    # the three CLIP arms at k×b: one batch of k·b, naive accumulation, exact accumulation
-    by_run = {os.path.basename(option(c, "--out")): c for c in cmds}
-    shape = lambda c: (option(c, "--method"), option(c, "--batch-size"), option(c, "--accum-steps"))  # noqa: E731
-    assert shape(by_run["b-seed0"]) == ("clip", "32", "1")
-    assert shape(by_run["c-seed0"]) == ("clip-naive", "8", "4")
-    assert shape(by_run["g-seed0"]) == ("clip", "8", "4")
-    # the arms with a teacher are evaluated with its weights too, on their own checkpoint
-    teachers = [c for c in lines if c[1].endswith("eval.py") and "--use-teacher" in c]
-    assert {option(c, "--checkpoint") for c in teachers} == \
-        {option(c, "--out") for c in cmds if option(c, "--method") == "msd"}
-    # and every run's student on the second evaluation set, synthetic.py's SECOND_EVAL_SEED
-    from synthetic import dataset as synthetic
-    seconds = [c for c in lines if c[1].endswith("eval.py") and "--use-teacher" not in c]
-    assert sorted(option(c, "--checkpoint") for c in seconds) == sorted(option(c, "--out") for c in cmds)
-    assert {option(c, "--eval-seed") for c in seconds} == {str(synthetic.SECOND_EVAL_SEED)}
-
-
-def test_extra_may_not_change_what_the_arms_compare():
-    proc = run("experiments/ablation.py", "--dry-run", "--extra=--steps 5", check=False)
-    assert proc.returncode == 2 and "--steps" in proc.stderr
-
-
-def test_mean_std_and_format():
-    assert ablation.mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414213562))
-    assert ablation.mean_std([0.5, 0.6, 0.7]) == pytest.approx((0.6, 0.1))
-    assert ablation.mean_std([None, 0.4]) == (0.4, None)
-    assert ablation.mean_std([]) == (None, None)
-    assert ablation.fmt_mean_std([0.5, 0.6, 0.7]) == "0.600 ± 0.100"
-    assert ablation.fmt_mean_std([0.5]) == "0.500"
-    assert ablation.fmt_mean_std([None]) == "–"
-    assert ablation.fmt_mean_std([1000.4, 1100.2, 1200.0], digits=0) == "1100 ± 100"
-
-
-def fake_eval(acc):
-    return {"zero_shot": {"accuracy": acc, "auc": acc + 0.2},
-            "few_shot": {"1": 0.6, "2": 0.7, "16": 0.9},
-            "retrieval": {"i2t_r1": 0.1, "i2t_r5": 0.3, "i2t_r10": 0.5,
-                          "t2i_r1": 0.2, "t2i_r5": 0.4, "t2i_r10": acc}}
-
-
-def fake_metrics(peak, elapsed):
-    return [{"step": 10, "loss": 1.0, "peak_mem_mb": peak / 2, "elapsed_s": elapsed / 2},
-            {"step": 20, "zero_shot_accuracy": 0.3, "zero_shot_auc": 0.6},
-            {"step": 20, "loss": 0.9, "peak_mem_mb": peak, "elapsed_s": elapsed}]
-
-
-def test_summaries_aggregate_table_and_comparison():
-    runs = {"e": {s: ablation.summarise_run(fake_eval(acc), fake_metrics(peak, sec), fake_eval(acc + 0.1),
-                                            fake_eval(acc + 0.05))
-                  for s, acc, peak, sec in ((0, 0.5, 300, 120), (1, 0.6, 400, 180), (2, 0.7, 500, 240))},
-            "b": {0: ablation.summarise_run(fake_eval(0.4), fake_metrics(900, 60))}}
-    assert runs["e"][0]["peak_mem_mb"] == 300 and runs["e"][0]["train_min"] == pytest.approx(2.0)
-    assert runs["e"][0]["teacher_zero_shot_accuracy"] == pytest.approx(0.6)
-    assert "teacher_zero_shot_accuracy" not in runs["b"][0]
-    agg = ablation.aggregate(runs)
-    assert agg["e"]["zero_shot_accuracy"] == pytest.approx({"mean": 0.6, "std": 0.1, "n": 3})
-    assert agg["e"]["teacher_zero_shot_accuracy"] == pytest.approx({"mean": 0.7, "std": 0.1, "n": 3})
-    assert agg["b"]["peak_mem_mb"] == {"mean": 900, "std": None, "n": 1}
-    table = ablation.format_table(runs, ["b", "e", "f"], b=16, k=8)
-    lines = table.splitlines()
-    row_e = next(line for line in lines if line.startswith("| e |"))
-    assert row_e == ("| e | MSD, k×b, queue from step 0 | 16 × 8 | 3 | 0.600 ± 0.100 | 0.800 ± 0.100 | 0.600 ± 0.000 "
-                     "| 0.900 ± 0.000 | 0.100 ± 0.000 | 0.500 ± 0.000 | 0.200 ± 0.000 "
-                     "| 0.600 ± 0.100 | 0.650 ± 0.100 | 400 ± 100 | 3.0 ± 1.0 |")
-    row_t = next(line for line in lines if line.startswith("| e (teacher) |"))
-    assert row_t.startswith("| e (teacher) | its EMA weights | 16 × 8 | 3 | 0.700 ± 0.100 | 0.900 ± 0.100 |")
-    assert row_t.endswith("| – |  |  |")      # memory and time are the run's, on its own row; 2nd set: student
-    assert next(line for line in lines if line.startswith("| b |")).startswith(
-        "| b | CLIP, batch k·b | 128 × 1 | 1 | 0.400 |")
-    assert not any(line.startswith("| b (teacher)") for line in lines)
-    assert next(line for line in lines if line.startswith("| f |")).count("–") == 11   # not run
-    assert len({line.count("|") for line in lines}) == 1
-    # e - b is not comparable (one seed of b); with two seeds of b at 0.35 ± 0.07 it is
-    assert ablation.compare(runs, "e", "b") is None
-    runs["b"][1] = ablation.summarise_run(fake_eval(0.3), fake_metrics(900, 60))
-    diff, spread, beyond = ablation.compare(runs, "e", "b")
-    assert diff == pytest.approx(0.25) and spread == pytest.approx(0.1) and beyond
-
-
-def finished_run(folder, acc, teacher_acc=None, second=True):
-    folder.mkdir(parents=True)
-    (folder / "eval.json").write_text(json.dumps(fake_eval(acc)))
-    if second:
-        (folder / "eval_second.json").write_text(json.dumps(fake_eval(acc + 0.01)))
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fake_metrics(300, 120)))
-    if teacher_acc is not None:
-        (folder / "eval_teacher.json").write_text(json.dumps(fake_eval(teacher_acc)))
-
-
-def test_finished_runs_are_recorded_and_the_report_alone_is_enough_to_skip_them(tmp_path, capsys):
-    for seed, acc in ((0, 0.5), (1, 0.7)):
-        finished_run(tmp_path / "runs" / f"e-seed{seed}", acc, acc + 0.05)
-    report = tmp_path / "ablation.json"
-    args = ["--only", "e", "--seeds", "0,1", "--out-dir", str(tmp_path / "runs"), "--json", str(report)]
-    assert ablation.main(args) == 0
-    printed = capsys.readouterr().out
-    assert printed.count("eval.json exists") == 2
-    assert "| e | MSD, k×b, queue from step 0 | 32 × 4 | 2 | 0.600 ± 0.141 |" in printed
-    assert "| e (teacher) | its EMA weights | 32 × 4 | 2 | 0.650 ± 0.141 |" in printed
-    saved = json.loads(report.read_text())
-    assert saved["aggregate"]["e"]["zero_shot_accuracy"]["mean"] == pytest.approx(0.6)
-    assert set(saved["records"]) == {"e-seed0", "e-seed1"}
-    record = saved["records"]["e-seed0"]
-    assert "--method msd" in record["command"] and record["machine"] and record["date"]
-    # a new machine keeps only the repository: the run folders are gone, the report is enough
-    (tmp_path / "runs").rename(tmp_path / "gone")
-    assert ablation.main(args) == 0
-    assert capsys.readouterr().out.count(f"in {report} already") == 2
-    # a report of other settings is refused rather than mixed with these
-    assert ablation.main(args + ["--steps", "300"]) == 2
-    assert "holds runs with other settings" in capsys.readouterr().err
-
-
-def test_runs_recorded_before_the_second_set_get_it_when_their_folder_is_there(tmp_path, capsys,
-                                                                              monkeypatch):
-    for seed in (0, 1):
-        finished_run(tmp_path / "runs" / f"g-seed{seed}", 0.9 + seed / 100, second=False)
-    report = tmp_path / "ablation.json"
-    args = ["--only", "g", "--seeds", "0,1", "--out-dir", str(tmp_path / "runs"), "--json", str(report)]
-    with monkeypatch.context() as m:                      # record them as an older ablation.py did,
-        m.setattr(studies, "evaluate_more", lambda *a: None)   # which evaluated nothing more
-        assert ablation.main(args) == 0
-    before = json.loads(report.read_text())
-    assert "second_zero_shot_accuracy" not in before["records"]["g-seed0"]["summary"]
-    # now seed 0's second evaluation is there (as eval.py would write it); seed 1's folder is gone
-    (tmp_path / "runs" / "g-seed0" / "eval_second.json").write_text(json.dumps(fake_eval(0.77)))
-    shutil.rmtree(tmp_path / "runs" / "g-seed1")
-    capsys.readouterr()
-    assert ablation.main(args) == 0
-    assert "g seed 0: added the second evaluation set: zero-shot accuracy 0.770" in capsys.readouterr().out
-    after = json.loads(report.read_text())["records"]
-    assert after["g-seed0"]["summary"]["second_zero_shot_accuracy"] == 0.77
-    assert after["g-seed0"]["summary"]["zero_shot_accuracy"] == 0.9          # the rest untouched
-    assert after["g-seed0"]["commit"] == before["records"]["g-seed0"]["commit"]
-    assert "second_zero_shot_accuracy" not in after["g-seed1"]["summary"]
-
-
-def test_report_prints_the_recorded_runs_and_their_comparisons_without_running(tmp_path, capsys):
-    for arm, accs in (("e", (0.5, 0.7)), ("q", (0.80, 0.82)), ("g", (0.9, 0.6))):
-        for seed, acc in enumerate(accs):
-            finished_run(tmp_path / "runs" / f"{arm}-seed{seed}", acc, acc - 0.1 if arm != "g" else None)
-    report = tmp_path / "ablation.json"
-    assert ablation.main(["--only", "e,q,g", "--seeds", "0,1", "--out-dir", str(tmp_path / "runs"),
-                          "--json", str(report)]) == 0
-    capsys.readouterr()
-    (tmp_path / "runs").rename(tmp_path / "gone")        # --report needs the JSON alone
-    assert ablation.main(["--report", "--json", str(report)]) == 0
-    out = capsys.readouterr().out
-    assert "6 runs recorded" in out
-    assert "| q | MSD k×b, queue after the warm-up (default ea80c34 to 53a704d) | 32 × 4 | 2 | 0.810 ± 0.014 |" in out
-    # q - e = 0.81 - 0.60 = +0.21 against e's spread 0.141: beyond; q - g = +0.06 against 0.212: within
-    assert "zero_shot_accuracy q - e: +0.210 (beyond the larger standard deviation, 0.141)" in out
-    assert "zero_shot_accuracy q - g: +0.060 (within the larger standard deviation, 0.212)" in out
-    assert "e - g" in out and "e - a" not in out                  # a has no runs
-    assert "  q  0: 0.800, 1: 0.820; 0: 0.700, 1: 0.720; 0: 0.810, 1: 0.830" in out   # per seed
-    assert "  g  0: 0.900, 1: 0.600; –; 0: 0.910, 1: 0.610" in out
-    assert ablation.main(["--report", "--json", str(tmp_path / "none.json")]) == 2
-    assert "no report at" in capsys.readouterr().err
+    assert proc.returncode == 2 and "unknown kind 'data'" in proc.stderr   # profile_step.py times the input
 
 
 # -----------------------------------------------------------------------------
 # profile_step.py: the parts its docstring promises, and the table's arithmetic
+
+def test_profile_help_opens_with_a_full_sentence(capsys):
+    from experiments import profile_step
+    check_help_opens_with_a_full_sentence(profile_step, profile_step.parse_args, capsys)
+
 
 def test_profile_report_shares_and_order():
     from experiments import profile_step

@@ -8,8 +8,8 @@ import shlex
 import pytest
 
 from experiments import ladder
-from plumbing import options
-from test_bench import finished_run
+import train
+from test_ablation import check_help_opens_with_a_full_sentence, finished_run
 
 
 def test_search_commands_differ_from_the_defaults_by_setting_recipe_and_arm_alone(capsys):
@@ -17,10 +17,10 @@ def test_search_commands_differ_from_the_defaults_by_setting_recipe_and_arm_alon
     lines = capsys.readouterr().out.splitlines()
     commands = [shlex.split(line) for line in lines if "train.py" in line]
     assert len(commands) == len(ladder.SEARCH_SETTINGS) * len(ladder.ARMS) * len(ladder.RECIPES) == 48
-    default = options.get_args([])[1]
+    default = train.get_args([])[1]
     seen = set()
     for cmd in commands:
-        _, args = options.get_args(cmd[2:])
+        _, args = train.get_args(cmd[2:])
         setting, arm, rest = args.out.split("/")[-3:]
         recipe = rest.rsplit("-seed", 1)[0]
         n, noise, steps = ladder.SETTINGS[setting]
@@ -41,7 +41,7 @@ def test_search_commands_differ_from_the_defaults_by_setting_recipe_and_arm_alon
 
 def test_each_arm_is_one_change_from_the_one_before():
     """The ladder: one-hot CLIP, then positives, then the teacher's bank, then its soft targets."""
-    parse = {arm: vars(options.get_args(list(opts))[1]) for arm, (_, opts) in ladder.ARMS.items()}
+    parse = {arm: vars(train.get_args(list(opts))[1]) for arm, (_, opts) in ladder.ARMS.items()}
     names = list(ladder.ARMS)
     changed = [{k for k in parse[a] if parse[a][k] != parse[b][k]} for a, b in zip(names, names[1:])]
     # (clip-dup -> msd-a0 also sets alpha 0, which CLIP, with no teacher, never reads: the bank of
@@ -141,3 +141,7 @@ def test_a_report_of_other_settings_and_bad_options_are_refused(small_study, tmp
         with pytest.raises(SystemExit):
             ladder.parse_args(bad)
         assert why in capsys.readouterr().err
+
+
+def test_help_opens_with_a_full_sentence(capsys):
+    check_help_opens_with_a_full_sentence(ladder, ladder.parse_args, capsys)

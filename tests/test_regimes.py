@@ -6,20 +6,20 @@ import shlex
 
 import pytest
 
-from plumbing import options
+import train
 from experiments import regimes
-from test_bench import finished_run
+from test_ablation import check_help_opens_with_a_full_sentence, finished_run
 
 
 def test_every_command_is_the_default_run_with_its_regime_and_arm(capsys):
     assert regimes.main(["--dry-run", "--seeds", "0,1"]) == 0
     commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
     assert len(commands) == 2 * len(regimes.REGIMES) * len(regimes.ARMS)
-    default = options.get_args([])[1]
+    default = train.get_args([])[1]
     seen = set()
     for cmd in commands:
         assert cmd[1].endswith("train.py")
-        _, args = options.get_args(cmd[2:])
+        _, args = train.get_args(cmd[2:])
         n, noise = regimes.REGIMES[args.out.split("/")[-2]]
         arm = args.out.split("/")[-1].rsplit("-seed", 1)[0]
         assert (args.n_train, args.report_noise) == (n, noise)
@@ -27,7 +27,8 @@ def test_every_command_is_the_default_run_with_its_regime_and_arm(capsys):
         assert args.steps * args.batch_size * args.accum_steps == 32000
         # and otherwise the defaults: only what the arm names differs
         differ = {k for k, v in vars(args).items() if v != getattr(default, k)}
-        named = {o.lstrip("-").replace("-", "_") for o in regimes.ARMS[arm][1][::2]}
+        named = {o.lstrip("-").replace("no-", "").replace("-", "_")
+                 for o in regimes.ARMS[arm][1] if o.startswith("--")}
         # (warm-ups are shares of the run, so clip-b's 1000 steps move them too)
         assert differ - {"out", "seed", "n_train", "report_noise", "warmup_steps",
                          "alpha_warmup", "queue_start"} == named, arm
@@ -153,9 +154,13 @@ def test_decision_table_keeps_the_default_unless_beaten_beyond_the_spread():
                         "0.920 ± 0.014 | 0.500 ± 0.000 | 7.0 ± 0.0 | msd-a0: -0.010, within 0.057 | "
                         "+0.160, beyond 0.071 | +0.050, beyond 0.014 |")
     # small: exact CLIP beats MSD beyond the spread, so it is what to use
-    assert lines[3] == ("| 2,000 pairs, clean | clip: `--method clip` | 2 | 0.900 ± 0.000 | "
+    assert lines[3] == ("| 2,000 pairs, clean | clip: `--method clip --no-duplicate-aware` | 2 | 0.900 ± 0.000 | "
                         "0.910 ± 0.000 | 0.500 ± 0.000 | 7.0 ± 0.0 | msd: +0.045, beyond 0.007 | "
                         "-0.045, beyond 0.007 | -0.055, beyond 0.007 |")
     # noisy: one seed of CLIP at b cannot displace the default; the bare difference says so
     assert lines[4].startswith("| 20,000 pairs, noise 0.3 | msd: the default | 2 | 0.610 ± 0.014 |")
     assert "| clip-b: -0.340 (1 seed) | – |" in lines[4]
+
+
+def test_help_opens_with_a_full_sentence(capsys):
+    check_help_opens_with_a_full_sentence(regimes, regimes.parse_args, capsys)
