@@ -32,8 +32,9 @@ counted per sample; a backward costs about two forwards):
   clip_naive_step  naive accumulation: k separate CLIP losses, b − 1 negatives per row;
                    1 forward + backward; the memory of b.
   clip_step        the feature cache (GradCache): the exact gradient of CLIP at batch N,
-                   N − 1 negatives per row; 2 forwards (one without gradient)
-                   + backward; the memory of b plus N x D features.
+                   N − 1 negatives per row; 2 forwards (one without gradient) + backward,
+                   about 4/3 of CLIP's compute, and the (world · N)² logits once per
+                   micro-batch; the memory of b plus N x D features.
   msd_step         N + K − 1 negatives (window and queue), the teacher's soft targets; 1 student
                    forward + backward and 1 teacher forward; the memory of b, N x D features and
                    a teacher copy of the weights.
@@ -55,7 +56,7 @@ class NonFiniteLossError(RuntimeError):
     """The loss was NaN or infinite; the optimizer step was not taken."""
 
 
-def unwrap(model):
+def _unwrap(model):
     """The module inside DistributedDataParallel / torch.compile wrappers."""
     while True:
         if hasattr(model, "module"):
@@ -88,9 +89,18 @@ def _optimizer_step(model, optimizer, loss, scaler, max_grad_norm):
         scaler.update()
     else:
         optimizer.step()
-    module = unwrap(model)
+    module = _unwrap(model)
     if hasattr(module, "clamp_logit_scale"):
         module.clamp_logit_scale()
+
+
+def _check_unit_norm(features, where):
+    """The loss takes dot products for cosines: features must have unit L2 norm (within what
+    bf16 / fp16 autocast rounds to). One look per step, at the teacher's window."""
+    worst = (features.norm(dim=-1) - 1).abs().max().item() if features.numel() else 0.0
+    if worst > 1e-2:
+        raise ValueError(f"msd_step: {where} returned features whose L2 norm is off 1 by up to "
+                         f"{worst:.3g}; normalise them (torch.nn.functional.normalize(x, dim=-1))")
 
 
 def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, momentum: float,
@@ -98,8 +108,14 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
              max_grad_norm: float | None = None) -> torch.Tensor:
     """One optimizer step of momentum self-distillation over `micro_batches`.
 
-    model: the student (a DualEncoder, or DDP around one), called as model(images, tokens) ->
-      (image features, text features, s). teacher: its EMA copy. queue: a loss.FeatureQueue.
+    model: the student (a DualEncoder, or DDP / torch.compile around one), called as
+      model(images, tokens) -> (image features, text features, s), the features of unit L2 norm
+      and s = exp(logit_scale), a parameter the student must have. teacher: its EMA copy
+      (momentum.make_teacher), with encode_image and encode_text returning unit-norm features:
+      the loss compares features by their dot product, a cosine only at unit norm (open_clip's
+      encode_image does not normalise by default: wrap it). Checked: a ValueError otherwise.
+      The teacher has no temperature of its own: its similarities use the student's s, detached.
+    queue: a loss.FeatureQueue of earlier windows' teacher features, or None for no queue.
     micro_batches: list of (images, tokens, report_ids) already on the device.
     duplicate_aware (train.py's default too): every bank entry with the row's report id is a
     positive (loss.positive_matrix); False: the row's own pair alone (one-hot).
@@ -108,7 +124,10 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
     Returns the window's loss (a detached scalar): the same number a single batch of N would give.
     """
     optimizer.zero_grad(set_to_none=True)
-    student = unwrap(model)
+    student = _unwrap(model)
+    if not isinstance(getattr(student, "logit_scale", None), torch.nn.Parameter):
+        raise ValueError(f"msd_step: the student ({type(student).__name__}) has no logit_scale "
+                         f"parameter; the temperature is s = exp(logit_scale), as in model.DualEncoder")
     sizes = [mb[0].shape[0] for mb in micro_batches]
     N = sum(sizes)
 
@@ -117,15 +136,19 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
         t_img = torch.cat([upcast(teacher.encode_image(x)) for x, _, _ in micro_batches])  # (N, D)
         t_txt = torch.cat([upcast(teacher.encode_text(t)) for _, t, _ in micro_batches])   # (N, D)
     ids = torch.cat([i for _, _, i in micro_batches])                                     # (N,)
+    _check_unit_norm(t_img, "teacher.encode_image")
+    _check_unit_norm(t_txt, "teacher.encode_text")
 
     # 2. Banks: every rank's window, then the queue. Frozen until the window is done.
     w_img, offset = gather_window(t_img)           # (world·N, D), this rank's rows start at offset
     w_txt, _ = gather_window(t_txt)
     w_ids, _ = gather_window(ids)
-    q_img, q_txt, q_ids = queue.contents()          # (n_q, D) each
-    bank_img = torch.cat([w_img, q_img])            # (world·N + n_q, D)
-    bank_txt = torch.cat([w_txt, q_txt])
-    bank_ids = torch.cat([w_ids, q_ids])
+    bank_img, bank_txt, bank_ids = w_img, w_txt, w_ids
+    if queue is not None:
+        q_img, q_txt, q_ids = queue.contents()      # (n_q, D) each
+        bank_img = torch.cat([w_img, q_img])        # (world·N + n_q, D)
+        bank_txt = torch.cat([w_txt, q_txt])
+        bank_ids = torch.cat([w_ids, q_ids])
     scale = student.logit_scale.exp().detach()      # the teacher's similarities use s, detached
 
     # 3-5. Student micro-batches against the frozen banks; gradients accumulate in .grad.
@@ -151,7 +174,8 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
     # 6. One optimizer step, one EMA update, one enqueue of the whole (gathered) window.
     _optimizer_step(model, optimizer, total, scaler, max_grad_norm)
     ema_update(teacher, student, momentum)
-    queue.enqueue(w_img, w_txt, w_ids)
+    if queue is not None:
+        queue.enqueue(w_img, w_txt, w_ids)
     return total
 
 
@@ -200,9 +224,6 @@ def clip_step(model, optimizer, micro_batches, *, duplicate_aware: bool = True,
     j's features, and dL/dF_j needs only the VALUES of the other rows, which the cache holds.
     Each backward in step 2 adds exactly one term of that sum. So nothing is divided by k: every
     micro-batch's loss is the whole window's loss L, differentiated through one part of it.
-
-    What it costs: one more student forward per sample (about 4/3 of CLIP's compute, like MSD's
-    teacher forward), the N x D cache, and the (world · N)² logits once per micro-batch.
 
     What it assumes: the forward in step 2 computes exactly the features cached in step 1. With
     dropout, stochastic depth, random token masking (anything random in the model), or a

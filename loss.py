@@ -108,7 +108,10 @@ def positive_matrix(row_ids: torch.Tensor, bank_ids: torch.Tensor, offset: int,
 @torch.no_grad()
 def soft_targets(teacher_rows: torch.Tensor, bank: torch.Tensor, scale: torch.Tensor,
                  alpha: float, positives: torch.Tensor) -> torch.Tensor:
-    """Y = α · softmax(s · teacher_rows bank^T) + (1 − α) · P, (n, M); rows sum to 1."""
+    """Y = α · softmax(s · teacher_rows bank^T) + (1 − α) · P, (n, M); rows sum to 1.
+
+    s is the student's temperature (detached): the teacher has none of its own (ALBEF does the
+    same), so its distribution sharpens as the student's s grows."""
     if alpha == 0:
         return positives
     teacher_probs = F.softmax(upcast(scale.detach()) * upcast(teacher_rows) @ upcast(bank).T, dim=1)
@@ -122,13 +125,14 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 def msd_loss(image: torch.Tensor, text: torch.Tensor, bank_image: torch.Tensor,
              bank_text: torch.Tensor, targets_i2t: torch.Tensor, targets_t2i: torch.Tensor,
-             scale: torch.Tensor, normaliser: int | None = None) -> torch.Tensor:
+             scale: torch.Tensor, *, normaliser: int) -> torch.Tensor:
     """The symmetric loss of the student rows `image`, `text` (n, D) against the frozen banks.
 
-    normaliser: the N of 1/(2N). Left out, it is n (the loss is a mean over these rows); under
-    gradient accumulation pass the window size, so the micro-batch losses add up to the loss of
-    the whole window and their gradients to its gradient."""
-    normaliser = image.shape[0] if normaliser is None else normaliser
+    Features of unit L2 norm (the dot products are the cosines); scale is s = exp(logit_scale).
+    normaliser: the N of 1/(2N), required: the number of rows of the whole WINDOW. For one batch
+    it is n; under gradient accumulation it is k · n, so the micro-batch losses add up to the loss
+    of the whole window and their gradients to its gradient (a mean over each micro-batch would
+    weigh them wrongly when their sizes differ, and give k times the gradient)."""
     scale = upcast(scale)
     logits_i2t = scale * upcast(image) @ upcast(bank_text).T     # (n, M)
     logits_t2i = scale * upcast(text) @ upcast(bank_image).T     # (n, M)

@@ -66,9 +66,10 @@ PRESETS = {
     "small": dict(image_size=224, patch_size=16, vision_width=384, vision_layers=12, vision_heads=6,
                   text_width=384, text_layers=6, text_heads=6, embed_dim=256, context_length=128),
 }
-# Both presets keep ModelConfig's vocabulary of 2048, train.py's --vocab-size default, so the counts
-# `python model.py` prints are those of the models train.py builds (the tokenizer may come out a
-# little smaller on a small corpus; the model then takes its size).
+# `python model.py` prints each preset's parameter count at ModelConfig's vocabulary of 2048 (the
+# --vocab-size cap). train.py builds the model with the tokenizer's own vocabulary, which is smaller
+# on a small corpus: 276 words on the synthetic reports, so the default run's tiny model has 1.58M
+# parameters where `python model.py` prints 1.81M (the README's table gives both).
 
 
 def make_config(preset="tiny", **overrides):
@@ -181,18 +182,26 @@ class VisionTransformer(nn.Module):
                                     for _ in range(cfg.vision_layers))
         self.ln_final = nn.LayerNorm(cfg.vision_width)
 
-    def forward(self, images):
+    def tokens(self, images):
+        """images (B, C, H, W) -> (B, P, W): every token's final state, after the final LayerNorm;
+        P = g * g patches in row-major order (row 0 first), g = image_size // patch_size.
+        With pool="cls" the class token's state comes first: (B, 1 + P, W). The one forward path
+        of the ViT: forward() pools its output, DualEncoder.patch_states reads the patches."""
         x = self.patch_embed(images)                       # (B, W, H/p, W/p)
-        x = x.flatten(2).transpose(1, 2)                   # (B, n_patches, W)
+        x = x.flatten(2).transpose(1, 2)                   # (B, P, W)
         if self.pool == "cls":
             cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, W)
-            x = torch.cat([cls, x], dim=1)                 # (B, 1 + n_patches, W)
+            x = torch.cat([cls, x], dim=1)                 # (B, 1 + P, W)
         x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)
+        return self.ln_final(x)                            # (B, [1 +] P, W)
+
+    def forward(self, images):
+        x = self.tokens(images)
         if self.pool == "cls":
-            return self.ln_final(x[:, 0])                  # (B, W)
-        return self.ln_final(x).amax(dim=1)                # (B, W): the strongest patch, per channel
+            return x[:, 0]                                 # (B, W): the class token
+        return x.amax(dim=1)                               # (B, W): the strongest patch, per channel
 
 
 class TextTransformer(nn.Module):
@@ -263,19 +272,12 @@ class DualEncoder(nn.Module):
         return F.normalize(self.text_proj(self.text(tokens)), dim=-1)
 
     def patch_states(self, images):
-        """images (B, C, H, W) -> (B, P, vision_width): the patch tokens' final states, after the
-        final LayerNorm, exactly as the pooling sees them (pool="max" takes their channel-wise
-        maximum; pool="cls" reads the class token instead, dropped here). P = g * g patches in
-        row-major order (row 0 first), g = image_size // patch_size. The same steps as
-        VisionTransformer.forward, up to the pooling; tests/test_grounding.py pins that they agree."""
-        v = self.visual
-        x = v.patch_embed(images).flatten(2).transpose(1, 2)  # (B, P, W)
-        if v.pool == "cls":
-            x = torch.cat([v.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + v.pos_embed
-        for block in v.blocks:
-            x = block(x)
-        return v.ln_final(x[:, 1:] if v.pool == "cls" else x)
+        """images (B, C, H, W) -> (B, P, vision_width): the patch tokens' final states, exactly as
+        the pooling sees them (pool="max" takes their channel-wise maximum; pool="cls" reads the
+        class token instead, dropped here). P = g * g patches in row-major order (row 0 first),
+        g = image_size // patch_size."""
+        x = self.visual.tokens(images)
+        return x[:, 1:] if self.visual.pool == "cls" else x
 
     def encode_patches(self, images):
         """images (B, C, H, W) -> (B, P, D), unit L2 norm: every patch in the joint space through

@@ -72,7 +72,7 @@ def reference(alpha, dup, n=8):
     img, txt, s = student(images, tokens)
     P = positive_matrix(ids, bank_ids, 0, dup, torch.float64)
     loss = msd_loss(img, txt, bank_img, bank_txt, soft_targets(t_img, bank_txt, s, alpha, P),
-                    soft_targets(t_txt, bank_img, s, alpha, P), s)
+                    soft_targets(t_txt, bank_img, s, alpha, P), s, normaliser=n)
     loss.backward()
     return loss.detach(), {name: p.grad.clone() for name, p in student.named_parameters()}
 
@@ -307,3 +307,47 @@ def test_ddp_clip_feature_cache_equals_one_process_with_the_whole_window(ddp_ran
             assert_grads_equal(got[case]["grads"], want_grads)
             torch.testing.assert_close(got[case]["loss"], want_loss, rtol=1e-10, atol=0,
                                        msg=f"rank {rank}, {case}")
+
+
+# ---- what a reader who copies accumulate.py (with loss.py and momentum.py) can rely on ----------
+
+def test_step_defaults_are_train_py_defaults():
+    """A copied call with the defaults computes what `python train.py` does."""
+    import inspect
+    from train import build_parser
+    train_default = build_parser().get_default("duplicate_aware")
+    for step in (msd_step, clip_step, clip_naive_step):
+        assert inspect.signature(step).parameters["duplicate_aware"].default == train_default, step
+
+
+def test_no_queue_is_an_empty_queue():
+    a = run(2, queue_size=0, prefill=0)
+    student, teacher, _ = setup(queue_size=0, prefill=0)
+    opt = torch.optim.SGD(student.parameters(), lr=0.0)
+    loss = msd_step(student, teacher, None, opt, split(*data(8), 2), alpha=0.4, momentum=0.9,
+                    duplicate_aware=False)
+    torch.testing.assert_close(loss, a["loss"], rtol=0, atol=0)
+    assert_grads_equal({n: p.grad for n, p in student.named_parameters()}, a["grads"], rtol=0)
+
+
+def test_features_off_the_unit_sphere_and_a_student_without_logit_scale_are_refused():
+    student, teacher, queue = setup()
+    opt = torch.optim.SGD(student.parameters(), lr=0.0)
+    raw = teacher.encode_image
+    teacher.encode_image = lambda x: 3.0 * raw(x)        # as open_clip's encode_image by default
+    with pytest.raises(ValueError, match="teacher.encode_image returned features whose L2 norm is off 1"):
+        msd_step(student, teacher, queue, opt, split(*data(8), 2), alpha=0.4, momentum=0.9)
+
+    class NoScale(torch.nn.Module):
+        def forward(self, images, tokens):
+            return student(images, tokens)
+    with pytest.raises(ValueError, match="has no logit_scale parameter"):
+        msd_step(NoScale(), setup()[1], queue, opt, split(*data(8), 2), alpha=0.4, momentum=0.9)
+
+
+def test_the_loss_normaliser_must_be_given():
+    """Left to default, a micro-batch mean would silently weigh a window k times too much."""
+    x = F.normalize(torch.randn(4, 8, dtype=torch.float64), dim=1)
+    P = torch.eye(4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="normaliser"):
+        msd_loss(x, x, x, x, P, P, torch.tensor(2.0))

@@ -30,7 +30,7 @@ def window_loss(img, txt, t_img, t_txt, q_img, q_txt, ids, q_ids, scale, alpha, 
     P = positive_matrix(ids, bank_ids, 0, dup, img.dtype)
     y_i2t = soft_targets(t_img, bank_txt, scale, alpha, P)
     y_t2i = soft_targets(t_txt, bank_img, scale, alpha, P)
-    return msd_loss(img, txt, bank_img, bank_txt, y_i2t, y_t2i, scale)
+    return msd_loss(img, txt, bank_img, bank_txt, y_i2t, y_t2i, scale, normaliser=img.shape[0])
 
 
 def test_alpha_zero_empty_queue_is_clip_infonce():
