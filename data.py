@@ -18,25 +18,16 @@ are one set of labels a manifest may carry (any names will do). The command line
 """
 
 import argparse
-from collections import Counter
-import csv
 import hashlib
-import json
-import multiprocessing
-import os
 import re
-import shutil
 import sys
-import time
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 
 from synthetic import dataset as synthetic
-from plumbing.runtime import WriteError, reason
 
 # -----------------------------------------------------------------------------
 # Augmentation for radiographs

@@ -5,13 +5,16 @@
     python train.py --train-manifest data/train.csv   # your own image-report pairs
     torchrun --nproc_per_node=2 train.py ...          # DDP, one process per GPU (or CPU share)
 
-The pieces: model.py (the two encoders), momentum.py (the EMA teacher), loss.py (queue and soft
-targets), accumulate.py (one optimizer step over k micro-batches), synthetic.py (the generated
-data set), data.py (manifests, tokenizer, augmentation), eval.py (the benchmark), options.py (the
-command line and its checks), checkpoint.py (saving and resuming), runtime.py (device, precision,
-memory). This file only glues them: `main` reads as the run's stages, then the loop.
+This file glues the method's files into one loop; read it in order: the hyperparameters (every
+option, with its default), `train` (the run's stages, then the loop: one optimizer step per window
+of k micro-batches), then what the loop calls. The method: model.py (the two encoders),
+momentum.py (the EMA teacher), loss.py (the bank and the soft targets), accumulate.py (one step
+over k micro-batches). Around it: data.py (augmentation, report ids, tokenizer), eval.py (the
+benchmark), synthetic/ (the generated data set), manifests/ (your data), plumbing/ (option checks,
+the stages before the loop, checkpoints, device and precision).
 """
 
+import argparse
 import functools
 import json
 import math
@@ -23,27 +26,116 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from evaluation import sets as eval_sets
 import data
-from manifests import read as manifest
-import eval as evaluation
-from synthetic import dataset as synthetic
-from accumulate import NonFiniteLossError, clip_naive_step, clip_step, msd_step, unwrap
-from plumbing.checkpoint import read_for_resume, restore, training_state
+from accumulate import NonFiniteLossError, clip_naive_step, clip_step, msd_step
+from eval import EvalSettings, evaluate, format_table
 from loss import FeatureQueue
-from model import DualEncoder, make_config, param_groups
+from manifests.read import ManifestError
+from model import PRESETS, DualEncoder, param_groups
 from momentum import make_teacher, momentum_at, momentum_for_half_life
-from plumbing.options import QUEUE_CAP, default_queue_size, get_args
-from plumbing.runtime import (Clock, FolderLock, InputError, StopFlag, WriteError, fmt_time, peak_memory_mb,
-                     make_folder, pick_precision, reason, save_atomic, send_signal_to_self, setup_distributed,
-                     write_text)
+from plumbing.checkpoint import restore, training_state
+from plumbing.options import (QUEUE_CAP, HelpFormatter, add_evaluation_and_test_options, check,
+                              queue_size_arg)
+from evaluation.sets import check_benchmark_options
+from plumbing.prepare import (claim_folders, describe_run, drop_rows_after, load_benchmark,
+                              load_training_data, resume_or_start, size_the_queue, tokenize_reports)
+from plumbing.runtime import (Clock, InputError, StopFlag, WriteError, fmt_time, peak_memory_mb,
+                              pick_precision, save_atomic, send_signal_to_self, setup_distributed,
+                              write_text)
+
+
+# -----------------------------------------------------------------------------
+# The hyperparameters: every option of `python train.py --help`, with its default.
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
+    a = p.add_argument
+    # what to train on and where to write
+    a("--out", default="out", help="folder for ckpt.pt, tokenizer.json, metrics.jsonl, eval.json")
+    a("--train-manifest", default=None, metavar="CSV",
+      help="train on this image,text manifest instead of the synthetic set (see README)")
+    a("--n-train", type=int, default=20000,
+      help="synthetic training pairs to render (the default schedule, 32,000 samples, sees a set "
+           "of n pairs 32,000 / n times: 16 times for 2,000)")
+    a("--report-noise", type=float, default=0.0, metavar="P",
+      help="noisy synthetic reports: each finding left out with probability P, another study's "
+           "report with P/2; labels and evaluation sets stay clean (docs/data.md)")
+    a("--data-cache", default="data_cache",
+      help="folder for rendered synthetic sets and decoded manifests ('' = none: decode into memory)")
+    a("--workers", type=int, default=0, help="processes rendering or decoding images (0 = all cores)")
+    # the model
+    a("--preset", default="tiny", choices=sorted(PRESETS), help="model size (model.py PRESETS)")
+    a("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
+    a("--channels", type=int, default=1, choices=[1, 3], help="1 grayscale, 3 RGB")
+    a("--stem", default="conv", choices=["conv", "patch"],
+      help="ViT patch embedding: stride-2 convolutions, or ViT's single p x p convolution")
+    a("--pool", default="max", choices=["max", "cls"],
+      help="image vector: max over patch tokens (keeps small findings), or ViT's class token")
+    a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
+    # the optimisation
+    a("--method", default="msd", choices=["msd", "clip", "clip-naive"],
+      help="msd: momentum self-distillation. clip: CLIP's exact gradient over the whole window "
+           "(a feature cache: one more forward); clip-naive: CLIP per micro-batch (b-1 negatives)")
+    a("--steps", type=int, default=500, help="optimizer steps")
+    a("--batch-size", type=int, default=32, help="micro-batch b: what fits in memory at once")
+    a("--accum-steps", type=int, default=2, help="k micro-batches per optimizer step: window N = k*b")
+    a("--lr", type=float, default=5e-4, help="peak learning rate (1e-3 can collapse both towers to a constant)")
+    a("--warmup-steps", type=int, default=None,
+      help="linear learning-rate warm-up, then cosine to lr/10 (default: a sixth of --steps, 83 of 500)")
+    a("--weight-decay", type=float, default=0.05, help="AdamW decay (not on norms, biases, embeddings, logit_scale)")
+    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
+    a("--augment", action=argparse.BooleanOptionalAction, default=True,
+      help="radiograph-safe augmentation (data.train_augment)")
+    # the method's knobs
+    a("--alpha", type=float, default=0.4, help="weight of the teacher's soft targets (0 = hard targets)")
+    a("--alpha-warmup", type=int, default=None,
+      help="steps over which alpha rises linearly from 0, as ALBEF (Li et al. 2021) over its first "
+           "epoch (default: the learning-rate warm-up's)")
+    a("--momentum", type=float, default=0.98,
+      help="teacher EMA momentum m (a half-life of 34 steps; ALBEF's 0.995 trails a 500-step run by a quarter of it)")
+    a("--momentum-schedule", default="constant", choices=["constant", "cosine"],
+      help="cosine: m rises to 1 over training (MoCo v3)")
+    a("--momentum-half-life", type=float, default=None, metavar="FRACTION",
+      help="set m from the teacher's half-life as a fraction of the run, m = 0.5^(1/(FRACTION*steps)), "
+           "so its lag scales with the run (replaces --momentum; 0.98 is 0.07 of 500 steps)")
+    a("--queue-size", type=queue_size_arg, default=0,
+      help="K teacher features kept as extra negatives (0: none, docs/experiments.md; auto: the largest "
+           f"multiple of the window <= n/8 and <= {QUEUE_CAP} for n pairs, 2048 on the synthetic set)")
+    a("--queue-start", type=int, default=None, metavar="STEP",
+      help="the queue joins the bank from this step on, once the teacher's features change slowly "
+           "enough to be negatives (SwAV starts its queue late; default: --warmup-steps; 0 = at once)")
+    a("--duplicate-aware", action=argparse.BooleanOptionalAction, default=True,
+      help="identical reports are all positives, for MSD and CLIP alike (--no-duplicate-aware: "
+           "a pair's own report alone, one-hot)")
+    # running
+    a("--seed", type=int, default=0, help="seed for the model, the data order and augmentation")
+    a("--device", default="auto", help="auto (cuda, else mps, else cpu), or cpu, cuda, cuda:1, mps")
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+      help="auto: bf16 autocast on CUDA (fp16 + grad scaler where bf16 is missing), fp32 elsewhere")
+    a("--compile", action="store_true", help="torch.compile the student (CUDA: faster after warm-up)")
+    a("--resume", action="store_true", help="continue OUT/ckpt.pt exactly where it stopped")
+    a("--save-every", type=int, default=200,
+      help="write OUT/ckpt.pt every this many steps, and at the end and on Ctrl-C (0 = only then)")
+    a("--eval-every", type=int, default=200, help="quick evaluation every this many steps (0 = off)")
+    a("--log-every", type=int, default=10, help="print and log a metrics row every this many steps")
+    a("--eval-per-class", type=int, default=200, help="final synthetic benchmark: zero-shot images per class")
+    a("--eval-retrieval", type=int, default=1000, help="final synthetic benchmark: held-out retrieval pairs")
+    add_evaluation_and_test_options(p)    # your evaluation sets (eval.py's), the tests' hooks
+    return p
+
+
+def get_args(argv=None):
+    """(parser, args), every mistake in the arguments alone already refused as one line."""
+    parser = build_parser()
+    return parser, check(parser, parser.parse_args(argv))
 
 
 def main(argv=None):
     parser, args = get_args(argv)
     try:
         return train(args)
-    except (InputError, manifest.ManifestError) as e:   # the user's input, not the code: one line, exit 2
+    except (InputError, ManifestError) as e:   # the user's input, not the code: one line, exit 2
         parser.error(str(e))
     except WriteError as e:                          # the disk or a permission: one line, exit 1
         print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
@@ -58,8 +150,8 @@ def train(args):
     log = print if run.master else (lambda *a, **k: None)
     lock = claim_folders(args, run)                   # one run per --out, before touching it
     ckpt = resume_or_start(args)                      # every check of the checkpoint, first
-    prompts = eval_sets.check_benchmark_options(args.eval_manifest, args.prompts,
-                                                 args.retrieval_manifest, args.grounding_manifest)
+    prompts = check_benchmark_options(args.eval_manifest, args.prompts, args.retrieval_manifest,
+                                      args.grounding_manifest)
     torch.manual_seed(args.seed)                      # the same initial model on every rank
 
     t0 = time.time()
@@ -116,151 +208,14 @@ def train(args):
     if run.master and status == 0 and step == args.steps:
         final_report(parts, tokenizer, args, run, (zs, ret, gr), clock, log)
     if run.ddp:
-        # Leave together: a rank that tore down its gloo connections while rank 0 was still
-        # evaluating aborted at exit now and then ("terminate called without an active exception").
-        dist.barrier()
+        dist.barrier()   # leave together: a rank that leaves while rank 0 evaluates may abort gloo
         dist.destroy_process_group()
     lock.release()
     return status
 
 
 # -----------------------------------------------------------------------------
-# The stages main() runs, in its order.
-
-def claim_folders(args, run):
-    """Create --out (and --data-cache) and lock --out for this run (rank 0 holds the lock: the
-    ranks of one torchrun are one run). Every mistake is one line naming the option: a path that
-    is a file or goes through one, a folder without write permission, a folder another run holds."""
-    for option, folder in (("--out", args.out), ("--data-cache", args.data_cache)):
-        if folder:
-            make_folder(option, folder)
-    if not run.master:
-        return FolderLock.none()
-    try:
-        return FolderLock(args.out)
-    except OSError as e:
-        raise InputError(f"--out {args.out}: cannot create its lock file ({reason(e)}): choose "
-                         f"another --out") from None
-
-
-def resume_or_start(args):
-    """The checkpoint --resume continues (its settings already compared with these), or None for a
-    new run, which may not overwrite one. Raises InputError before any data is prepared."""
-    ckpt_path = os.path.join(args.out, "ckpt.pt")
-    if not args.resume:
-        if os.path.exists(ckpt_path):
-            raise InputError(f"{ckpt_path} exists: add --resume to continue it, or choose another --out")
-        return None
-    if not os.path.exists(ckpt_path):
-        raise InputError(f"--resume: no checkpoint at {ckpt_path}")
-    tok_path = os.path.join(args.out, "tokenizer.json")
-    if not os.path.isfile(tok_path):
-        raise InputError(f"--resume: {tok_path} is missing; the checkpoint's token ids mean nothing "
-                         f"without the tokenizer it was trained with: copy it back beside ckpt.pt")
-    try:
-        return read_for_resume(ckpt_path, args)
-    except InputError as e:
-        raise InputError(f"--resume: {e}") from None
-
-
-def load_training_data(args, run, log):
-    """The training pairs: images as uint8 (a manifest's memory-mapped from its cache), texts, and
-    the finding names their labels use. Rank 0 builds a manifest's cache; the others then open it."""
-    if not args.train_manifest:
-        noise = f", reports with noise {args.report_noise:g}" if args.report_noise else ""
-        log(f"rendering {args.n_train} synthetic training studies at {args.image_size} px{noise} "
-            f"(cached in {args.data_cache or 'memory only'})...", flush=True)
-        pairs = synthetic.load_or_render("train", args.n_train, args.image_size,
-                                         cache_dir=args.data_cache or None, workers=args.workers,
-                                         report_noise=args.report_noise)
-        if "noise" in pairs:
-            n = pairs["noise"]
-            log(f"data: report noise {args.report_noise:g}: {int(synthetic.changed_reports(n).sum())} "
-                f"of {args.n_train} reports changed ({int(n['omitted'].sum())} findings left out, "
-                f"{int((n['swapped_from'] >= 0).sum())} reports of another study)", flush=True)
-        if args.channels == 3:
-            pairs["images"] = pairs["images"].expand(-1, 3, -1, -1)
-        return {**pairs, "label_names": list(synthetic.FINDINGS), "source": "synthetic"}
-    cache = args.data_cache or None
-    if run.ddp and cache and not run.master:
-        dist.barrier()
-    pairs = manifest.read_pair_manifest(args.train_manifest, args.image_size, args.channels,
-                                    cache_dir=cache, workers=args.workers, log=log)
-    if run.ddp and cache and run.master:
-        dist.barrier()
-    return {**pairs, "source": args.train_manifest}
-
-
-def size_the_queue(args, ckpt, n, world):
-    """Check the window and the queue against the n training pairs, and resolve --queue-size auto
-    (saved resolved, so a --resume with the default compares numbers). Returns a note for the log."""
-    window = args.batch_size * args.accum_steps * world
-    if window > n:
-        raise InputError(f"the window ({world} rank(s) x {args.accum_steps} x {args.batch_size} = "
-                         f"{window} pairs) is larger than the training set ({n} pairs)")
-    note = ""
-    if args.queue_size is None:
-        args.queue_size = default_queue_size(n, window)
-        note = f" (auto: <= n/8 and {QUEUE_CAP}, a multiple of the window)"
-        saved = ckpt["config"]["train"].get("queue_size") if ckpt is not None else args.queue_size
-        if saved != args.queue_size:
-            raise InputError(f"--resume: the checkpoint's queue holds {saved} features, auto sizes "
-                             f"it {args.queue_size} for this training set: add --queue-size {saved}")
-    if args.method == "msd" and args.queue_size + window > n:
-        raise InputError(f"--queue-size {args.queue_size} plus the window {window} exceeds the "
-                         f"training set ({n} pairs): the queue would hold copies of the current "
-                         f"pairs as negatives. Use --queue-size <= {max(0, n - window)}")
-    return note
-
-
-def tokenize_reports(args, pairs, ckpt, run):
-    """A new run trains a WordPiece tokenizer on its reports (rank 0, saved beside the checkpoint);
-    a resumed one reads it back. Adds pairs["tokens"] (n, L) and pairs["ids"] (n,), the report ids
-    that duplicate-aware positives compare. Returns (tokenizer, model config)."""
-    tok_path = os.path.join(args.out, "tokenizer.json")
-    if ckpt is None and run.master:
-        write_text(tok_path, data.train_tokenizer(pairs["texts"], args.vocab_size).to_str())
-    if ckpt is None and run.ddp:
-        dist.barrier()                                # rank 0 wrote tokenizer.json
-    try:
-        tokenizer = data.load_tokenizer(tok_path)
-    except Exception as e:   # the tokenizers library raises a bare Exception for a malformed file
-        raise InputError(f"cannot read {tok_path}: {str(e).splitlines()[0]}") from None
-    cfg = make_config(args.preset, image_size=args.image_size, in_channels=args.channels,
-                      stem=args.stem, pool=args.pool, vocab_size=tokenizer.get_vocab_size())
-    if ckpt is not None and ckpt["config"]["model"]["vocab_size"] != cfg.vocab_size:
-        raise InputError(f"--resume: {tok_path} has {cfg.vocab_size} tokens, the checkpoint's model "
-                         f"{ckpt['config']['model']['vocab_size']}: it is another run's tokenizer")
-    pairs["tokens"], _ = data.tokenize(tokenizer, pairs["texts"], cfg.context_length)   # (n, L)
-    pairs["ids"] = data.report_ids(pairs["texts"])                                       # (n,)
-    return tokenizer, cfg
-
-
-def load_benchmark(args, prompts, label_names, run, log):
-    """What to evaluate on, (zero-shot, retrieval, grounding): the user's sets, the synthetic
-    benchmark (None), or nothing (False, when training on a manifest without evaluation sets: the
-    synthetic numbers would say nothing about the user's data)."""
-    if not (args.eval_manifest or args.retrieval_manifest or args.grounding_manifest):
-        if not args.train_manifest:
-            return None, None, None
-        log("no --eval-manifest/--retrieval-manifest/--grounding-manifest given: skipping "
-            "evaluation on the synthetic benchmark, which says nothing about your data (eval.py "
-            "can evaluate ckpt.pt later)", flush=True)
-        return False, False, False
-    zs = ret = gr = None
-    if run.master:                                    # rank 0 alone evaluates
-        zs, ret = eval_sets.read_benchmark(args.eval_manifest, prompts, args.retrieval_manifest,
-                                            args.image_size, args.channels,
-                                            cache_dir=args.data_cache or None, log=log)
-        if args.grounding_manifest and zs is None:     # grounding alone replaces the synthetic
-            zs = ret = False                           # benchmark too
-        gr = eval_sets.read_grounding(args.grounding_manifest, args.image_size, args.channels,
-                                       others=zs is not None or ret is not None, log=log)
-    if prompts and label_names:
-        missing = eval_sets.unlabelled_prompt_classes(list(prompts), label_names)
-        log(f"prompt classes no training report is labelled with: {missing}" if missing else
-            "every prompt class is among the training labels", flush=True)
-    return zs, ret, gr
+# The model, its teacher and the optimizer.
 
 
 @dataclass
@@ -271,7 +226,6 @@ class Parts:
     model: torch.nn.Module
     teacher: torch.nn.Module
     queue: FeatureQueue
-    no_queue: FeatureQueue
     optimizer: torch.optim.Optimizer
     autocast: object
     scaler: object
@@ -284,11 +238,9 @@ class Parts:
 
     def still_good(self, error):
         """A WriteError with what the user still has and what to do, for a write that failed."""
-        if self.saved_step is None:
-            good = "no checkpoint was written yet: free space, then run the same command again"
-        else:
-            good = (f"{self.ckpt_path} of step {self.saved_step} is intact: free space, then run "
-                    f"the same command with --resume")
+        good = ("no checkpoint was written yet: free space, then run the same command again"
+                if self.saved_step is None else f"{self.ckpt_path} of step {self.saved_step} is "
+                f"intact: free space, then run the same command with --resume")
         return WriteError(f"{error}; {good}")
 
 
@@ -303,7 +255,6 @@ def build(args, cfg, run, ckpt, log):
     optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.lr,
                                   betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda")
     parts = Parts(student, student, teacher, queue,
-                  no_queue=FeatureQueue(0, cfg.embed_dim).to(device),  # the bank before --queue-start
                   optimizer=optimizer, autocast=autocast, scaler=scaler, precision=precision,
                   base_momentum=(momentum_for_half_life(args.momentum_half_life, args.steps)
                                  if args.momentum_half_life is not None else args.momentum),
@@ -328,48 +279,6 @@ def build(args, cfg, run, ckpt, log):
         parts.model = torch.nn.parallel.DistributedDataParallel(
             parts.model, device_ids=[device.index] if device.type == "cuda" else None)
     return parts
-
-
-def drop_rows_after(metrics_path, step):
-    """Drop the rows an interrupted run logged after its checkpoint: the resumed run redoes them
-    (a new run, step 0, starts the file afresh: rows of a run that died before its first
-    checkpoint are not this run's)."""
-    if not os.path.exists(metrics_path):
-        return
-    with open(metrics_path) as f:
-        rows = [line for line in f if json.loads(line).get("step", 0) <= step]
-    write_text(metrics_path, "".join(rows))
-
-
-def describe_run(args, parts, run, queue_note):
-    """The start-up lines: the model, the device, and what one optimizer step computes."""
-    N = args.batch_size * args.accum_steps * run.world
-    model = (f"model: {args.preset} preset, {parts.student.num_params() / 1e6:.2f}M parameters, "
-             f"{args.image_size} px, {args.channels} channel(s) | device {run.device}, "
-             f"{parts.precision}, {run.world} process(es)")
-    if args.method == "msd":
-        what = "momentum self-distillation"
-        queue = f", queue {args.queue_size}{queue_note}"
-        if args.queue_start and args.queue_size:
-            queue += f" from step {args.queue_start}"
-        half_life = (f", half-life {args.momentum_half_life:g} of the run"
-                     if args.momentum_half_life else "")
-        extra = (f"{queue}, alpha {args.alpha} (warm-up {args.alpha_warmup} steps), momentum "
-                 f"{parts.base_momentum:.4g} ({args.momentum_schedule}{half_life})")
-    elif args.method == "clip" and N > args.batch_size:
-        what = (f"exact accumulation over the window (feature cache), {N - 1} negatives per row, "
-                f"2 student forwards per sample")
-        extra = ""
-    else:
-        naive = args.method == "clip-naive"
-        what = ("naive accumulation" if naive and args.accum_steps > 1 else "plain CLIP") + (
-            ", each micro-batch alone:" if naive else ",") + f" {args.batch_size - 1} negatives per row"
-        extra = ""
-    what += ", duplicate-aware positives" if args.duplicate_aware else ", one-hot positives"
-    method = (f"method: {args.method}: {what} | micro-batch {args.batch_size} x {args.accum_steps} "
-              f"accumulation x {run.world} rank(s) = {N} pairs per step{extra} | {args.steps} steps, "
-              f"{(args.steps - parts.step) * N} samples to go")
-    return f"{model}\n{method}"
 
 
 # -----------------------------------------------------------------------------
@@ -429,7 +338,7 @@ def optimizer_step(parts, batches, args, step, alpha, m):
     common = dict(duplicate_aware=args.duplicate_aware, autocast=parts.autocast,
                   scaler=parts.scaler, max_grad_norm=args.max_grad_norm)
     if args.method == "msd":
-        bank_queue = parts.queue if step >= args.queue_start else parts.no_queue
+        bank_queue = parts.queue if step >= args.queue_start else None   # the window alone before
         return msd_step(parts.model, parts.teacher, bank_queue, parts.optimizer, batches,
                         alpha=alpha, momentum=m, **common)
     step_fn = clip_step if args.method == "clip" else clip_naive_step   # exact, or per micro-batch
@@ -440,7 +349,7 @@ def log_step(parts, args, run, step, clock, lr, alpha, m):
     per_step = clock.per_step()
     mem = peak_memory_mb(run.device)
     row = {"step": step, "loss": round(clock.loss, 5), "lr": lr, "alpha": alpha, "momentum": m,
-           "temperature": round(1 / unwrap(parts.model).logit_scale.exp().item(), 5),
+           "temperature": round(1 / parts.student.logit_scale.exp().item(), 5),
            "samples_per_s": round(args.batch_size * args.accum_steps * run.world / per_step, 1),
            "peak_mem_mb": None if mem is None else round(mem, 1),
            "elapsed_s": round(clock.elapsed(), 1), "eta_s": round((args.steps - step) * per_step, 1)}
@@ -463,7 +372,7 @@ def quick_check(parts, tokenizer, args, run, step, zs, ret, log):
     """A quick zero-shot check (5 x 50 synthetic images, or the user's set), or retrieval when only
     a --retrieval-manifest was given; logged and appended to metrics.jsonl."""
     t = time.time()
-    res = evaluation.evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs, ret=ret,
+    res = evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs, ret=ret,
                               quick=True)
     if "zero_shot" in res:
         z = res["zero_shot"]
@@ -510,10 +419,10 @@ def final_report(parts, tokenizer, args, run, benchmark, clock, log):
         log(f"wrote {written}")
         return
     log(f"training done in {fmt_time(clock.elapsed())}; evaluating the final model...", flush=True)
-    results = evaluation.evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs,
-                                  ret=ret, gr=gr, n_per_class=args.eval_per_class,
-                                  n_retrieval=args.eval_retrieval, log=lambda s: log(s, flush=True))
-    log(evaluation.format_table(results))
+    settings = EvalSettings(n_per_class=args.eval_per_class, n_retrieval=args.eval_retrieval)
+    results = evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs, ret=ret, gr=gr,
+                       settings=settings, log=lambda s: log(s, flush=True))
+    log(format_table(results))
     try:
         write_text(os.path.join(args.out, "eval.json"), json.dumps(results, indent=1))
     except WriteError as e:

@@ -14,7 +14,7 @@ import zipfile
 import torch
 
 from model import DualEncoder, ModelConfig
-from plumbing.runtime import InputError, save_atomic  # noqa: F401  (save_atomic: what train.py saves with)
+from plumbing.runtime import InputError
 
 # Options that may differ between a run and its --resume: they change what is logged, saved or
 # evaluated, or where the run computes, never which numbers it computes on a given device.
@@ -22,12 +22,10 @@ RESUME_MAY_CHANGE = {"resume", "out", "save_every", "eval_every", "log_every", "
                      "data_cache", "grad_dump", "compile", "interrupt_at", "kill_at",
                      "eval_per_class", "eval_retrieval", "eval_manifest", "prompts",
                      "retrieval_manifest", "grounding_manifest"}
-# Training options added to train.py after checkpoints of this layout were written, with the value
-# that a run without the option had.
-ADDED_OPTIONS = {"report_noise": 0.0}
-# Checkpoints of this layout say so; an older train.py's (without the entry) are refused by
-# --resume, because some of their options then meant other computations, but eval.py reads them.
-FORMAT = 2
+# The layout of the checkpoints and the meaning of their settings. Raised whenever a saved setting
+# would mean another computation (3: --duplicate-aware applies to --method clip too); --resume
+# refuses a checkpoint of another format, eval.py reads any (it needs the weights alone).
+FORMAT = 3
 
 
 def first_line(error):
@@ -35,7 +33,8 @@ def first_line(error):
 
 
 # -----------------------------------------------------------------------------
-# Writing (runtime.save_atomic: a temporary file renamed when complete, a full disk one line).
+# Writing (train.py writes the state with runtime.save_atomic: a temporary file renamed when
+# complete, a full disk one line).
 
 def training_state(*, student, teacher, queue, optimizer, scaler, step, samples_seen, rng, model_cfg,
                    args, device_type, precision):
@@ -140,14 +139,12 @@ def read_for_resume(ckpt_path, args):
             and isinstance(ckpt["config"], dict) and "train" in ckpt["config"]):
         raise InputError(f"{ckpt_path} is not a train.py checkpoint (no training settings or "
                          f"weights in it): delete it, or use another --out")
-    # A checkpoint without the entry but with "clip_accumulation" came from the train.py just before
-    # this layout and means the same; without either, --method clip over k > 1 was naive then.
-    if ckpt["config"].get("format", FORMAT if "clip_accumulation" in ckpt["config"] else 1) != FORMAT:
-        raise InputError(f"{ckpt_path} was written by an older train.py, whose options did not all "
-                         f"mean what they mean now: it cannot be resumed (eval.py still evaluates "
-                         f"it); train again in another --out")
-    # an option added after the checkpoint was written: its absence means the run had its default
-    saved = {**ADDED_OPTIONS, **ckpt["config"]["train"]}
+    if ckpt["config"].get("format") != FORMAT:
+        raise InputError(f"{ckpt_path} was written by another version of train.py (checkpoint "
+                         f"format {ckpt['config'].get('format')}, this one {FORMAT}), whose options "
+                         f"did not all mean what they mean here: it cannot be resumed (eval.py still "
+                         f"evaluates it); train again in another --out")
+    saved = ckpt["config"]["train"]
     changed = {k: (saved.get(k), v) for k, v in vars(args).items()
                if k not in RESUME_MAY_CHANGE and saved.get(k) != v
                and not (k == "queue_size" and v is None)}

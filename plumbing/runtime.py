@@ -9,7 +9,6 @@ fcntl's on Unix and msvcrt's on Windows, each imported where it is used.
 """
 
 import contextlib
-import errno
 import os
 import signal
 import sys

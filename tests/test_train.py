@@ -12,9 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from plumbing import options
-import eval as evaluation  # noqa: E402  (the repository's eval.py)
-import train
 from synthetic.dataset import ZERO_SHOT_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -260,86 +257,6 @@ def test_resume_is_exact(reference_run, tmp_path, how):
     assert [r["loss"] for r in rows if "loss" in r] == [r["loss"] for r in ref_rows if "loss" in r]
 
 
-@pytest.mark.parametrize("n, window, expected", [
-    (20000, 128, 2048),   # the synthetic default: n / 8 = 2500, capped at 2048
-    (4000, 128, 384),     # n / 8 = 500: three windows
-    (1300, 128, 128),     # n / 8 = 162: one window
-    (1000, 128, 0),       # n / 8 = 125 is below one window: no queue
-    (512, 16, 64),
-    (100000, 96, 2016),   # a window that does not divide the cap: 21 x 96, the largest multiple below it
-])
-def test_default_queue_size(n, window, expected):
-    assert options.default_queue_size(n, window) == expected
-
-
-def test_default_queue_size_rule_and_default_run():
-    # the rule: a multiple of the window, at most n / 8 and 2048, and one more window would not be
-    for n in range(0, 30000, 37):
-        for window in (16, 100, 128, 256):
-            k = options.default_queue_size(n, window)
-            assert k % window == 0 and 0 <= k <= min(2048, n / 8) < k + window
-    # the default run has no queue (README, Half the cost); auto gives the synthetic set 2048
-    _, args = options.get_args([])
-    assert args.queue_size == 0
-    assert options.get_args(["--queue-size", "auto"])[1].queue_size is None
-    assert options.default_queue_size(args.n_train, args.batch_size * args.accum_steps) == 2048
-
-
-def test_queue_size_is_a_number_or_auto(capsys):
-    assert options.get_args(["--queue-size", "512"])[1].queue_size == 512
-    with pytest.raises(SystemExit):
-        options.get_args(["--queue-size", "big"])
-    assert "--queue-size: expected a whole number or 'auto', got 'big'" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv, expected", [
-    ([], (83, 83, 83)),                                      # the default run: 500 steps
-    (["--steps", "300"], (50, 50, 50)),                      # shares of the run
-    (["--steps", "300", "--warmup-steps", "10"], (10, 10, 10)),
-    (["--alpha-warmup", "0", "--queue-start", "0"], (83, 0, 0)),    # explicit values stay
-    (["--steps", "1000", "--queue-start", "7"], (167, 167, 7)),
-])
-def test_warm_ups_default_to_shares_of_the_run(argv, expected):
-    _, args = options.get_args(argv)
-    args = options.resolve_warmups(args)
-    assert (args.warmup_steps, args.alpha_warmup, args.queue_start) == expected
-
-
-def test_unlabelled_prompt_classes():
-    assert evaluation.unlabelled_prompt_classes(["Edema", "fracture", "No Finding"],
-                                           ["edema", "no finding", "cardiomegaly"]) == ["fracture"]
-    assert evaluation.unlabelled_prompt_classes(["edema"], ["Edema"]) == []
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--lr", "nan"], "--lr must be a finite number, got nan"),
-    (["--lr", "inf"], "--lr must be a finite number, got inf"),
-    (["--lr", "0"], "--lr must be positive, got 0.0"),
-    (["--lr=-1e-3"], "--lr must be positive, got -0.001"),
-    (["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
-    (["--weight-decay=-0.1"], "--weight-decay must be >= 0, got -0.1"),
-    (["--alpha", "nan"], "--alpha must be a finite number, got nan"),
-    (["--momentum", "inf"], "--momentum must be a finite number, got inf"),
-    (["--max-grad-norm=-inf"], "--max-grad-norm must be a finite number, got -inf"),
-    (["--max-grad-norm=-1"], "--max-grad-norm must be >= 0, got -1.0"),
-    (["--save-every=-5"], "--save-every must be >= 0, got -5"),
-    # the checks options.py makes after parsing, on the arguments alone
-    (["--steps", "0"], "--steps must be positive, got 0"),
-    (["--alpha", "1.5"], "--alpha must be in [0, 1], got 1.5"),
-    (["--queue-size=-64"], "--queue-size must be >= 0, got -64"),
-    (["--warmup-steps=-1"], "--warmup-steps must be >= 0, got -1"),
-    (["--image-size", "60"], "--image-size 60 is not divisible by the tiny preset's patch size 8: use a multiple of 8, e.g. 56"),
-])
-def test_bad_numbers_are_parser_errors(extra, message, capsys):
-    """Checked while parsing, before any data or model exists (a traceback would surface here as an
-    exception other than SystemExit)."""
-    with pytest.raises(SystemExit) as exit_info:
-        options.get_args(extra)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2
-    assert err.strip().splitlines()[-1].endswith(f": error: {message}")
-
-
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_resume_on_a_truncated_or_garbage_checkpoint_is_one_clear_line(reference_run, tmp_path, damage):
     ref, _ = reference_run
@@ -442,65 +359,6 @@ def test_queue_start_and_momentum_half_life(tmp_path):
     assert [r["momentum"] for r in rows if "loss" in r] == [pytest.approx(0.5 ** 0.5, rel=1e-12)] * 4
 
 
-# ---- --method clip over k micro-batches: exact accumulation with the feature cache ----------------
-
-CLIP4 = [*SMALL, "--method", "clip", "--accum-steps", "4", "--steps", "4", "--eval-every", "0"]
-
-
-@pytest.fixture(scope="module")
-def exact_clip_runs(tmp_path_factory):
-    """--method clip --accum-steps 4 left alone for 4 steps, and the same run stopped by Ctrl-C
-    after step 2 (a copy of its step-2 folder is kept for the resume-refusal test)."""
-    root = tmp_path_factory.mktemp("clip")
-    proc = run("train.py", "--out", str(root / "ref"), *CLIP4)
-    run("train.py", "--out", str(root / "cut"), *CLIP4, "--interrupt-at", "2")
-    shutil.copytree(root / "cut", root / "at2")
-    return root, proc
-
-
-def test_exact_clip_accumulation_trains_and_resumes_exactly(exact_clip_runs):
-    root, proc = exact_clip_runs
-    assert ("method: clip: exact accumulation over the window (feature cache), 31 negatives per "
-            "row, 2 student forwards per sample, duplicate-aware positives") in proc.stdout
-    steps = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
-    assert steps and not any("alpha" in line or "| m " in line for line in steps)   # CLIP has no teacher
-    assert load(root / "cut" / "ckpt.pt")["step"] == 2
-    run("train.py", "--out", str(root / "cut"), *CLIP4, "--resume")
-    a, b = load(root / "ref" / "ckpt.pt"), load(root / "cut" / "ckpt.pt")
-    assert a["step"] == 4 and a["teacher"] is None and a["config"]["format"] == 2
-    for key in ("student", "optimizer", "step", "rng"):
-        assert_same_tensors(a[key], b[key], key)
-    losses = [[json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
-              for r in (root / "ref", root / "cut")]
-    assert losses[0] == losses[1] and len(losses[0]) == 4
-
-
-@pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
-def test_resume_refuses_a_changed_method_and_a_checkpoint_of_an_older_layout(exact_clip_runs):
-    root, _ = exact_clip_runs
-    at2 = root / "at2"
-    proc = run("train.py", "--out", str(at2), *CLIP4, "--method", "clip-naive", "--resume", check=False)
-    assert proc.returncode == 2 and "--method clip (saved) vs clip-naive" in proc.stderr
-    # A checkpoint of the train.py whose --method clip over k > 1 was naive accumulation has neither
-    # "format" nor "clip_accumulation": refused by --resume, still read by eval.py.
-    ckpt = load(at2 / "ckpt.pt")
-    del ckpt["config"]["format"]
-    torch.save(ckpt, at2 / "ckpt.pt")
-    proc = run("train.py", "--out", str(at2), *CLIP4, "--resume", check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"train.py: error: --resume: {at2 / 'ckpt.pt'} was written by an older train.py, whose "
-        f"options did not all mean what they mean now: it cannot be resumed (eval.py still "
-        f"evaluates it); train again in another --out")
-    run("eval.py", "--checkpoint", str(at2), "--n-per-class", "4", "--n-retrieval", "10",
-        "--seeds", "1")
-    # The layout just before "format" (with "clip_accumulation": "exact") means the same: it resumes.
-    ckpt["config"]["clip_accumulation"] = "exact"
-    torch.save(ckpt, at2 / "ckpt.pt")
-    proc = run("train.py", "--out", str(at2), *CLIP4, "--resume")
-    assert load(at2 / "ckpt.pt")["step"] == 4
-
-
 # ---- small promises of the command line ------------------------------------------------------------
 
 def test_save_every_0_saves_only_at_the_end(tmp_path):
@@ -513,14 +371,6 @@ def test_save_every_0_saves_only_at_the_end(tmp_path):
     shutil.rmtree(out)
     run("train.py", "--out", str(out), *common)
     assert load(out / "ckpt.pt")["step"] == 3
-
-
-def test_test_hooks_are_hidden_from_help():
-    help_text = run("train.py", "--help").stdout
-    assert "--save-every" in help_text
-    for hook in ("--grad-dump", "--interrupt-at", "--kill-at"):
-        assert hook not in help_text
-        options.get_args([hook, "1"])                    # still accepted
 
 
 def test_a_device_that_is_not_here_is_refused_before_the_data(tmp_path):
@@ -552,29 +402,6 @@ def test_resume_on_another_device_or_precision_says_so(reference_run, tmp_path):
 
 # ---- --report-noise: noisy synthetic training reports ----------------------------------------------
 
-@pytest.mark.parametrize("extra, message", [
-    (["--report-noise", "1.5"], "--report-noise must be in [0, 1], got 1.5"),
-    (["--report-noise=-0.1"], "--report-noise must be in [0, 1], got -0.1"),
-    (["--report-noise", "nan"], "--report-noise must be a finite number, got nan"),
-    (["--report-noise", "0.3", "--train-manifest", "pairs.csv"],
-     "--report-noise 0.3 is for the synthetic set only, not --train-manifest pairs.csv"),
-])
-def test_report_noise_is_a_probability_for_the_synthetic_set_only(extra, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        options.get_args(extra)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err.strip().splitlines()[-1]
-
-
-def test_help_says_the_schedule_repeats_a_small_set(capsys):
-    with pytest.raises(SystemExit):
-        options.get_args(["--help"])
-    help_text = " ".join(capsys.readouterr().out.split())
-    assert "500 steps of 64 pairs = 32,000 samples, then repeats the set 32,000 / n times" in help_text
-    assert "--report-noise P" in help_text
-    _, args = options.get_args([])
-    assert args.report_noise == 0.0
-
 
 @pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
 def test_report_noise_is_saved_and_a_resume_with_another_is_refused(tmp_path):
@@ -588,20 +415,3 @@ def test_report_noise_is_saved_and_a_resume_with_another_is_refused(tmp_path):
                "--eval-per-class", "2", "--eval-retrieval", "10", "--resume", check=False)
     assert proc.returncode == 2 and "--report-noise 0.3 (saved) vs 0.0" in proc.stderr
     assert "rendering" not in proc.stdout                   # refused before any data is made
-
-
-@pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
-def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(reference_run, tmp_path):
-    """--report-noise came after checkpoints of this layout: one without the entry ran without
-    noise, so a resume with the default continues it (and one with noise is refused)."""
-    ref, _ = reference_run
-    out = tmp_path / "older"
-    shutil.copytree(ref, out)
-    ckpt = load(out / "ckpt.pt")
-    del ckpt["config"]["train"]["report_noise"]
-    ckpt["step"] = 5
-    torch.save(ckpt, out / "ckpt.pt")
-    proc = run("train.py", "--out", str(out), *SMALL, "--report-noise", "0.1", "--resume", check=False)
-    assert proc.returncode == 2 and "--report-noise 0.0 (saved) vs 0.1" in proc.stderr
-    run("train.py", "--out", str(out), *SMALL, "--resume")
-    assert load(out / "ckpt.pt")["step"] == 6
