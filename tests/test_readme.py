@@ -283,3 +283,57 @@ def test_readme_decision_table_is_what_regimes_report_prints():
     lines = read("README.md").splitlines()
     start = lines.index(expected[0])
     assert lines[start:start + len(expected)] == expected
+
+
+# ----------------------------------------------------------------------------- the layout
+
+CARD = {"model.py", "momentum.py", "loss.py", "accumulate.py", "data.py", "train.py", "eval.py",
+        "bench.py", "README.md", "requirements.txt", "tests", "docs"}
+FOLDERS = {"synthetic", "evaluation", "manifests", "plumbing", "experiments", "tools"}
+
+
+def tracked():
+    """The repository's files as git knows them (a clean clone has nothing else)."""
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [p for p in out.stdout.splitlines() if os.path.exists(os.path.join(ROOT, p))]
+
+
+def test_the_top_level_is_the_card_and_every_folder_is_named_in_the_readme():
+    top = {p.split("/")[0] for p in tracked() if not p.startswith(".")}
+    assert top - FOLDERS == CARD, f"at the top level beyond the card: {sorted(top - FOLDERS - CARD)}"
+    rest = section(read("README.md"), "Files")
+    for folder in FOLDERS:
+        assert re.search(rf"^{folder}/", rest, re.M), f"the README's Files section lacks {folder}/"
+
+
+def test_the_reading_path_gives_each_file_its_length():
+    """"Read these, in this order": each file with its number of lines, as it is."""
+    files = section(read("README.md"), "Files")
+    rows = re.findall(r"^\d+\. \[([\w/]+\.py)\]\([\w/.]+\), (\d+) lines", files, re.M)
+    assert [name for name, _ in rows][:4] == ["model.py", "momentum.py", "loss.py", "accumulate.py"]
+    for name, count in rows:
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            assert int(count) == len(f.read().splitlines()), f"README: {name} has {count} lines"
+
+
+def test_every_file_and_function_is_short():
+    """At most 450 lines a file and about 80 a function (its argument list aside), so that each
+    file is one idea a reader can hold."""
+    import ast
+    too_long = []
+    for path in (p for p in tracked() if p.endswith(".py")):
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            text = f.read()
+        if len(text.splitlines()) > 450:
+            too_long.append(f"{path}: {len(text.splitlines())} lines")
+        if path.startswith("tests/"):
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.end_lineno - node.body[0].lineno + 1
+                if body > 80:
+                    too_long.append(f"{path}: {node.name} {body} lines")
+    assert not too_long, too_long
