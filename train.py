@@ -38,7 +38,8 @@ from plumbing.options import (QUEUE_CAP, HelpFormatter, add_evaluation_and_test_
                               queue_size_arg)
 from evaluation.sets import check_benchmark_options
 from plumbing.prepare import (claim_folders, describe_run, drop_rows_after, load_benchmark,
-                              load_training_data, resume_or_start, size_the_queue, tokenize_reports)
+                              load_init_weights, load_training_data, read_init_source,
+                              resume_or_start, size_the_queue, tokenize_reports)
 from plumbing.runtime import (Clock, InputError, StopFlag, WriteError, fmt_time, peak_memory_mb,
                               pick_precision, save_atomic, send_signal_to_self, setup_distributed,
                               write_text)
@@ -73,6 +74,10 @@ def build_parser():
     a("--pool", default="max", choices=["max", "cls"],
       help="image vector: max over patch tokens (keeps small findings), or ViT's class token")
     a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
+    a("--init-from", default=None, metavar="RUN",
+      help="a new run from another run's weights (its folder or ckpt.pt, a local path): its student, "
+           "its EMA teacher (a CLIP run has none: MSD's teacher then starts equal to the student) and "
+           "its tokenizer; a fresh optimizer and schedule on this run's data (--steps 0: evaluate it)")
     # the optimisation
     a("--method", default="msd", choices=["msd", "clip", "clip-naive"],
       help="msd: momentum self-distillation. clip: CLIP's exact gradient over the whole window "
@@ -150,6 +155,7 @@ def train(args):
     log = print if run.master else (lambda *a, **k: None)
     lock = claim_folders(args, run)                   # one run per --out, before touching it
     ckpt = resume_or_start(args)                      # every check of the checkpoint, first
+    init = read_init_source(args)                     # --init-from: the weights to start from
     prompts = check_benchmark_options(args.eval_manifest, args.prompts, args.retrieval_manifest,
                                       args.grounding_manifest)
     torch.manual_seed(args.seed)                      # the same initial model on every rank
@@ -157,15 +163,15 @@ def train(args):
     t0 = time.time()
     pairs = load_training_data(args, run, log)        # {"images" uint8, "texts", "source", ...}
     queue_note = size_the_queue(args, ckpt, len(pairs["texts"]), run.world)
-    tokenizer, cfg = tokenize_reports(args, pairs, ckpt, run)
+    tokenizer, cfg = tokenize_reports(args, pairs, ckpt, run, init, log)
     log(f"data: {len(pairs['texts'])} pairs from {pairs['source']}, "
         f"{len(set(pairs['ids'].tolist()))} distinct reports, vocabulary {cfg.vocab_size}, "
         f"ready in {time.time() - t0:.1f}s", flush=True)
     zs, ret, gr = load_benchmark(args, prompts, pairs.get("label_names"), run, log)
     quick = not (zs is False and ret is False)       # False, False: a manifest without eval sets
 
-    parts = build(args, cfg, run, ckpt, log)           # student, teacher, queue, optimizer, ...
-    del ckpt
+    parts = build(args, cfg, run, ckpt, init, log)     # student, teacher, queue, optimizer, ...
+    del ckpt, init
     log(describe_run(args, parts, run, queue_note), flush=True)
 
     # ---- the loop: one optimizer step per window of k micro-batches ------------------------------
@@ -205,6 +211,8 @@ def train(args):
             log(f"saved {parts.ckpt_path} at step {step}; continue with the same command plus --resume")
             break
 
+    if step == args.steps == 0:                       # --init-from with --steps 0: the start, saved
+        save_checkpoint(parts, args, run, cfg, step)
     if run.master and status == 0 and step == args.steps:
         final_report(parts, tokenizer, args, run, (zs, ret, gr), clock, log)
     if run.ddp:
@@ -244,8 +252,9 @@ class Parts:
         return WriteError(f"{error}; {good}")
 
 
-def build(args, cfg, run, ckpt, log):
-    """The student, its teacher and queue, the optimizer; restored from `ckpt` when resuming."""
+def build(args, cfg, run, ckpt, init, log):
+    """The student, its teacher and queue, the optimizer; restored from `ckpt` when resuming, the
+    weights from `init` (--init-from) for a new run that starts from another's."""
     device = run.device
     student = DualEncoder(cfg).to(device)
     msd = args.method == "msd"
@@ -260,6 +269,10 @@ def build(args, cfg, run, ckpt, log):
                                  if args.momentum_half_life is not None else args.momentum),
                   step=0, ckpt_path=os.path.join(args.out, "ckpt.pt"),
                   metrics_path=os.path.join(args.out, "metrics.jsonl"))
+    if init is not None:
+        load_init_weights(init, student, teacher)
+        log(f"started from {init['path']}: its student{' and teacher' if init['teacher'] else ''}"
+            f"{', the teacher a copy of the student' if teacher is not None and not init['teacher'] else ''}")
     if ckpt is None:
         torch.manual_seed(args.seed + run.rank)       # each rank augments differently
     else:

@@ -17,8 +17,9 @@ from model import DualEncoder, ModelConfig
 from plumbing.runtime import InputError
 
 # Options that may differ between a run and its --resume: they change what is logged, saved or
-# evaluated, or where the run computes, never which numbers it computes on a given device.
-RESUME_MAY_CHANGE = {"resume", "out", "save_every", "eval_every", "log_every", "device", "workers",
+# evaluated, or where the run computes, never which numbers it computes on a given device
+# (--init-from only chooses the weights a run starts from, and the checkpoint holds them since).
+RESUME_MAY_CHANGE = {"resume", "init_from", "out", "save_every", "eval_every", "log_every", "device", "workers",
                      "data_cache", "grad_dump", "compile", "interrupt_at", "kill_at",
                      "eval_per_class", "eval_retrieval", "eval_manifest", "prompts",
                      "retrieval_manifest", "grounding_manifest"}

@@ -71,8 +71,13 @@ def check(p, args):
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.image_size is None:
         args.image_size = PRESETS[args.preset]["image_size"]
+    if args.init_from and args.resume:
+        p.error("--init-from starts a new run from another run's weights, --resume continues this "
+                "--out's own run: give one of them")
+    if args.steps == 0 and not args.init_from:
+        p.error("--steps must be positive, got 0 (0 is for --init-from: evaluate the model it starts from)")
     for name in ("steps", "batch_size", "accum_steps", "image_size", "log_every"):
-        if getattr(args, name) <= 0:
+        if getattr(args, name) < 0 or (getattr(args, name) == 0 and name != "steps"):
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.alpha <= 1:
         p.error(f"--alpha must be in [0, 1], got {args.alpha}")

@@ -3,14 +3,17 @@ the method, all of it is what a run needs to be safe to start and to resume.
 
     claim_folders      --out (and --data-cache) created and locked for this run
     resume_or_start    the checkpoint --resume continues, every check first; or a new run
+    read_init_source   --init-from: another run's checkpoint and tokenizer to start from
     load_training_data the synthetic set or the user's manifest, images as uint8
     size_the_queue     the window and the queue checked against the data; --queue-size auto
-    tokenize_reports   a WordPiece tokenizer trained (or read back), tokens and report ids
+    tokenize_reports   a WordPiece tokenizer trained (or read back, or --init-from's), tokens, ids
+    load_init_weights  --init-from's student and teacher into the new run's, if their shapes fit
     load_benchmark     what to evaluate on: the user's sets, the synthetic benchmark, or nothing
     drop_rows_after    metrics.jsonl cut back to the checkpoint a resumed run starts from
     describe_run       the model and what one optimizer step computes, in two lines
 """
 
+import dataclasses
 import json
 import os
 
@@ -19,8 +22,8 @@ import torch.distributed as dist
 import data
 from evaluation import sets as eval_sets
 from manifests import read as manifest
-from model import make_config
-from plumbing.checkpoint import read_for_resume
+from model import PRESETS, make_config
+from plumbing.checkpoint import read_checkpoint, read_for_resume
 from plumbing.options import QUEUE_CAP, default_queue_size
 from plumbing.runtime import FolderLock, InputError, make_folder, reason, write_text
 from synthetic import dataset as synthetic
@@ -112,13 +115,18 @@ def size_the_queue(args, ckpt, n, world):
     return note
 
 
-def tokenize_reports(args, pairs, ckpt, run):
+def tokenize_reports(args, pairs, ckpt, run, init=None, log=print):
     """A new run trains a WordPiece tokenizer on its reports (rank 0, saved beside the checkpoint);
-    a resumed one reads it back. Adds pairs["tokens"] (n, L) and pairs["ids"] (n,), the report ids
-    that duplicate-aware positives compare. Returns (tokenizer, model config)."""
+    a resumed one reads it back; one --init-from another run takes that run's. Adds pairs["tokens"]
+    (n, L) and pairs["ids"] (n,), the report ids that duplicate-aware positives compare. Returns
+    (tokenizer, model config)."""
     tok_path = os.path.join(args.out, "tokenizer.json")
     if ckpt is None and run.master:
-        write_text(tok_path, data.train_tokenizer(pairs["texts"], args.vocab_size).to_str())
+        if init is not None:
+            with open(init["tokenizer"], encoding="utf-8") as f:
+                write_text(tok_path, f.read())
+        else:
+            write_text(tok_path, data.train_tokenizer(pairs["texts"], args.vocab_size).to_str())
     if ckpt is None and run.ddp:
         dist.barrier()                                # rank 0 wrote tokenizer.json
     try:
@@ -132,7 +140,85 @@ def tokenize_reports(args, pairs, ckpt, run):
                          f"{ckpt['config']['model']['vocab_size']}: it is another run's tokenizer")
     pairs["tokens"], _ = data.tokenize(tokenizer, pairs["texts"], cfg.context_length)   # (n, L)
     pairs["ids"] = data.report_ids(pairs["texts"])                                       # (n,)
+    if init is not None:
+        check_init_fits(init, cfg, args)
+        log(check_init_tokenizer(tokenizer, pairs["texts"], pairs["tokens"], init["tokenizer"]))
     return tokenizer, cfg
+
+
+def read_init_source(args):
+    """--init-from: {"ckpt", "path", "tokenizer", "teacher"} of the run to start from (a folder with
+    ckpt.pt and tokenizer.json, or the ckpt.pt; local files only), or None. One line for a path
+    that is not there or not a train.py checkpoint."""
+    if not args.init_from:
+        return None
+    where = args.init_from
+    ckpt_path = os.path.join(where, "ckpt.pt") if os.path.isdir(where) else where
+    if not os.path.isfile(ckpt_path):
+        raise InputError(f"--init-from {where}: no checkpoint at {ckpt_path}")
+    tok_path = os.path.join(os.path.dirname(ckpt_path), "tokenizer.json")
+    if not os.path.isfile(tok_path):
+        raise InputError(f"--init-from {where}: {tok_path} is missing; the weights mean nothing "
+                         f"without the tokenizer they were trained with")
+    ckpt = read_checkpoint(ckpt_path, "give --init-from another run")
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("student"), dict)
+            and isinstance(ckpt.get("config"), dict) and "model" in ckpt["config"]):
+        raise InputError(f"--init-from {where}: {ckpt_path} is not a train.py checkpoint (no student "
+                         f"weights or model config)")
+    return {"ckpt": ckpt, "path": ckpt_path, "tokenizer": tok_path,
+            "teacher": isinstance(ckpt.get("teacher"), dict)}
+
+
+def check_init_fits(init, cfg, args):
+    """The model this run builds must be the one --init-from saved: one line naming the settings
+    that differ (and the preset the checkpoint's model is, when it is one)."""
+    saved, built = init["ckpt"]["config"]["model"], dataclasses.asdict(cfg)
+    differ = [k for k in built if saved.get(k) != built[k]]
+    if not differ:
+        return
+    fields = {k: v for k, v in saved.items() if k in PRESETS["tiny"]}
+    named = next((n for n, p in PRESETS.items() if all(fields.get(k) == v for k, v in p.items()
+                                                       if k != "image_size")), None)
+    which = f"a {named!r} preset model" if named else "a model of no preset"
+    raise InputError(f"--init-from {args.init_from}: the checkpoint holds {which}, this run builds "
+                     f"--preset {args.preset}: " + ", ".join(
+                         f"{k} {saved.get(k)} (checkpoint) vs {built[k]}" for k in differ[:4]))
+
+
+def check_init_tokenizer(tokenizer, texts, tokens, source):
+    """The source's tokenizer on this run's reports: a word its vocabulary lacks is spelled piece by
+    piece (no loss), a character it never saw becomes [UNK] (lost). Refuses more than 1% [UNK]
+    tokens; otherwise returns a line for the log saying how well the vocabulary fits."""
+    unk = tokenizer.token_to_id("[UNK]")
+    real = tokens[tokens != 0]
+    share = float((real == unk).float().mean()) if real.numel() else 0.0
+    vocab = tokenizer.get_vocab()
+    words = [w for t in texts[:2000] for w in data.normalise_report(t).split()]
+    pieces = sum(w not in vocab for w in words) / max(1, len(words))
+    if share > 0.01:
+        raise InputError(f"--init-from: {share:.1%} of this data's tokens are [UNK] under {source}: "
+                         f"characters its reports never had, which the model cannot read. Train "
+                         f"without --init-from, or with data in the source's alphabet")
+    return (f"init: the source's tokenizer on these reports: {pieces:.1%} of words not in its "
+            f"vocabulary (spelled piece by piece), {share:.2%} of tokens [UNK]")
+
+
+def load_init_weights(init, student, teacher):
+    """--init-from's student into `student` and its teacher into `teacher` (the student's weights
+    when it has none: a CLIP checkpoint); one line naming the first parameters that do not fit."""
+    def clean(state):        # weights saved from a compiled or DDP-wrapped model carry a prefix
+        return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    state = clean(init["ckpt"]["student"])
+    want = student.state_dict()
+    bad = [f"{k} {tuple(state[k].shape) if k in state else 'missing'} (checkpoint) vs "
+           f"{tuple(v.shape)}" for k, v in want.items() if k not in state or state[k].shape != v.shape]
+    bad += [f"{k} (checkpoint only)" for k in state if k not in want]
+    if bad:
+        raise InputError(f"--init-from {init['path']}: its weights do not fit this model: "
+                         + "; ".join(bad[:3]))
+    student.load_state_dict(state)
+    if teacher is not None:
+        teacher.load_state_dict(clean(init["ckpt"]["teacher"]) if init["teacher"] else state)
 
 
 def load_benchmark(args, prompts, label_names, run, log):
