@@ -39,8 +39,9 @@ from plumbing.options import (QUEUE_CAP, HelpFormatter, add_evaluation_and_test_
 from evaluation.sets import check_benchmark_options
 from plumbing.prepare import (claim_folders, describe_run, drop_rows_after, load_benchmark,
                               load_init_weights, load_training_data, read_init_source,
-                              resume_or_start, size_the_queue, tokenize_reports)
-from plumbing.runtime import (Clock, InputError, StopFlag, WriteError, fmt_time, peak_memory_mb,
+                              resume_or_start, resumed_note, size_the_queue, tokenize_reports)
+from plumbing.progress import append_row, log_step
+from plumbing.runtime import (Clock, InputError, StopFlag, WriteError, fmt_time,
                               pick_precision, save_atomic, send_signal_to_self, setup_distributed,
                               write_text)
 
@@ -243,6 +244,7 @@ class Parts:
     ckpt_path: str
     metrics_path: str
     saved_step: int = None           # the step of the checkpoint on disk that is known to be good
+    skipped: int = 0                 # fp16 steps the GradScaler skipped (overflow), this process
 
     def still_good(self, error):
         """A WriteError with what the user still has and what to do, for a write that failed."""
@@ -278,11 +280,7 @@ def build(args, cfg, run, ckpt, init, log):
     else:
         parts.step = restore(ckpt, student=student, teacher=teacher, queue=queue,
                              optimizer=optimizer, scaler=scaler, rank=run.rank, device=device)
-        log(f"resumed from {parts.ckpt_path} at step {parts.step}")
-        was = (ckpt["config"].get("device_type"), ckpt["config"].get("precision"))
-        if None not in was and was != (device.type, precision):
-            log(f"note: this run computed on {was[0]} in {was[1]} and continues on {device.type} "
-                f"in {precision}: the same run, but not bit for bit what it would have computed")
+        log(resumed_note(ckpt, parts.ckpt_path, device, precision))
         parts.saved_step = parts.step
     if run.master:
         drop_rows_after(parts.metrics_path, parts.step)
@@ -347,38 +345,22 @@ def window(pairs, step, args, run):
 
 
 def optimizer_step(parts, batches, args, step, alpha, m):
-    """One optimizer step of the chosen method over the window (accumulate.py)."""
+    """One optimizer step of the chosen method over the window (accumulate.py). In fp16, a step
+    whose scaled gradients overflowed is skipped by the GradScaler (which then halves its scale):
+    counted in parts.skipped and logged."""
     common = dict(duplicate_aware=args.duplicate_aware, autocast=parts.autocast,
                   scaler=parts.scaler, max_grad_norm=args.max_grad_norm)
+    scale = parts.scaler.get_scale() if parts.scaler is not None else None
     if args.method == "msd":
         bank_queue = parts.queue if step >= args.queue_start else None   # the window alone before
-        return msd_step(parts.model, parts.teacher, bank_queue, parts.optimizer, batches,
+        loss = msd_step(parts.model, parts.teacher, bank_queue, parts.optimizer, batches,
                         alpha=alpha, momentum=m, **common)
-    step_fn = clip_step if args.method == "clip" else clip_naive_step   # exact, or per micro-batch
-    return step_fn(parts.model, parts.optimizer, batches, **common)
-
-
-def log_step(parts, args, run, step, clock, lr, alpha, m):
-    per_step = clock.per_step()
-    mem = peak_memory_mb(run.device)
-    row = {"step": step, "loss": round(clock.loss, 5), "lr": lr, "alpha": alpha, "momentum": m,
-           "temperature": round(1 / parts.student.logit_scale.exp().item(), 5),
-           "samples_per_s": round(args.batch_size * args.accum_steps * run.world / per_step, 1),
-           "peak_mem_mb": None if mem is None else round(mem, 1),
-           "elapsed_s": round(clock.elapsed(), 1), "eta_s": round((args.steps - step) * per_step, 1)}
-    teacher = f"alpha {alpha:.2f} | m {m:.4f} | " if args.method == "msd" else ""  # CLIP has neither
-    print(f"step {step:5d}/{args.steps} | loss {clock.loss:.4f} | lr {lr:.2e} | {teacher}"
-          f"temp {row['temperature']:.4f} | {row['samples_per_s']:.0f} samples/s | "
-          f"mem {'n/a' if mem is None else f'{mem:.0f} MB'} | {fmt_time(row['elapsed_s'])} elapsed, "
-          f"{fmt_time(row['eta_s'])} left", flush=True)
-    append_row(parts, row)
-
-
-def append_row(parts, row):
-    try:
-        write_text(parts.metrics_path, json.dumps(row) + "\n", mode="a")
-    except WriteError as e:
-        raise parts.still_good(e) from None
+    else:
+        step_fn = clip_step if args.method == "clip" else clip_naive_step  # exact, or per micro-batch
+        loss = step_fn(parts.model, parts.optimizer, batches, **common)
+    if scale is not None and parts.scaler.get_scale() < scale:
+        parts.skipped += 1
+    return loss
 
 
 def quick_check(parts, tokenizer, args, run, step, zs, ret, log):

@@ -10,6 +10,7 @@ the method, all of it is what a run needs to be safe to start and to resume.
     load_init_weights  --init-from's student and teacher into the new run's, if their shapes fit
     load_benchmark     what to evaluate on: the user's sets, the synthetic benchmark, or nothing
     drop_rows_after    metrics.jsonl cut back to the checkpoint a resumed run starts from
+    resumed_note       where a resumed run continues from, and on what
     describe_run       the model and what one optimizer step computes, in two lines
 """
 
@@ -25,7 +26,8 @@ from manifests import read as manifest
 from model import PRESETS, make_config
 from plumbing.checkpoint import read_checkpoint, read_for_resume
 from plumbing.options import QUEUE_CAP, default_queue_size
-from plumbing.runtime import FolderLock, InputError, make_folder, reason, write_text
+from plumbing.runtime import (FolderLock, InputError, make_folder, precision_reason, reason,
+                              write_text)
 from synthetic import dataset as synthetic
 
 
@@ -259,12 +261,22 @@ def drop_rows_after(metrics_path, step):
     write_text(metrics_path, "".join(rows))
 
 
+def resumed_note(ckpt, ckpt_path, device, precision):
+    """The line a resumed run logs: where it resumed, and whether it computes elsewhere now."""
+    note = f"resumed from {ckpt_path} at step {ckpt['step']}"
+    was = (ckpt["config"].get("device_type"), ckpt["config"].get("precision"))
+    if None not in was and was != (device.type, precision):
+        note += (f"\nnote: this run computed on {was[0]} in {was[1]} and continues on {device.type} "
+                 f"in {precision}: the same run, but not bit for bit what it would have computed")
+    return note
+
+
 def describe_run(args, parts, run, queue_note):
     """The start-up lines: the model, the device, and what one optimizer step computes."""
     N = args.batch_size * args.accum_steps * run.world
     model = (f"model: {args.preset} preset, {parts.student.num_params() / 1e6:.2f}M parameters, "
              f"{args.image_size} px, {args.channels} channel(s) | device {run.device}, "
-             f"{parts.precision}, {run.world} process(es)")
+             f"{parts.precision} ({precision_reason(args.precision, run.device)}), {run.world} process(es)")
     if args.method == "msd":
         what = "momentum self-distillation"
         queue = f", queue {args.queue_size}{queue_note}"

@@ -196,13 +196,31 @@ def pick_device(name="auto"):
 
 
 def resolve_precision(precision, device):
-    """"auto" is bf16 autocast on a CUDA card that has bf16, fp16 with a loss scaler on one that
-    has not, and fp32 elsewhere (autocast on the CPU or MPS is slower than fp32 for this model)."""
+    """"auto" is what the device computes natively: bf16 autocast on a CUDA card with bf16 tensor
+    cores (compute capability 8.0 or newer: A100, RTX 30xx and later) and on ROCm; fp16 with a
+    loss scaler on older CUDA cards (T4, RTX 20xx, GTX 16xx: 7.5), where torch would otherwise
+    emulate bf16 (torch.cuda.is_bf16_supported() counts emulation as support); fp32 on the CPU and
+    MPS (autocast there is slower than fp32 for this model). An explicit choice is kept."""
     if precision != "auto":
         return precision
     if device.type != "cuda":
         return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if torch.version.hip:
+        return "bf16"
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+
+
+def precision_reason(precision, device):
+    """Why resolve_precision chose what it chose, in words for the run's start-up line."""
+    if precision != "auto":
+        return f"--precision {precision}"
+    if device.type != "cuda":
+        return f"auto: fp32 on {device.type}"
+    if torch.version.hip:
+        return "auto: ROCm computes bf16 natively"
+    major, minor = torch.cuda.get_device_capability(device)
+    native = "has bf16 tensor cores" if major >= 8 else "has no bf16 tensor cores: fp16 with a loss scaler"
+    return f"auto: compute capability {major}.{minor} {native}"
 
 
 def pick_precision(precision, device):

@@ -13,18 +13,36 @@ from plumbing import runtime
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_precision_rule(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert runtime.resolve_precision("auto", cpu) == "fp32"
-    assert runtime.resolve_precision("bf16", cpu) == "bf16"          # asked for: given
+@pytest.mark.parametrize("capability, hip, want, why", [
+    ((7, 5), None, "fp16", "compute capability 7.5 has no bf16 tensor cores: fp16 with a loss scaler"),
+    ((6, 1), None, "fp16", "compute capability 6.1 has no bf16 tensor cores"),
+    ((8, 0), None, "bf16", "compute capability 8.0 has bf16 tensor cores"),
+    ((9, 0), None, "bf16", "compute capability 9.0 has bf16 tensor cores"),
+    ((9, 0), "6.2", "bf16", "ROCm computes bf16 natively"),
+])
+def test_auto_precision_follows_what_the_card_computes_natively(monkeypatch, capability, hip, want, why):
+    """A T4 (7.5) reports bf16 as supported (emulated) in torch 2.14: auto must still give fp16."""
+    cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert runtime.resolve_precision("auto", cuda) == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert runtime.resolve_precision("auto", cuda) == "fp16"         # a card without bf16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    assert runtime.resolve_precision("auto", cuda) == want
+    assert why in runtime.precision_reason("auto", cuda)
+    assert runtime.resolve_precision("fp32", cuda) == "fp32"          # asked for: given
+
+
+def test_precision_rule_off_cuda_and_what_each_choice_builds():
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert runtime.precision_reason("auto", cpu) == "auto: fp32 on cpu"
+    assert runtime.resolve_precision("bf16", cpu) == "bf16"          # asked for: given
+    assert runtime.precision_reason("bf16", cpu) == "--precision bf16"
     autocast, scaler, name = runtime.pick_precision("fp32", cpu)
     assert name == "fp32" and scaler is None
-    _, scaler, name = runtime.pick_precision("fp16", cpu)
+    autocast, scaler, name = runtime.pick_precision("fp16", cpu)
     assert name == "fp16" and isinstance(scaler, torch.amp.GradScaler)
+    with autocast:                                  # a context, entered as nanoGPT's ctx
+        assert torch.get_autocast_dtype("cpu") == torch.float16
 
 
 @pytest.mark.parametrize("name, message", [
