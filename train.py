@@ -206,9 +206,10 @@ def train(args):
                 and step < args.steps):
             with clock.paused():                                 # evaluation stays out of the ETA
                 quick_check(parts, tokenizer, args, run, step, zs, ret, log)
-        if stop.requested or step == args.steps or (args.save_every and step % args.save_every == 0):
+        stopping = stop.any_rank(run.device)                   # every rank stops after this step
+        if stopping or step == args.steps or (args.save_every and step % args.save_every == 0):
             save_checkpoint(parts, args, run, cfg, step)
-        if stop.requested:
+        if stopping:
             log(f"saved {parts.ckpt_path} at step {step}; continue with the same command plus --resume")
             break
 

@@ -351,19 +351,40 @@ def fmt_time(seconds):
 
 
 class StopFlag:
-    """Ctrl-C (SIGINT) or SIGTERM ask the loop to stop after the step in progress, save and exit."""
+    """Ctrl-C (SIGINT) or SIGTERM ask the loop to stop after the step in progress, save and exit.
+
+    One request can arrive as several signals: a terminal's Ctrl-C reaches every process of its
+    group, and torchrun forwards the one it gets to its workers too. So a signal within GRACE_S
+    seconds of the first is the same request; only one later than that (the user pressing Ctrl-C
+    again) quits at once, without saving. Under DDP the ranks agree each step (any_rank), so that
+    every rank stops after the same step and the checkpoint is written."""
+
+    GRACE_S = 3.0
 
     def __init__(self):
         self.requested = False
+        self.first = None
         signal.signal(signal.SIGINT, self._handler)
         signal.signal(signal.SIGTERM, self._handler)
 
     def _handler(self, signum, frame):
-        if self.requested:                 # a second Ctrl-C: the user really wants out now
-            raise KeyboardInterrupt
-        self.requested = True
+        now = time.monotonic()
+        if self.requested:
+            if now - self.first > self.GRACE_S:     # a second request: the user really wants out
+                raise KeyboardInterrupt
+            return                                  # the same request, delivered twice
+        self.requested, self.first = True, now
         print("\nstop requested: finishing this step, saving a checkpoint, then exiting "
-              "(Ctrl-C again to quit without saving)", flush=True)
+              f"(Ctrl-C again, after {self.GRACE_S:g} s, to quit without saving)", flush=True)
+
+    def any_rank(self, device):
+        """Whether any rank was asked to stop (one all-reduce of one number under DDP; this
+        process's flag otherwise). Every rank calls it once per step, at the same point."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 def send_signal_to_self(kind):
