@@ -4,4 +4,5 @@ protocols.py  the frozen model's embeddings; zero-shot, retrieval and grounding 
 metrics.py    AUC-ROC, Recall@k, the few-shot linear probe, bootstrap intervals
 grounding.py  where a sentence lands: patch-text maps, pointing game, CNR, mIoU; grounding manifests
 sets.py       the data: the synthetic sets (cached); your classification, retrieval, grounding manifests
+predict.py    a trained model on your own images: predict(), load_images(); eval.py --image
 """

@@ -152,9 +152,9 @@ def format_predictions(paths, probs, classes):
     order given."""
     lines = []
     for path, row in zip(paths, probs):
-        top = int(row.argmax())
-        lines.append(f"{path}: {classes[top]} ({row[top]:.3f})")
-        lines += [f"  {p:.3f}  {name}" for name, p in zip(classes, row.tolist())]
+        top, values = int(row.argmax()), row.tolist()
+        lines.append(f"{path}: {classes[top]} ({values[top]:.3f})")
+        lines += [f"  {p:.3f}  {name}" for name, p in zip(classes, values)]
     return "\n".join(lines)
 
 
@@ -209,8 +209,10 @@ def answer(model, tokenizer, args, prompts):
         _note_unseen(tokenizer, [p for ps in prompts.values() for p in ps])
         print(format_predictions(args.image, probs, list(prompts)))
         if args.json:
-            write_text(args.json, json.dumps(predictions_json(args.image, probs, prompts, scale),
-                                             indent=2))
+            weights = {"checkpoint": args.checkpoint,
+                       "weights": "teacher" if args.use_teacher else "student"}
+            write_text(args.json, json.dumps({**weights, **predictions_json(
+                args.image, probs, prompts, scale)}, indent=2) + "\n")
             print(f"wrote {args.json}")
     if args.text is not None:
         _note_unseen(tokenizer, [args.text])

@@ -1,7 +1,8 @@
 """The frozen model as a feature extractor, and what eval.py measures with its features.
 
 - embed_images, embed_texts: unit-norm embeddings on the CPU, in batches, in eval mode.
-- zero_shot: classification by the nearest prompt-ensemble class embedding (class_embeddings).
+- zero_shot: classification by the nearest prompt-ensemble class embedding (class_embeddings), its
+  probabilities class_probabilities' (which evaluation/predict.py's predict returns too).
 - retrieval: image-to-text and text-to-image Recall@k, identical reports counting as matches.
 - grounding_maps, evaluate_grounding: patch-text similarity maps and their scores (grounding.py).
 
@@ -89,6 +90,16 @@ def class_embeddings(model, tokenizer, classes, prompts, device, batch_size=256)
     return F.normalize(means, dim=-1)
 
 
+def class_probabilities(model, tokenizer, image_features, classes, prompts, device, batch_size=256):
+    """(n, C) p(class c | image) = softmax_c(s * cos(image, class_c)), s = exp(logit_scale), for
+    unit-norm image_features (n, D) and the prompt ensembles of classes (class_embeddings): what
+    zero_shot scores and evaluation.predict.predict (eval.py --image) returns."""
+    model = getattr(model, "module", model)   # unwrap DistributedDataParallel for logit_scale
+    text = class_embeddings(model, tokenizer, classes, prompts, device, batch_size)  # (C, D)
+    scale = float(model.logit_scale.detach().exp())
+    return torch.softmax(scale * image_features @ text.T, dim=-1)
+
+
 def zero_shot(model, tokenizer, images, labels, classes, prompts, device, batch_size=256,
               image_features=None):
     """Zero-shot classification: p(class c | image) = softmax_c(s * cos(image, class_c)) with the
@@ -98,12 +109,10 @@ def zero_shot(model, tokenizer, images, labels, classes, prompts, device, batch_
     images (n, C, H, W), labels (n,) indices into classes, prompts {class: [prompt, ...]}.
     image_features (n, D) may be passed to skip the image encoder (eval.evaluate reuses them for
     the few-shot probe). Returns {"accuracy", "auc", "probs" (n, C)}."""
-    model = getattr(model, "module", model)   # unwrap DistributedDataParallel for logit_scale
     if image_features is None:
         image_features = embed_images(model, images, device, batch_size)       # (n, D)
-    text = class_embeddings(model, tokenizer, classes, prompts, device, batch_size)  # (C, D)
-    scale = float(model.logit_scale.detach().exp())
-    probs = torch.softmax(scale * image_features @ text.T, dim=-1)            # (n, C)
+    probs = class_probabilities(model, tokenizer, image_features, classes, prompts, device,
+                                batch_size)                                    # (n, C)
     labels = torch.as_tensor(labels).long()
     return {"accuracy": (probs.argmax(dim=1) == labels).double().mean().item(),
             "auc": macro_auc_ovr(probs, labels),

@@ -78,14 +78,16 @@ def unlabelled_prompt_classes(prompt_classes, label_names):
     return [c for c in prompt_classes if c.lower() not in seen]
 
 
-def check_benchmark_options(eval_manifest, prompts, retrieval_manifest, grounding_manifest=None):
+def check_benchmark_options(eval_manifest, prompts, retrieval_manifest, grounding_manifest=None,
+                            prompts_for="--eval-manifest"):
     """The options naming the user's evaluation data (eval.py's and train.py's), checked before any
-    slow work so that a typo fails in a second. Returns the prompts read from the file, or None."""
+    slow work so that a typo fails in a second; prompts_for: the options --prompts goes with.
+    Returns the prompts read from the file, or None."""
     if eval_manifest and not prompts:
         raise InputError(f"--eval-manifest {eval_manifest} needs --prompts JSON "
                          f"(the class prompts for zero-shot)")
     if prompts and not eval_manifest:
-        raise InputError(f"--prompts {prompts} is only used with --eval-manifest")
+        raise InputError(f"--prompts {prompts} is only used with {prompts_for}")
     for flag, path in (("--eval-manifest", eval_manifest), ("--retrieval-manifest", retrieval_manifest),
                        ("--grounding-manifest", grounding_manifest)):
         if path and not os.path.isfile(path):

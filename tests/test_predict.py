@@ -2,7 +2,6 @@
 evaluation's, --json writes what it prints, a bad image or checkpoint is one line, --show-grounding
 draws a picture of the size --help states, and the README's Python example runs as it is."""
 
-import ast
 import json
 import os
 import re
@@ -187,39 +186,26 @@ def readme_block(text):
 
 
 def run_block(code, trained, tmp_path, monkeypatch, capsys):
-    """Run the block as it is, in a folder where out/ is a trained run and x.png an image; its
-    first line printed is {text: probability}, its second predict()'s tensor, the same numbers."""
+    """Run the block as it is, in a folder where out/ is a trained run and x.png an image: it
+    prints predict()'s probabilities, then the same computed step by step."""
     run, images = trained
     shutil.copytree(run, tmp_path / "out")
     shutil.copy(images[0], tmp_path / "x.png")
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {"__name__": "__main__"})
-    first, second = capsys.readouterr().out.strip().splitlines()
-    step_by_step = ast.literal_eval(first)                      # {'pleural effusion': 0.129, ...}
+    names = {"__name__": "__main__"}
+    exec(compile(code, "README.md", "exec"), names)
+    printed = [[float(v) for v in re.findall(r"\d\.\d+", line)]
+               for line in capsys.readouterr().out.strip().splitlines()]
     model, tokenizer, _ = load_checkpoint("out")
-    texts = list(step_by_step)
     x = load_images(["x.png"], model.cfg.image_size, model.cfg.in_channels)
-    want = predict(model, tokenizer, x, texts)[0]
-    assert list(step_by_step.values()) == [round(p, 3) for p in want.tolist()]
-    assert second == str(want[None])
-    assert abs(sum(want.tolist()) - 1) < 1e-5
+    want = predict(model, tokenizer, x, names["texts"])[0].tolist()
+    assert len(printed) == 2 and abs(sum(want) - 1) < 1e-5
+    for line in printed:                       # printed to 4 decimals
+        assert line == pytest.approx(want, abs=1.5e-4)
 
 
 def test_readme_example_runs(trained, tmp_path, monkeypatch, capsys):
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         code = readme_block(f.read())
-    if code is None:
-        pytest.skip("README.md has no ```python block under '## Use a trained model' yet")
-    run_block(code, trained, tmp_path, monkeypatch, capsys)
-
-
-BLOCK_DRAFT = "/tmp/readme_predict_block.md"   # the block before it is pasted into README.md
-
-
-def test_readme_example_draft_runs(trained, tmp_path, monkeypatch, capsys):
-    """To delete once the block is in README.md (test_readme_example_runs then runs it)."""
-    if not os.path.isfile(BLOCK_DRAFT):
-        pytest.skip(f"no {BLOCK_DRAFT}")
-    with open(BLOCK_DRAFT, encoding="utf-8") as f:
-        code = readme_block("## Use a trained model\n" + f.read())
+    assert code is not None, "README.md has no ```python block under '## Use a trained model'"
     run_block(code, trained, tmp_path, monkeypatch, capsys)
