@@ -44,8 +44,8 @@ import subprocess
 import sys
 import time
 
-from experiments.studies import (ROOT, fmt_mean_std, mean_std, read_json, record, train_and_evaluate,
-                     write_json)
+from experiments.studies import (ROOT, fmt_mean_std, mean_std, parse_worker, read_json, record,
+                                 train_and_evaluate, write_json)
 
 ARMS = {  # name -> (what it adds to the arm before it, train.py options)
     "clip": ("exact CLIP, one-hot positives", ("--method", "clip", "--no-duplicate-aware")),
@@ -274,13 +274,7 @@ def parse_args(argv=None):
     unknown = [x for x in args.phases if x not in PHASES]
     if unknown:
         p.error(f"--phases: unknown {unknown}; choose from {','.join(PHASES)}")
-    try:
-        i, n = (int(x) for x in args.worker.split("/"))
-    except ValueError:
-        p.error(f"--worker must be I/N, such as 1/2, got {args.worker!r}")
-    if not 1 <= i <= n:
-        p.error(f"--worker {args.worker}: I must be between 1 and N")
-    args.worker = (i, n)
+    args.worker = parse_worker(p, args.worker)
     own = {"--n-train", "--report-noise", "--steps", "--lr", "--warmup-steps", "--method", "--alpha",
            "--duplicate-aware", "--no-duplicate-aware", "--seed", "--out", "--resume"}
     clash = sorted({t.split("=")[0] for t in shlex.split(args.extra)} & own)

@@ -45,8 +45,8 @@ import os
 import shlex
 import sys
 
-from experiments.studies import (ROOT, compare, fmt_mean_std, mean_std, read_json, record, said,
-                     train_and_evaluate, write_json)
+from experiments.studies import (ROOT, compare, fmt_mean_std, mean_std, parse_worker, read_json,
+                                 record, said, train_and_evaluate, write_json)
 
 REGIMES = {  # name -> (training pairs, report noise)
     "today": (20000, 0.0),
@@ -260,13 +260,7 @@ def parse_args(argv=None):
         if unknown:
             p.error(f"--{name}: unknown {unknown}; choose from {','.join(known)}")
         setattr(args, name, chosen)
-    try:
-        i, n = (int(x) for x in args.worker.split("/"))
-    except ValueError:
-        p.error(f"--worker must be I/N, such as 1/2, got {args.worker!r}")
-    if not 1 <= i <= n:
-        p.error(f"--worker {args.worker}: I must be between 1 and N")
-    args.worker = (i, n)
+    args.worker = parse_worker(p, args.worker)
     own = {"--n-train", "--report-noise", "--method", "--accum-steps", "--steps", "--alpha",
            "--duplicate-aware", "--no-duplicate-aware",
            "--seed", "--out", "--resume"}

@@ -42,6 +42,17 @@ def teacher_command(out, python=sys.executable):
             "--use-teacher", "--json", os.path.join(out, "eval_teacher.json")]
 
 
+def parse_worker(parser, text):
+    """--worker I/N as (I, N): the I-th of N workers that share a study; parser.error otherwise."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        parser.error(f"--worker must be I/N, such as 1/2, got {text!r}")
+    if not 1 <= i <= n:
+        parser.error(f"--worker {text}: I must be between 1 and N")
+    return i, n
+
+
 def mean_std(values):
     """(mean, sample standard deviation) of the values that are not None; the deviation is None
     for a single value, and both are None when there are none."""
