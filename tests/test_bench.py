@@ -199,14 +199,15 @@ def one_config(**overrides):
             "image_size": 32, "repeats": 1, "warmup": 1, "queue_size": 0, **overrides}
 
 
-def test_precision_is_runtimes_rule_fp16_with_a_scaler_on_a_cuda_card_without_bf16(monkeypatch):
+def test_precision_is_runtimes_rule_fp16_with_a_scaler_on_a_card_without_native_bf16(monkeypatch):
     import warnings
 
     import torch
 
     from plumbing import runtime
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)          # a CUDA card...
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)   # ...without bf16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))   # ...a T4
+    monkeypatch.setattr(torch.version, "hip", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         device, _, scaler, precision, _ = bench._setup(one_config(device="auto", precision="auto"))
