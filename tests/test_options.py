@@ -72,7 +72,7 @@ def test_unlabelled_prompt_classes():
     (["--max-grad-norm=-1"], "--max-grad-norm must be >= 0, got -1.0"),
     (["--save-every=-5"], "--save-every must be >= 0, got -5"),
     # the checks options.py makes after parsing, on the arguments alone
-    (["--steps", "0"], "--steps must be positive, got 0"),
+    (["--steps", "0"], "--steps must be positive, got 0 (0 is for --init-from: evaluate the model it starts from)"),
     (["--alpha", "1.5"], "--alpha must be in [0, 1], got 1.5"),
     (["--queue-size=-64"], "--queue-size must be >= 0, got -64"),
     (["--warmup-steps=-1"], "--warmup-steps must be >= 0, got -1"),
