@@ -335,7 +335,8 @@ def parse_args(argv=None):
     a("--channels", type=int, default=1, choices=[1, 3])
     a("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, mps")
     a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-      help="auto: as train.py, bf16 autocast on CUDA (fp16 + loss scaler without bf16), else fp32")
+      help="auto: as train.py, bf16 autocast on a card with bf16 tensor cores, fp16 + loss "
+           "scaler on older CUDA cards, else fp32")
     a("--compile", action="store_true", help="torch.compile the student (each child compiles once)")
     a("--batch-size", type=int, default=32, help="micro-batch b")
     a("--ks", default="1,2,4,8,16", help="numbers of micro-batches k, comma-separated")

@@ -118,7 +118,8 @@ def build_parser():
     a("--seed", type=int, default=0, help="seed for the model, the data order and augmentation")
     a("--device", default="auto", help="auto (cuda, else mps, else cpu), or cpu, cuda, cuda:1, mps")
     a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-      help="auto: bf16 autocast on CUDA (fp16 + grad scaler where bf16 is missing), fp32 elsewhere")
+      help="auto: bf16 autocast where the card has bf16 tensor cores (compute capability 8.0+), "
+           "fp16 + loss scaler on older CUDA cards, fp32 elsewhere")
     a("--compile", action="store_true", help="torch.compile the student (CUDA: faster after warm-up)")
     a("--resume", action="store_true", help="continue OUT/ckpt.pt exactly where it stopped")
     a("--save-every", type=int, default=200,
