@@ -19,7 +19,7 @@ MAX_README_LINES = 250
 # A file in a folder runs as a module (python -m tools.convert): it is named here by its path.
 SCRIPTS_WITH_OPTIONS = {"train.py", "eval.py", "bench.py", "data.py", "experiments/ablation.py",
                         "experiments/regimes.py", "experiments/ladder.py", "tools/convert.py",
-                        "tools/plot.py", "experiments/profile_step.py"}
+                        "tools/plot.py", "tools/fits.py", "experiments/profile_step.py"}
 
 
 def read(name):
@@ -337,3 +337,15 @@ def test_every_file_and_function_is_short():
                 if body > 80:
                     too_long.append(f"{path}: {node.name} {body} lines")
     assert not too_long, too_long
+
+
+def test_readme_fits_table_is_the_committed_estimate():
+    """Each row of 'What fits your GPU' is docs/results/fits_estimate.json's largest b per card."""
+    with open(os.path.join(ROOT, "docs", "results", "fits_estimate.json"), encoding="utf-8") as f:
+        fits = json.load(f)
+    readme = read("README.md")
+    assert "An estimate, not yet run on a GPU" in readme and not fits["measured"]
+    for row in fits["rows"]:
+        cells = [row["preset"], f"{row['image_size']} px", f"{row['per_sample_mb']:.1f}"] + [
+            str(row["cards"][str(c)]["largest_b"]) for c in fits["cards_gb"]]
+        assert "| " + " | ".join(cells) + " |" in readme, cells
