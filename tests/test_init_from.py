@@ -47,6 +47,7 @@ def test_zero_steps_from_a_run_keep_its_student_teacher_and_tokenizer(sources, t
     assert json.loads((out / "eval.json").read_text())["zero_shot"]["accuracy"] >= 0
 
 
+@pytest.mark.slow   # two more train.py runs: `pytest -m slow`, CI's second step
 def test_a_new_run_trains_with_a_fresh_optimizer_and_resumes_without_the_option(sources, tmp_path):
     out = tmp_path / "more"
     run("train.py", "--out", str(out), *BASE, "--init-from", str(sources / "msd"), "--interrupt-at", "2")
@@ -112,6 +113,7 @@ def _manifest(folder, texts):
     return path
 
 
+@pytest.mark.slow   # two more train.py runs: `pytest -m slow`, CI's second step
 def test_a_run_on_a_manifest_starts_from_the_synthetic_run_and_evaluates(sources, tmp_path):
     run("data.py", "export", "--out", str(tmp_path), "--n", "32", "--image-size", "32")
     pairs = _manifest(tmp_path, None)
