@@ -17,7 +17,7 @@ then the accumulate.py step and the negatives per row; train.py's --method in br
 
 Each configuration runs in a fresh process (this file re-invoked with --one CONFIG_JSON): on the
 CPU the only honest peak memory is the process's high-water resident size, which never goes down
-(on CUDA: torch.cuda.max_memory_allocated). Device and precision as train.py picks them (runtime.py).
+(on CUDA: torch.cuda.max_memory_allocated). Device and precision as train.py picks them (plumbing/runtime.py).
 Inputs are random images and tokens of the right shapes: the cost does not depend on the pictures.
 
 The ratios the method promises (docs/method.md), each against a baseline from the same run:
@@ -30,7 +30,7 @@ And of exact CLIP accumulation (GradCache's feature cache), against the same bas
     gradient); 1 at k = 1, where clip_step is plain CLIP;
   - peak memory / CLIP's at batch k*b: falls with k (one micro-batch of activations).
 On CUDA also the model FLOP utilisation (MFU, as nanoGPT logs it): achieved FLOP/s over the card's
-peak. Where the time of one step goes, the window's augmentation included: profile_step.py.
+peak. Where the time of one step goes, the window's augmentation included: experiments/profile_step.py.
 """
 
 import argparse
@@ -201,7 +201,7 @@ def cpu_name():
 
 def _setup(cfg):
     """The device, the autocast context, the GradScaler (fp16) or None, the precision name and the
-    model config: device and precision by runtime.py's rules, the same as train.py's."""
+    model config: device and precision by plumbing/runtime.py's rules, the same as train.py's."""
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     device = runtime.pick_device(cfg["device"])

@@ -5,11 +5,11 @@ What every data source shares, in the order a reader meets them:
 
 1. Augmentation for radiographs (mild, and never a flip, which would swap the patient's sides).
 2. Duplicate-aware report ids: reports equal after normalisation get equal ids.
-3. Real data through a manifest (a CSV of image paths and texts); convert.py writes manifests from
-   the public data sets (IU X-Ray, MIMIC-CXR-JPG, CheXpert).
-4. A WordPiece tokenizer trained on the reports, and `tokenize` to padded id tensors.
+3. A WordPiece tokenizer trained on the reports, and `tokenize` to padded id tensors.
 
-The procedural data set that `python train.py` uses by default is synthetic.py; its 8 findings
+Real data comes through manifests (a CSV of image paths and texts: manifests/read.py), which
+tools/convert.py writes from the public data sets (IU X-Ray, MIMIC-CXR-JPG, CheXpert, MS-CXR).
+The procedural data set that `python train.py` uses by default is synthetic/; its 8 findings
 are one set of labels a manifest may carry (any names will do). The command line covers both:
 
     python data.py show --out samples.png            # look at synthetic studies
