@@ -37,6 +37,7 @@ told to map each large block on its own, so that freed tensors leave the count a
 """
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -45,7 +46,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
-from unittest import mock
 
 import torch
 
@@ -305,6 +305,22 @@ def estimate_rows(args):
     return rows
 
 
+@contextlib.contextmanager
+def environment(**values):
+    """os.environ with these values while the block runs (child processes inherit it), then as it
+    was before."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def cpu_check(batches=CHECK_BATCHES, timeout=600, run=None, log=print):
     """bench.py's CPU peak of one MSD step (tiny preset, 64 px, float32, one thread, k = 1) at each
     b, against the estimate's float32 variant: both lines' slopes (MB per sample) and intercepts.
@@ -313,8 +329,7 @@ def cpu_check(batches=CHECK_BATCHES, timeout=600, run=None, log=print):
     run, settings = run or bench.run_child, bench_settings("cpu", "fp32", threads=1)
     cfg = make_config("tiny", vocab_size=bench.VOCAB_SIZE)
     measured = []
-    # the children inherit os.environ; patch.dict puts it back afterwards
-    with mock.patch.dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1"):
+    with environment(MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1"):
         for b in batches:
             res = run({**settings, "kind": "msd", "preset": "tiny", "image_size": cfg.image_size,
                        "batch_size": b, "k": 1, "queue_size": 0}, timeout)
