@@ -45,14 +45,16 @@ from data import report_ids
 from evaluation.metrics import (BOOTSTRAP_RESAMPLES, bootstrap_weights, ci95, few_shot_auc,
                                 few_shot_probes, weighted_few_shot, weighted_macro_auc_ovr,
                                 weighted_mean)
+from evaluation.figures import show_grounding, show_predictions
 from evaluation.predict import BENCHMARK_OPTIONS, answer, check_image_options
-from evaluation.protocols import embed_images, evaluate_grounding, grounding_maps, retrieval, zero_shot
+from evaluation.protocols import embed_images, evaluate_grounding, retrieval, zero_shot
 from evaluation.sets import (GROUNDING_PER_CLASS, check_benchmark_options, grounding_seed,
                              read_benchmark, read_grounding, synthetic_grounding, synthetic_retrieval,
                              synthetic_zero_shot)
 from manifests.read import ManifestError
 from plumbing.checkpoint import InputError, load_checkpoint
-from plumbing.runtime import WriteError, check_output_file, pick_device, reason, write_text
+from plumbing.runtime import (WriteError, check_output_file, pick_device, precision_reason,
+                              resolve_precision, write_text)
 from synthetic.dataset import EVAL_SEED, SECOND_EVAL_SEED, check_eval_seed
 
 # -----------------------------------------------------------------------------
@@ -70,7 +72,8 @@ class EvalSettings:
     eval_seed: which synthetic evaluation set (synthetic.EVAL_SEED; SECOND_EVAL_SEED is disjoint).
     shots, seeds: the few-shot k's and the random draws of the k images averaged for each.
     bootstrap, bootstrap_seed: resamples of the 95% intervals (0: no intervals) and their seed.
-    batch_size: images or texts per forward pass."""
+    batch_size: images or texts per forward pass. precision: "fp32", or "bf16"/"fp16" autocast for
+    the model's forward passes (eval.py's --precision auto chooses as train.py does)."""
     n_per_class: int = 200
     n_retrieval: int = 1000
     n_grounding: int = GROUNDING_PER_CLASS
@@ -80,6 +83,7 @@ class EvalSettings:
     bootstrap: int = BOOTSTRAP_RESAMPLES
     bootstrap_seed: int = 0
     batch_size: int = 256
+    precision: str = "fp32"
 
 
 def _provenance(data, **counts):
@@ -184,9 +188,9 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, gr=None, q
         evaluated_on["zero_shot"] = _provenance(zs, images=len(zs["labels"]),
                                                 classes=list(zs["classes"]))
         log(f"evaluating zero-shot on {len(zs['labels'])} images, {len(zs['classes'])} classes...")
-        features = embed_images(model, zs["images"], device, s.batch_size)               # (n, D)
+        features = embed_images(model, zs["images"], device, s.batch_size, precision=s.precision)
         z = zero_shot(model, tokenizer, zs["images"], zs["labels"], zs["classes"], zs["prompts"],
-                      device, s.batch_size, image_features=features)
+                      device, s.batch_size, image_features=features, precision=s.precision)
         results["zero_shot"] = {"accuracy": z["accuracy"], "auc": z["auc"]}
         if quick:
             return {**results, "evaluated_on": evaluated_on}
@@ -200,14 +204,16 @@ def evaluate(model, tokenizer, device, image_size, zs=None, ret=None, gr=None, q
         log(f"evaluating retrieval on {len(ret['texts'])} pairs "
             f"({len(set(report_ids(ret['texts']).tolist()))} distinct reports)...")
         results["retrieval"], per_query = retrieval(model, tokenizer, ret["images"], ret["texts"],
-                                                    device, s.batch_size, hits=True)
+                                                    device, s.batch_size, hits=True,
+                                                    precision=s.precision)
         if s.bootstrap and not quick:
             intervals["retrieval"] = _retrieval_intervals(per_query, len(ret["texts"]), s)
     if gr is not False and not quick:
         gr = _grounding_set(gr, image_size, s, log)
         evaluated_on["grounding"] = _provenance(gr, phrases=len(gr["texts"]))
         log(f"evaluating grounding on {len(gr['texts'])} phrases...")
-        results["grounding"] = evaluate_grounding(model, tokenizer, gr, device, s.batch_size)
+        results["grounding"] = evaluate_grounding(model, tokenizer, gr, device, s.batch_size,
+                                                  precision=s.precision)
     if intervals:
         results["ci95"] = {**intervals, "resamples": s.bootstrap, "seed": s.bootstrap_seed}
     return {**results, "evaluated_on": evaluated_on}
@@ -306,6 +312,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto",
                    help="auto (cuda, else mps, else cpu), or cpu, cuda, cuda:1, mps (default: "
                         "%(default)s)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the forward passes' precision. auto: as train.py, bf16 autocast on a card "
+                        "with bf16 tensor cores, fp16 autocast on an older CUDA card, fp32 on the "
+                        "CPU and MPS (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N",
                    help="images or texts per forward pass (default: %(default)s)")
     p.add_argument("--n-per-class", type=int, default=200, metavar="N",
@@ -353,45 +363,6 @@ def check_options(args):
     return prompts
 
 
-def show_predictions(model, tokenizer, zs, args):
-    """--show: four images per class, enough to see what the model confuses, with their true
-    finding and top-3 predictions. zs None: the synthetic set evaluate() rendered, from the cache."""
-    if zs is None:
-        zs = synthetic_zero_shot(args.n_per_class, model.cfg.image_size, args.eval_seed)
-    pick = torch.cat([torch.nonzero(zs["labels"] == c).flatten()[:4]
-                      for c in range(len(zs["classes"]))])
-    z = zero_shot(model, tokenizer, zs["images"][pick], zs["labels"][pick], zs["classes"],
-                  zs["prompts"], args.device, args.batch_size)
-    from tools.plot import draw_predictions   # Pillow: only --show needs it
-    try:
-        draw_predictions(args.show, zs["images"][pick], zs["labels"][pick], z["probs"], zs["classes"])
-    except OSError as e:
-        raise WriteError(f"cannot write {args.show}: {reason(e)}") from None
-    print(f"wrote {args.show}")
-
-
-def show_grounding(model, tokenizer, gr, args):
-    """--show-grounding: three studies per class, each image with its true region and the
-    similarity map of its sentence. gr None: the synthetic set evaluate() rendered, from the cache."""
-    if gr is False:
-        raise InputError(f"--show-grounding {args.show_grounding} needs the synthetic set or "
-                         f"--grounding-manifest")
-    if gr is None:
-        gr = synthetic_grounding(GROUNDING_PER_CLASS, model.cfg.image_size,
-                                 grounding_seed(args.eval_seed))
-    pick = [i for c in dict.fromkeys(gr["labels"])
-            for i in [j for j, name in enumerate(gr["labels"]) if name == c][:3]]
-    texts = [gr["texts"][i] for i in pick]
-    maps = grounding_maps(model, tokenizer, gr["images"][pick], texts, args.device, args.batch_size)
-    from tools.plot import draw_grounding   # Pillow: only --show-grounding needs it
-    try:
-        draw_grounding(args.show_grounding, gr["images"][pick], gr["masks"][pick], maps, texts,
-                       [gr["labels"][i] for i in pick])
-    except OSError as e:
-        raise WriteError(f"cannot write {args.show_grounding}: {reason(e)}") from None
-    print(f"wrote {args.show_grounding}")
-
-
 def run(args):
     t0 = time.time()
     prompts = check_options(args)
@@ -401,9 +372,11 @@ def run(args):
         raise InputError(f"--device {e}") from None
     model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.use_teacher, args.device)
     cfg = model.cfg
+    why = precision_reason(args.precision, args.device)
+    args.precision = resolve_precision(args.precision, args.device)
     print(f"loaded the {'teacher' if args.use_teacher else 'student'} of {args.checkpoint} "
           f"(step {ckpt.get('step', '?')}, {model.num_params() / 1e6:.2f}M parameters, "
-          f"{cfg.image_size}px) on {args.device}")
+          f"{cfg.image_size}px) on {args.device}, {args.precision} ({why})")
     if args.image:
         return answer(model, tokenizer, args, prompts)    # your images: nothing of the benchmark
 
@@ -415,7 +388,8 @@ def run(args):
                         others=zs is not None or ret is not None)
     settings = EvalSettings(n_per_class=args.n_per_class, n_retrieval=args.n_retrieval,
                             eval_seed=args.eval_seed, seeds=tuple(range(args.seeds)),
-                            bootstrap=args.bootstrap, batch_size=args.batch_size)
+                            bootstrap=args.bootstrap, batch_size=args.batch_size,
+                            precision=args.precision)
     results = evaluate(model, tokenizer, args.device, cfg.image_size, zs=zs, ret=ret, gr=gr,
                        settings=settings, log=print)
     print()

@@ -370,7 +370,7 @@ def quick_check(parts, tokenizer, args, run, step, zs, ret, log):
     a --retrieval-manifest was given; logged and appended to metrics.jsonl."""
     t = time.time()
     res = evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs, ret=ret,
-                              quick=True)
+                   quick=True, settings=EvalSettings(precision=parts.precision))
     if "zero_shot" in res:
         z = res["zero_shot"]
         row = {"step": step, "zero_shot_accuracy": z["accuracy"], "zero_shot_auc": z["auc"]}
@@ -416,7 +416,8 @@ def final_report(parts, tokenizer, args, run, benchmark, clock, log):
         log(f"wrote {written}")
         return
     log(f"training done in {fmt_time(clock.elapsed())}; evaluating the final model...", flush=True)
-    settings = EvalSettings(n_per_class=args.eval_per_class, n_retrieval=args.eval_retrieval)
+    settings = EvalSettings(n_per_class=args.eval_per_class, n_retrieval=args.eval_retrieval,
+                            precision=parts.precision)
     results = evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs, ret=ret, gr=gr,
                        settings=settings, log=lambda s: log(s, flush=True))
     log(format_table(results))

@@ -59,16 +59,18 @@ def check_image_file(path):
         raise InputError(f"image not found: {path}" + (" (a folder)" if os.path.isdir(path) else ""))
 
 
-def predict(model, tokenizer, images, classes, device="cpu", batch_size=256):
+def predict(model, tokenizer, images, classes, device="cpu", batch_size=256, precision="fp32"):
     """Zero-shot class probabilities of each image: (n, C) float32 on the CPU, rows summing to 1.
 
     images: uint8 (n, C, H, W) as load_images returns them (or float in [0, 1]). classes: a list of
     names, each its own single prompt, or {"name": ["prompt", ...]} (eval.py --prompts' file), a
     class then being the mean of its prompts' embeddings. The numbers are zero-shot evaluation's
-    (protocols.class_probabilities: softmax of s * cosine, s = exp(logit_scale))."""
+    (protocols.class_probabilities: softmax of s * cosine, s = exp(logit_scale)). precision: "fp32",
+    or "bf16"/"fp16" autocast for the forward passes (protocols.forward_precision)."""
     prompts = dict(classes) if isinstance(classes, dict) else {name: [name] for name in classes}
-    features = embed_images(model, images, device, batch_size)                 # (n, D)
-    return class_probabilities(model, tokenizer, features, list(prompts), prompts, device, batch_size)
+    features = embed_images(model, images, device, batch_size, precision=precision)     # (n, D)
+    return class_probabilities(model, tokenizer, features, list(prompts), prompts, device, batch_size,
+                               precision=precision)
 
 
 def unseen_words(tokenizer, texts):
@@ -179,7 +181,8 @@ def draw_sentence_maps(model, tokenizer, images, args):
     in cells of GROUNDING_CELL px (a caption of 4 lines under each), GROUNDING_PER_ROW a row."""
     from tools.plot import draw_grounding   # Pillow: only --show-grounding needs it
     n = len(images)
-    maps = grounding_maps(model, tokenizer, images, [args.text] * n, args.device, args.batch_size)
+    maps = grounding_maps(model, tokenizer, images, [args.text] * n, args.device, args.batch_size,
+                          precision=args.precision)
     per_row = min(n, GROUNDING_PER_ROW)
     rows = [str(i // per_row) for i in range(n)]        # draw_grounding draws a row per label
     captions = [f"{os.path.basename(path)}: {args.text}" for path in args.image]
@@ -201,7 +204,8 @@ def answer(model, tokenizer, args, prompts):
     cfg = model.cfg
     images = load_images(args.image, cfg.image_size, cfg.in_channels)
     if prompts:
-        probs = predict(model, tokenizer, images, prompts, args.device, args.batch_size)
+        probs = predict(model, tokenizer, images, prompts, args.device, args.batch_size,
+                        precision=args.precision)
         scale = float(model.logit_scale.detach().exp())
         ensemble = "its prompts' mean embedding" if args.prompts else "its name as the prompt"
         print(f"zero-shot over {len(prompts)} classes, each {ensemble}: p = softmax(s * cosine), "

@@ -10,6 +10,7 @@ Each function takes the model (or its DistributedDataParallel wrapper) and puts 
 it was in: train.py evaluates in the middle of training.
 """
 
+import contextlib
 import functools
 
 import torch
@@ -23,16 +24,30 @@ from evaluation.metrics import macro_auc_ovr, recall_hits
 # Embeddings
 
 
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def forward_precision(model, precision):
+    """A fresh context for the model's forward passes: "fp32" adds none (the caller's, if any,
+    stays), "bf16" and "fp16" are torch.autocast on the device of the model's weights, as train.py
+    computes (plumbing/runtime.py's resolve_precision chooses which)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in AUTOCAST:
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    return torch.autocast(next(model.parameters()).device.type, dtype=AUTOCAST[precision])
+
+
 def _restore_mode(fn):
-    """Run fn with the model in eval mode and under no_grad, then put the model back in the mode it
-    was in."""
+    """Run fn with the model in eval mode, under no_grad and its precision= keyword's
+    forward_precision, then put the model back in the mode it was in."""
     @functools.wraps(fn)
     def wrapper(model, *args, **kwargs):
         model = getattr(model, "module", model)   # unwrap DistributedDataParallel
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), forward_precision(model, kwargs.get("precision", "fp32")):
                 return fn(model, *args, **kwargs)
         finally:
             model.train(was_training)
@@ -49,24 +64,26 @@ def _model_input(images, in_channels):
 
 
 @_restore_mode
-def embed_images(model, images, device, batch_size=256):
+def embed_images(model, images, device, batch_size=256, precision="fp32"):
     """images (n, C, H, W), uint8 in [0, 255] (or float in [0, 1]) -> (n, D) float32 on the CPU,
-    unit L2 norm. Batches of batch_size go to the device one at a time, so n can be large."""
+    unit L2 norm. Batches of batch_size go to the device one at a time, so n can be large.
+    precision: "fp32", or "bf16"/"fp16" autocast for the forward passes (forward_precision); every
+    function below takes it and passes it on."""
     in_channels = getattr(getattr(model, "cfg", None), "in_channels", images.shape[1])
     out = []
     for i in range(0, len(images), batch_size):
         x = _model_input(images[i:i + batch_size].to(device), in_channels)
-        out.append(model.encode_image(x).float().cpu())
+        out.append(F.normalize(model.encode_image(x).float(), dim=-1).cpu())  # bf16: again
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
 @_restore_mode
-def embed_texts(model, tokenizer, texts, device, batch_size=256):
+def embed_texts(model, tokenizer, texts, device, batch_size=256, precision="fp32"):
     """texts: list of n strings -> (n, D) float32 on the CPU, unit L2 norm."""
     out = []
     for i in range(0, len(texts), batch_size):
         ids, _ = tokenize(tokenizer, texts[i:i + batch_size], model.cfg.context_length)  # (b, L)
-        out.append(model.encode_text(ids.to(device)).float().cpu())
+        out.append(F.normalize(model.encode_text(ids.to(device)).float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -74,7 +91,7 @@ def embed_texts(model, tokenizer, texts, device, batch_size=256):
 # Zero-shot classification and retrieval
 
 
-def class_embeddings(model, tokenizer, classes, prompts, device, batch_size=256):
+def class_embeddings(model, tokenizer, classes, prompts, device, batch_size=256, precision="fp32"):
     """A prompt ensemble per class (CLIP, section 3.1.4): the mean of the class's normalised prompt
     embeddings, renormalised. Averaging in embedding space smooths over the wording of any single
     prompt. Returns (C, D), row c for classes[c]."""
@@ -84,24 +101,26 @@ def class_embeddings(model, tokenizer, classes, prompts, device, batch_size=256)
             raise ValueError(f"no prompts for class {name!r}")
         flat += list(prompts[name])
         owner += [c] * len(prompts[name])
-    emb = embed_texts(model, tokenizer, flat, device, batch_size)               # (P, D)
+    emb = embed_texts(model, tokenizer, flat, device, batch_size, precision=precision)  # (P, D)
     owner = torch.tensor(owner)
     means = torch.stack([emb[owner == c].mean(0) for c in range(len(classes))])  # (C, D)
     return F.normalize(means, dim=-1)
 
 
-def class_probabilities(model, tokenizer, image_features, classes, prompts, device, batch_size=256):
+def class_probabilities(model, tokenizer, image_features, classes, prompts, device, batch_size=256,
+                        precision="fp32"):
     """(n, C) p(class c | image) = softmax_c(s * cos(image, class_c)), s = exp(logit_scale), for
     unit-norm image_features (n, D) and the prompt ensembles of classes (class_embeddings): what
     zero_shot scores and evaluation.predict.predict (eval.py --image) returns."""
     model = getattr(model, "module", model)   # unwrap DistributedDataParallel for logit_scale
-    text = class_embeddings(model, tokenizer, classes, prompts, device, batch_size)  # (C, D)
+    text = class_embeddings(model, tokenizer, classes, prompts, device, batch_size,
+                            precision=precision)                                  # (C, D)
     scale = float(model.logit_scale.detach().exp())
     return torch.softmax(scale * image_features @ text.T, dim=-1)
 
 
 def zero_shot(model, tokenizer, images, labels, classes, prompts, device, batch_size=256,
-              image_features=None):
+              image_features=None, precision="fp32"):
     """Zero-shot classification: p(class c | image) = softmax_c(s * cos(image, class_c)) with the
     model's own inverse temperature s = exp(logit_scale). The argmax (accuracy) does not depend on
     s, the one-vs-rest AUC of the probabilities does, so we use the s the model was trained with.
@@ -110,22 +129,23 @@ def zero_shot(model, tokenizer, images, labels, classes, prompts, device, batch_
     image_features (n, D) may be passed to skip the image encoder (eval.evaluate reuses them for
     the few-shot probe). Returns {"accuracy", "auc", "probs" (n, C)}."""
     if image_features is None:
-        image_features = embed_images(model, images, device, batch_size)       # (n, D)
+        image_features = embed_images(model, images, device, batch_size, precision=precision)
     probs = class_probabilities(model, tokenizer, image_features, classes, prompts, device,
-                                batch_size)                                    # (n, C)
+                                batch_size, precision=precision)               # (n, C)
     labels = torch.as_tensor(labels).long()
     return {"accuracy": (probs.argmax(dim=1) == labels).double().mean().item(),
             "auc": macro_auc_ovr(probs, labels),
             "probs": probs}
 
 
-def retrieval(model, tokenizer, images, texts, device, batch_size=256, ks=(1, 5, 10), hits=False):
+def retrieval(model, tokenizer, images, texts, device, batch_size=256, ks=(1, 5, 10), hits=False,
+              precision="fp32"):
     """Image-to-text and text-to-image Recall@k over n held-out pairs (image i goes with texts[i]);
     a candidate whose normalised report equals the query's counts as correct (report_ids).
     Returns {"i2t_r1", ..., "t2i_r10"}; with hits=True, (that, the same keys' (n,) bool hit vectors
     query by query: row i is the query of pair i in either direction, for the bootstrap)."""
-    img = embed_images(model, images, device, batch_size)          # (n, D)
-    txt = embed_texts(model, tokenizer, texts, device, batch_size)  # (n, D)
+    img = embed_images(model, images, device, batch_size, precision=precision)          # (n, D)
+    txt = embed_texts(model, tokenizer, texts, device, batch_size, precision=precision)  # (n, D)
     sim = img @ txt.T                                              # (n, n) cosine similarities
     ids = report_ids(texts)                                        # (n,)
     correct = ids[:, None] == ids[None, :]                         # (n, n) True on the diagonal too
@@ -142,10 +162,10 @@ def retrieval(model, tokenizer, images, texts, device, batch_size=256, ks=(1, 5,
 
 
 @_restore_mode
-def grounding_maps(model, tokenizer, images, texts, device, batch_size=256):
+def grounding_maps(model, tokenizer, images, texts, device, batch_size=256, precision="fp32"):
     """Patch-text similarity maps (n, H, W) on the CPU of each image with its own sentence
     (grounding.similarity_map)."""
-    text = embed_texts(model, tokenizer, texts, device, batch_size)              # (n, D)
+    text = embed_texts(model, tokenizer, texts, device, batch_size, precision=precision)  # (n, D)
     maps = []
     for i in range(0, len(texts), batch_size):
         x = _model_input(images[i:i + batch_size].to(device), model.cfg.in_channels)
@@ -153,13 +173,14 @@ def grounding_maps(model, tokenizer, images, texts, device, batch_size=256):
     return torch.cat(maps)
 
 
-def evaluate_grounding(model, tokenizer, gr, device, batch_size=256):
+def evaluate_grounding(model, tokenizer, gr, device, batch_size=256, precision="fp32"):
     """Pointing game, CNR and mIoU (grounding.py) per class and overall, with the chance level of
     the pointing game beside them: a uniform random map's maximum lands in the mask with the
     probability of the mask's share of the image.
 
     gr: {"images" (n, C, H, W), "texts" [n], "masks" (n, H, W) bool, "labels" [n] class names}."""
-    maps = grounding_maps(model, tokenizer, gr["images"], gr["texts"], device, batch_size)
+    maps = grounding_maps(model, tokenizer, gr["images"], gr["texts"], device, batch_size,
+                          precision=precision)
     masks = gr["masks"]
     out = summarize(zip(gr["labels"], maps, masks))
     chance = {}

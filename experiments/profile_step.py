@@ -3,6 +3,7 @@
     python -m experiments.profile_step     # the default step: tiny, b = 32, k = 2, no queue, the CPU
     python -m experiments.profile_step --accum-steps 4 --queue-size 2048   # the ablation's MSD arms
     python -m experiments.profile_step --threads 1 --json results/profile.json
+    python -m experiments.profile_step --device cuda     # bf16 or fp16 autocast, as train.py picks
 
 A whole training step (train.py's: a window of N = k·b pairs and `accumulate.msd_step`) is timed
 first (median of --repeats). Then each of its parts runs alone on inputs of the same shapes, for
@@ -21,7 +22,9 @@ The parts do not cover everything (projections, pooling, normalisation, Python b
 and run alone they miss what the whole step shares (caches warm from the previous part), so their
 sum is printed beside the measured step: the table says where the time goes, not to the
 millisecond. Random inputs of the right shapes, except the reports, whose token lengths matter
-(train.py trims padding per micro-batch): those are real synthetic reports.
+(train.py trims padding per micro-batch): those are real synthetic reports. Every forward pass runs
+in the precision train.py would choose on the device (--precision auto; plumbing/runtime.py), the
+optimizer part with train.py's loss scaler when that is fp16.
 """
 
 import argparse
@@ -38,7 +41,7 @@ from accumulate import _optimizer_step, msd_step
 from loss import FeatureQueue, msd_loss, positive_matrix, soft_targets
 from model import DualEncoder, make_config, param_groups
 from momentum import ema_update, make_teacher
-from plumbing.runtime import pick_device
+from plumbing.runtime import pick_device, pick_precision, precision_reason
 
 
 def timed(fn, repeats, warmup, device):
@@ -56,11 +59,13 @@ def timed(fn, repeats, warmup, device):
     return statistics.median(times)
 
 
-def fwd_bwd(module_fn, x):
-    """Forward and backward of module_fn on a fresh leaf copy of x (so the input gets a gradient
-    too, as it does inside the network)."""
+def fwd_bwd(module_fn, x, amp):
+    """Forward (inside the autocast context amp) and backward of module_fn on a fresh leaf copy of x
+    (so a float input gets a gradient too, as it does inside the network)."""
     x = x.detach().requires_grad_(x.is_floating_point())
-    module_fn(x).float().sum().backward()
+    with amp:
+        out = module_fn(x)
+    out.float().sum().backward()
 
 
 def setup(args, device):
@@ -87,6 +92,7 @@ def profile(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, train, tokens, ids, student, teacher, queue, optimizer = setup(args, device)
+    amp, scaler, args.precision = pick_precision(args.precision, device)   # amp: `with amp:` forwards
     b, k = args.batch_size, args.accum_steps
     N = b * k
     idx = torch.arange(N)
@@ -101,14 +107,15 @@ def profile(args):
 
     rep = dict(repeats=args.repeats, warmup=args.warmup, device=device)
     step = timed(lambda: msd_step(student, teacher, queue, optimizer, window(), alpha=0.4,
-                                  momentum=0.98, duplicate_aware=True, max_grad_norm=1.0), **rep)
+                                  momentum=0.98, duplicate_aware=True, max_grad_norm=1.0,
+                                  autocast=amp, scaler=scaler), **rep)
     batches = window()
 
     parts = {}
     parts["window + augmentation"] = timed(window, **rep)
 
     def teacher_forward():
-        with torch.no_grad():
+        with torch.no_grad(), amp:
             for im, tok, _ in batches:
                 teacher.encode_image(im), teacher.encode_text(tok)
     parts["teacher forward"] = timed(teacher_forward, **rep)
@@ -117,12 +124,13 @@ def profile(args):
     stem_in = [im for im, _, _ in batches]
     with torch.no_grad():
         tokens_in = [vis.patch_embed(im).flatten(2).transpose(1, 2) + vis.pos_embed for im in stem_in]
-    parts["image stem"] = timed(lambda: [fwd_bwd(vis.patch_embed, im) for im in stem_in], **rep)
-    parts["image attention"] = timed(lambda: [fwd_bwd(lambda x, blk=blk: blk.attn(blk.ln1(x)), x)
+    parts["image stem"] = timed(lambda: [fwd_bwd(vis.patch_embed, im, amp) for im in stem_in], **rep)
+    parts["image attention"] = timed(lambda: [fwd_bwd(lambda x, blk=blk: blk.attn(blk.ln1(x)), x, amp)
                                               for x in tokens_in for blk in vis.blocks], **rep)
-    parts["image MLP"] = timed(lambda: [fwd_bwd(lambda x, blk=blk: blk.mlp(blk.ln2(x)), x)
+    parts["image MLP"] = timed(lambda: [fwd_bwd(lambda x, blk=blk: blk.mlp(blk.ln2(x)), x, amp)
                                         for x in tokens_in for blk in vis.blocks], **rep)
-    parts["text tower"] = timed(lambda: [student.text(tok).sum().backward() for _, tok, _ in batches], **rep)
+    parts["text tower"] = timed(lambda: [fwd_bwd(lambda t: student.text(t), tok, amp)
+                                         for _, tok, _ in batches], **rep)
 
     D = cfg.embed_dim
     q_img, q_txt, q_ids = queue.contents()
@@ -140,14 +148,16 @@ def profile(args):
             img = bank_img[rows_].clone().requires_grad_()
             txt = bank_txt[rows_].clone().requires_grad_()
             s = student.logit_scale.exp()
-            msd_loss(img, txt, bank_img, bank_txt, y_i2t, y_t2i, s, normaliser=N).backward()
+            with amp:
+                loss = msd_loss(img, txt, bank_img, bank_txt, y_i2t, y_t2i, s, normaliser=N)
+            loss.backward()
     parts["loss"] = timed(loss_part, **rep)
 
     for p in student.parameters():        # a gradient of the right shapes for the optimizer
         p.grad = torch.randn_like(p) * 1e-3
 
     def optimizer_part():
-        _optimizer_step(student, optimizer, torch.tensor(1.0), None, 1.0)
+        _optimizer_step(student, optimizer, torch.tensor(1.0), scaler, 1.0)
         ema_update(teacher, student, 0.98)
         queue.enqueue(bank_img[:N], bank_txt[:N], bank_ids[:N])
     parts["optimizer + EMA"] = timed(optimizer_part, **rep)
@@ -173,7 +183,10 @@ def parse_args(argv=None):
     a("--batch-size", type=int, default=32, help="micro-batch b (train.py's default)")
     a("--accum-steps", type=int, default=2, help="k micro-batches per step (train.py's default)")
     a("--queue-size", type=int, default=0, help="MSD queue K, kept full (train.py's default: none)")
-    a("--device", default="cpu", help="cpu or cuda (fp32; bench.py measures bf16 and compile)")
+    a("--device", default="cpu", help="cpu or cuda (bench.py measures compile)")
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+      help="auto: as train.py, bf16 autocast on a card with bf16 tensor cores, fp16 with a loss "
+           "scaler on an older CUDA card, fp32 on the CPU and MPS")
     a("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     a("--repeats", type=int, default=7, help="timed calls per part (median)")
     a("--warmup", type=int, default=2, help="untimed calls per part first")
@@ -189,9 +202,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    why = precision_reason(args.precision, pick_device(args.device))
     step, parts, N = profile(args)
     print(f"profile of one MSD step: {args.preset} preset, b = {args.batch_size} x k = "
-          f"{args.accum_steps}, queue {args.queue_size}, {args.device}, {torch.get_num_threads()} "
+          f"{args.accum_steps}, queue {args.queue_size}, {args.device}, {args.precision} ({why}), "
+          f"{torch.get_num_threads()} "
           f"thread(s), torch {torch.__version__}, median of {args.repeats}\n")
     print(format_report(step, parts, N))
     if args.json:

@@ -1,7 +1,7 @@
 """The machine a run is on: which device and precision, how much memory it peaked at, how long it
 has left, how a Ctrl-C stops it cleanly, and what happens when its disk fills or a second run
 starts in its folder. train.py, eval.py, bench.py and experiments/profile_step.py all choose their
-device here, and train.py and bench.py their precision (eval.py and profile_step.py compute in fp32).
+device and their precision here, by the same rules.
 
 Nothing here is Unix-only at import time: the peak resident size comes from /proc on Linux, from
 `resource` on macOS and other Unixes, and from the Win32 API on Windows; the folder lock is

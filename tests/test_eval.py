@@ -305,6 +305,14 @@ def test_cli_bootstrap_0_leaves_the_intervals_out(checkpoint, tmp_path, capsys):
     assert exit_info.value.code == 2 and "--bootstrap" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("asked, said", [("auto", "on cpu, fp32 (auto: fp32 on cpu)"),
+                                         ("bf16", "on cpu, bf16 (--precision bf16)")])
+def test_cli_says_its_precision_and_why(checkpoint, capsys, asked, said):
+    ev.main(["--checkpoint", str(checkpoint), "--n-per-class", "10", "--n-retrieval", "20",
+             "--seeds", "1", "--device", "cpu", "--bootstrap", "0", "--precision", asked])
+    assert said in capsys.readouterr().out
+
+
 def test_cli_eval_seed_of_the_training_set_exits_2(checkpoint, capsys):
     with pytest.raises(SystemExit) as exit_info:
         ev.main(["--checkpoint", str(checkpoint), "--eval-seed", str(TRAIN_SEED), "--device", "cpu"])

@@ -1,0 +1,50 @@
+"""eval.py's figures: --show (zero-shot predictions) and --show-grounding (each grounding study's
+sentence map over its image, the true region outlined). Each picks a few items per class from the
+set evaluate() used and hands them to tools/plot.py, which draws them with Pillow."""
+
+import torch
+
+from evaluation.protocols import grounding_maps, zero_shot
+from evaluation.sets import GROUNDING_PER_CLASS, grounding_seed, synthetic_grounding, synthetic_zero_shot
+from plumbing.checkpoint import InputError
+from plumbing.runtime import WriteError, reason
+
+
+def show_predictions(model, tokenizer, zs, args):
+    """--show: four images per class, enough to see what the model confuses, with their true
+    finding and top-3 predictions. zs None: the synthetic set evaluate() rendered, from the cache."""
+    if zs is None:
+        zs = synthetic_zero_shot(args.n_per_class, model.cfg.image_size, args.eval_seed)
+    pick = torch.cat([torch.nonzero(zs["labels"] == c).flatten()[:4]
+                      for c in range(len(zs["classes"]))])
+    z = zero_shot(model, tokenizer, zs["images"][pick], zs["labels"][pick], zs["classes"],
+                  zs["prompts"], args.device, args.batch_size, precision=args.precision)
+    from tools.plot import draw_predictions   # Pillow: only --show needs it
+    try:
+        draw_predictions(args.show, zs["images"][pick], zs["labels"][pick], z["probs"], zs["classes"])
+    except OSError as e:
+        raise WriteError(f"cannot write {args.show}: {reason(e)}") from None
+    print(f"wrote {args.show}")
+
+
+def show_grounding(model, tokenizer, gr, args):
+    """--show-grounding: three studies per class, each image with its true region and the
+    similarity map of its sentence. gr None: the synthetic set evaluate() rendered, from the cache."""
+    if gr is False:
+        raise InputError(f"--show-grounding {args.show_grounding} needs the synthetic set or "
+                         f"--grounding-manifest")
+    if gr is None:
+        gr = synthetic_grounding(GROUNDING_PER_CLASS, model.cfg.image_size,
+                                 grounding_seed(args.eval_seed))
+    pick = [i for c in dict.fromkeys(gr["labels"])
+            for i in [j for j, name in enumerate(gr["labels"]) if name == c][:3]]
+    texts = [gr["texts"][i] for i in pick]
+    maps = grounding_maps(model, tokenizer, gr["images"][pick], texts, args.device, args.batch_size,
+                          precision=args.precision)
+    from tools.plot import draw_grounding   # Pillow: only --show-grounding needs it
+    try:
+        draw_grounding(args.show_grounding, gr["images"][pick], gr["masks"][pick], maps, texts,
+                       [gr["labels"][i] for i in pick])
+    except OSError as e:
+        raise WriteError(f"cannot write {args.show_grounding}: {reason(e)}") from None
+    print(f"wrote {args.show_grounding}")
