@@ -17,8 +17,9 @@ Four protocols (docs/method.md, "Evaluation"):
   (many normal studies share the same text), so any candidate whose report is identical to the
   query's counts as a correct match; otherwise the metric would punish the model for a coin flip
   between indistinguishable candidates.
-- Phrase grounding: where a sentence lands in the image (grounding.py): pointing game, CNR and mIoU
-  of patch-text similarity maps against each finding's region, per class.
+- Phrase grounding: where a sentence lands in the image (grounding.py): pointing game, CNR, signed
+  CNR and mIoU of each patch's share of the image-text score against the finding's region, per
+  class, beside random grid maps and (synthetic set) a prior that reads only the sentence.
 
 Every number comes with a 95% confidence interval from a percentile bootstrap over the test items
 (--bootstrap: 1000 seeded resamples, as CheXzero reports its results; 0 = none; metrics.py,
@@ -237,13 +238,6 @@ def format_table(results):
         way, k = key.split("_r")
         rows.append(("retrieval", f"{direction[way]} Recall@{k}", recall,
                      ci.get("retrieval", {}).get(key)))
-    g = results.get("grounding")
-    if g:
-        for metric, name in (("pointing_game", "pointing game"), ("cnr", "CNR"), ("miou", "mIoU")):
-            rows.append(("grounding", f"{name}, mean of {len(g['per_class'])} classes",
-                         g["class_mean"][metric], None))
-        rows.append(("grounding", "pointing game of a random map", sum(
-            c["chance_pointing_game"] for c in g["per_class"].values()) / len(g["per_class"]), None))
     width = max([len(row[1]) for row in rows] + [6])
     with_ci = any(row[3] is not None for row in rows)
     head = f"{'task':<10}  {'metric':<{width}}  {'value':>6}" + ("  95% CI" if with_ci else "")
@@ -257,6 +251,30 @@ def format_table(results):
         note = "; few-shot probes not refit" if "few_shot" in ci else ""
         lines.append(f"95% CI: percentile bootstrap, {ci['resamples']} resamples of the test items "
                      f"(seed {ci['seed']}){note}")
+    if not rows:                   # a grounding manifest alone
+        lines = []
+    if results.get("grounding"):
+        lines += [""] * bool(lines) + [grounding_table(results["grounding"])]
+    return "\n".join(lines)
+
+
+def grounding_table(g):
+    """The grounding scores (means of the class means) beside those of maps that do not look at
+    the image: a random grid, and (synthetic set) the text-only prior; then the same for the
+    sentences that name the finding without its place."""
+    grid = g["random_grid"]["grid"]
+    columns = [("model", g), (f"random {grid}x{grid}", g["random_grid"])]
+    if "text_prior" in g:
+        columns.append(("text prior", g["text_prior"]))
+    if "unlocated" in g:
+        columns.append(("no place: model", g["unlocated"]))
+    if "text_prior_unlocated" in g:
+        columns.append(("no place: prior", g["text_prior_unlocated"]))
+    head = f"grounding, mean of {len(g['per_class'])} classes"
+    lines = [f"{head:<30}" + "".join(f"  {name:>15}" for name, _ in columns)]
+    for metric, name in (("pointing_game", "pointing game"), ("signed_cnr", "signed CNR"),
+                         ("cnr", "CNR (unsigned)"), ("miou", "mIoU")):
+        lines.append(f"{name:<30}" + "".join(f"  {c['class_mean'][metric]:15.3f}" for _, c in columns))
     return "\n".join(lines)
 
 
@@ -292,7 +310,7 @@ def parse_args(argv=None):
                    help="draw zero-shot images with their true finding and top-3 predictions")
     p.add_argument("--show-grounding", metavar="PNG",
                    help="draw grounding studies: the image, the true region (green) and the "
-                        "similarity map of its sentence over it; with --image, --text's map over "
+                        "map of its sentence over it; with --image, --text's map over "
                         "each image (cells of 128 x 186 px, 4 a row)")
     p.add_argument("--grounding-manifest", metavar="CSV",
                    help="phrase grounding on real images: a CSV with columns image,text,x,y,w,h "
@@ -308,7 +326,7 @@ def parse_args(argv=None):
                         "a softmax of s * cosine at the model's s, and the top class")
     p.add_argument("--text", metavar="SENTENCE",
                    help="with --image and --show-grounding: draw where this sentence lands in "
-                        "each image (the grounding evaluation's patch-text similarity map)")
+                        "each image (the grounding evaluation's map: each patch's share of the score)")
     p.add_argument("--device", default="auto",
                    help="auto (cuda, else mps, else cpu), or cpu, cuda, cuda:1, mps (default: "
                         "%(default)s)")

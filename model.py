@@ -28,7 +28,7 @@ class ModelConfig:
     image_size: int = 64      # square images; must be divisible by patch_size
     patch_size: int = 8
     stem: str = "conv"        # "conv": stride-2 3x3 convs (Xiao et al. 2021); "patch": one p x p conv
-    pool: str = "max"         # image representation: "max" over patch tokens, or ViT's "cls" token
+    pool: str = "max"         # image representation: "max" or "mean" over patch tokens, or ViT's "cls" token
     in_channels: int = 1      # 1 for grayscale radiographs, 3 for RGB
     vision_width: int = 128
     vision_layers: int = 4
@@ -47,8 +47,8 @@ class ModelConfig:
                              f"{self.patch_size}: pick an image size that is a multiple of it")
         if self.stem not in ("conv", "patch"):
             raise ValueError(f"stem must be 'conv' or 'patch', got {self.stem!r}")
-        if self.pool not in ("max", "cls"):
-            raise ValueError(f"pool must be 'max' or 'cls', got {self.pool!r}")
+        if self.pool not in ("max", "mean", "cls"):
+            raise ValueError(f"pool must be 'max', 'mean' or 'cls', got {self.pool!r}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ValueError(f"the conv stem halves the image log2(patch_size) times, so patch_size "
                              f"must be a power of two (got {self.patch_size}); or use stem='patch'")
@@ -162,6 +162,8 @@ class VisionTransformer(nn.Module):
       patches around it. Wang et al. 2017 (ChestX-ray8) pool CNN maps with a soft maximum
       (log-sum-exp) for the same reason. On the synthetic set it is what lets the small findings
       (atelectasis, consolidation, effusion) be learnt within a CPU budget: see README.
+    - pool="mean": the mean of the patch tokens' final states (BioViL's image vector is the mean of
+      its projected patches, the same thing: the projection is linear).
     - pool="cls": ViT's and CLIP's class token, whose final state is the representation."""
 
     def __init__(self, cfg: ModelConfig):
@@ -201,6 +203,8 @@ class VisionTransformer(nn.Module):
         x = self.tokens(images)
         if self.pool == "cls":
             return x[:, 0]                                 # (B, W): the class token
+        if self.pool == "mean":
+            return x.mean(dim=1)                           # (B, W): every patch alike
         return x.amax(dim=1)                               # (B, W): the strongest patch, per channel
 
 
@@ -286,6 +290,30 @@ class DualEncoder(nn.Module):
         2022). For pool="max", image_proj of the patches' channel-wise maximum is encode_image;
         the maximum of the projected patches is not (the projection is linear, the maximum is not)."""
         return F.normalize(self.image_proj(self.patch_states(images)), dim=-1)
+
+    def patch_shares(self, images, text_features):
+        """images (B, C, H, W), text_features (B, D) -> (B, P): each patch's share of the image-text
+        cosine cos(encode_image(images), t), t = text_features normalised. The shares add up to the
+        cosine exactly, so the map is the score's own decomposition (tested):
+        - pool="max": channel c of the pooled vector is one patch's (the argmax p*(c)), and
+          cos = sum_c a_c m_c / |z| with a = image_projᵀ t, m the pooled vector, z = image_proj(m):
+          patch p gets the terms of the channels it wins (a class activation map for max pooling).
+        - pool="mean": cos = sum_p image_proj(x_p)·t / (P |z|): patch p gets its own term.
+        - pool="cls": the class token attends to every patch through every layer, so no exact
+          split exists; the shares are then the patches' cosines with t (encode_patches), scaled
+          by 1/P, which do not add up to the score."""
+        t = F.normalize(text_features, dim=-1)                          # (B, D)
+        x = self.patch_states(images)                                   # (B, P, W)
+        if self.visual.pool == "cls":
+            return torch.einsum("bpd,bd->bp", self.encode_patches(images), t) / x.shape[1]
+        pooled = x.amax(dim=1) if self.visual.pool == "max" else x.mean(dim=1)   # (B, W)
+        norm = self.image_proj(pooled).norm(dim=-1, keepdim=True)       # (B, 1): |z|
+        a = t @ self.image_proj.weight                                  # (B, W): image_projᵀ t
+        if self.visual.pool == "mean":
+            return (x @ a.unsqueeze(-1)).squeeze(-1) / (x.shape[1] * norm)
+        winner = x.argmax(dim=1)                                        # (B, W): p*(c)
+        return torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device).scatter_add_(
+            1, winner, a * pooled / norm)
 
     def forward(self, images, tokens):
         """Both embeddings and s = exp(logit_scale). Training calls the model through forward (not

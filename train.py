@@ -72,8 +72,8 @@ def build_parser():
     a("--channels", type=int, default=1, choices=[1, 3], help="1 grayscale, 3 RGB")
     a("--stem", default="conv", choices=["conv", "patch"],
       help="ViT patch embedding: stride-2 convolutions, or ViT's single p x p convolution")
-    a("--pool", default="max", choices=["max", "cls"],
-      help="image vector: max over patch tokens (keeps small findings), or ViT's class token")
+    a("--pool", default="max", choices=["max", "mean", "cls"],
+      help="image vector: max over patch tokens (keeps small findings), their mean, or a class token")
     a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
     a("--init-from", default=None, metavar="RUN",
       help="a new run from another run's weights (its folder or ckpt.pt, a local path): its student, "

@@ -29,7 +29,7 @@ def show_predictions(model, tokenizer, zs, args):
 
 def show_grounding(model, tokenizer, gr, args):
     """--show-grounding: three studies per class, each image with its true region and the
-    similarity map of its sentence. gr None: the synthetic set evaluate() rendered, from the cache."""
+    map of its sentence. gr None: the synthetic set evaluate() rendered, from the cache."""
     if gr is False:
         raise InputError(f"--show-grounding {args.show_grounding} needs the synthetic set or "
                          f"--grounding-manifest")

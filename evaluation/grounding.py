@@ -1,12 +1,15 @@
 """
 Phrase grounding: where in the image does the model see what a sentence says?
 
-The image tower's patch tokens go into the joint space through the pooled vector's own projection
-(model.DualEncoder.encode_patches); their cosine similarity with a text embedding is a map over
-the patch grid, upsampled to the image (BioViL: Boecking et al., "Making the Most of Text
-Semantics to Improve Biomedical Vision-Language Processing", ECCV 2022). Three scores compare such
-a map with the region where the finding is (a mask): the pointing game, CNR and mIoU, each per
-class and overall.
+The map is the image-text score split over the patches: each patch's share of the cosine between
+the image and the sentence (model.DualEncoder.patch_shares; the shares add up to the score, so the
+map shows what the score is made of), on the patch grid, upsampled to the image as BioViL does
+(Boecking et al., "Making the Most of Text Semantics to Improve Biomedical Vision-Language
+Processing", ECCV 2022). Four scores compare such a map with the region where the finding is (a
+mask): the pointing game, CNR (unsigned, BioViL's), signed CNR and mIoU, per class and overall.
+Two references say what a score is worth: random grid maps put through the same upsampling and
+scoring (random_grid_null), and a map that reads only the sentence (text_prior: the mean region of
+the sentence's class and place on other studies).
 
 Two parts. The first (maps, metrics, aggregation) needs torch alone and can be copied out of the
 repository on its own. The second reads a grounding manifest (real data with boxes, such as
@@ -14,6 +17,7 @@ MS-CXR through `python -m tools.convert ms-cxr`) into images and masks; it needs
 imported inside its functions, so the first part copies out without them.
 
     maps = similarity_map(model, images, model.encode_text(tokens))   # (B, H, W)
+    null = random_grid_null(labels, masks, grid=8)                    # what a random map scores
     scores = summarize([(label, m, mask) for label, m, mask in zip(labels, maps, masks)])
 
 docs/grounding.md describes the masks, the metrics and the manifest format.
@@ -32,28 +36,34 @@ import torch.nn.functional as F
 
 
 def similarity_map(model, images, text_features):
-    """Patch-text cosine similarity maps at the image's resolution.
+    """Each patch's share of the image-text score, as a map at the image's resolution.
 
     images (B, C, H, W): as encode_image takes them (float in [0, 1]; uint8 is divided by 255).
     text_features (B, D), or (D,) for one text shared by all images: text embeddings, e.g.
-    model.encode_text(tokens) (normalised here again, so any scale will do).
-    Returns (B, H, W) float in [-1, 1]: cos(patch embedding, text embedding) on the g x g patch
-    grid, upsampled bilinearly with align_corners=False (each patch's value sits at its centre;
-    BioViL's phrase-grounding notebook upsamples bilinearly too). Unlike BioViL's inference code we
-    do not smooth the grid first (it applies a Gaussian of 1.5 patches): on an 8 x 8 grid that
-    would blur across a fifth of the image. Gradients flow; wrap in torch.no_grad() to evaluate."""
+    model.encode_text(tokens) (normalised again inside, so any scale will do).
+    Returns (B, H, W) float: model.patch_shares on the g x g patch grid (their sum is the cosine
+    of the image and the text), upsampled bilinearly with align_corners=False (each patch's value
+    sits at its centre; BioViL's phrase-grounding notebook upsamples bilinearly too). Unlike
+    BioViL's inference code we do not smooth the grid first (it applies a Gaussian of 1.5
+    patches): on an 8 x 8 grid that would blur across a fifth of the image. Gradients flow; wrap
+    in torch.no_grad() to evaluate."""
     if images.dtype == torch.uint8:
         images = images.float() / 255
-    patches = model.encode_patches(images)                        # (B, P, D), unit norm
-    B, P, _ = patches.shape
+    B = images.shape[0]
+    text = text_features.expand(B, -1) if text_features.dim() == 1 else text_features   # (B, D)
+    shares = model.patch_shares(images, text)                      # (B, P)
+    return upsample_grid(shares, images.shape[-1])
+
+
+def upsample_grid(values, size):
+    """(B, P) values of a g x g grid (row-major, P = g * g) -> (B, size, size), bilinear with
+    align_corners=False: how every map here, a model's or a random one, reaches the image."""
+    B, P = values.shape
     g = math.isqrt(P)
     if g * g != P:
         raise ValueError(f"{P} patches do not make a square grid")
-    text = F.normalize(text_features.to(patches.dtype), dim=-1)
-    text = text.expand(B, -1) if text.dim() == 1 else text       # (B, D)
-    sim = torch.einsum("bpd,bd->bp", patches, text).view(B, 1, g, g)
-    H, W = images.shape[-2:]
-    return F.interpolate(sim, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    grid = values.reshape(B, 1, g, g)
+    return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
 # -----------------------------------------------------------------------------
@@ -89,25 +99,31 @@ def pointing_game(sim, mask):
     return float(bool(mask[at_max].all()))
 
 
-def cnr(sim, mask):
-    """Contrast-to-noise ratio, BioViL's definition on MS-CXR (Boecking et al. 2022):
-
-        CNR = |mu_in - mu_out| / sqrt(var_in + var_out)
+def signed_cnr(sim, mask):
+    """Contrast-to-noise ratio with its sign: (mu_in - mu_out) / sqrt(var_in + var_out).
 
     mu and var: the mean and the POPULATION variance (divided by n, as np.var computes it) of
-    the map's values inside and outside the mask. It is high when the map separates the region
-    from the rest, whatever the map's scale or offset, and needs no threshold.
-    Edge cases, with no epsilon (BioViL's formula has none): a constant map has no contrast,
-    0/0, and scores 0.0; a two-valued map exactly equal to the mask (1 inside, 0 outside) has
-    contrast but no noise, and scores float("inf"), a perfect separation (a mean over items
-    that include one is then inf too: a real model's map never is two-valued)."""
+    the map's values inside and outside the mask. Positive when the map is brighter on the
+    region than around it, negative when darker; independent of the map's scale and offset, no
+    threshold. Edge cases, with no epsilon: a constant map has no contrast, 0/0, and scores 0.0; a
+    two-valued map equal to the mask (1 inside, 0 outside) has contrast but no noise and scores
+    float("inf") (minus the mask: -inf); a mean over items that include one is then infinite too
+    (a real model's map never is two-valued)."""
     sim, mask = _check(sim, mask, need_outside=True)
     inside, outside = sim[mask], sim[~mask]
-    contrast = (inside.mean() - outside.mean()).abs()
+    contrast = inside.mean() - outside.mean()
     noise = (inside.var(unbiased=False) + outside.var(unbiased=False)).sqrt()
     if noise == 0:
-        return 0.0 if contrast == 0 else math.inf
+        return 0.0 if contrast == 0 else math.copysign(math.inf, float(contrast))
     return float(contrast / noise)
+
+
+def cnr(sim, mask):
+    """BioViL's contrast-to-noise ratio on MS-CXR (Boecking et al. 2022): the absolute value of
+    signed_cnr, |mu_in - mu_out| / sqrt(var_in + var_out). Kept for comparison with BioViL's
+    numbers; it scores a map that is darkest on the region as well as one that is brightest
+    there, so read it beside signed_cnr."""
+    return abs(signed_cnr(sim, mask))
 
 
 # IoU thresholds on the map min-max normalised to [0, 1]: 0.1, 0.2, ..., 0.9.
@@ -133,15 +149,16 @@ def miou(sim, mask, thresholds=THRESHOLDS):
     return sum(ious) / len(ious)
 
 
-METRICS = {"pointing_game": pointing_game, "cnr": cnr, "miou": miou}
+METRICS = {"pointing_game": pointing_game, "cnr": cnr, "signed_cnr": signed_cnr, "miou": miou}
 
 
 def summarize(items):
     """items: iterable of (class name, map (H, W), mask (H, W) bool or None). Returns
 
-        {"per_class": {name: {"n": int, "pointing_game": mean, "cnr": mean, "miou": mean}},
-         "overall": {"n", "pointing_game", "cnr", "miou"},       # mean over all items
-         "class_mean": {"pointing_game", "cnr", "miou"},          # mean of the per-class means
+        {"per_class": {name: {"n": int, "pointing_game": mean, "cnr": mean, "signed_cnr": mean,
+                              "miou": mean}},
+         "overall": {"n", "pointing_game", "cnr", "signed_cnr", "miou"},   # mean over all items
+         "class_mean": {"pointing_game", "cnr", "signed_cnr", "miou"},     # mean of class means
          "no_place": {name: count}}                               # items with mask None
 
     "overall" weighs every item alike, "class_mean" every class alike (they differ when the
@@ -167,6 +184,54 @@ def summarize(items):
                                                  for m in METRICS}}
     class_mean = {m: mean([c[m] for c in per_class.values()]) if per_class else math.nan for m in METRICS}
     return {"per_class": per_class, "overall": overall, "class_mean": class_mean, "no_place": dict(no_place)}
+
+
+# -----------------------------------------------------------------------------
+# What a score is worth: a map that ignores the image, and a map that reads only the sentence.
+
+NULL_DRAWS = 10   # random maps per item: with 250 items, 2,500 maps, so the null's mean is steady
+
+
+def random_grid_null(labels, masks, grid, draws=NULL_DRAWS, seed=0):
+    """The scores of maps that ignore the image: for every item, `draws` grids of grid x grid
+    independent uniform values (torch.Generator seeded with seed), upsampled as a model's map is
+    (upsample_grid) and scored like one. Not the mask's share of the image: an upsampled grid has
+    plateaus and a few large cells, so its pointing game is not that share. Returns summarize's
+    dict over items x draws (each class's mean is over its items and draws) with "grid", "draws",
+    "seed". A mask of None is a finding with no place, counted once in "no_place" as summarize does."""
+    generator = torch.Generator().manual_seed(seed)
+    items = []
+    for name, mask in zip(labels, masks):
+        if mask is None:
+            items.append((name, None, None))
+            continue
+        mask = torch.as_tensor(mask)
+        maps = upsample_grid(torch.rand(draws, grid * grid, generator=generator), mask.shape[-1])
+        items += [(name, m, mask) for m in maps]
+    out = summarize(items)
+    return {**out, "grid": grid, "draws": draws, "seed": seed}
+
+
+def text_prior(keys, reference_keys, reference_masks):
+    """Maps that read only the sentence. A key is what a sentence says of the place, as a tuple
+    whose first entry is the class: ("nodule", "left", "lower") for "a 1.5 cm left lower lobe
+    nodule", ("nodule",) for "a pulmonary nodule". Each key's map is the mean of the reference
+    masks with that key (float in [0, 1]: the share of the references whose region covers the
+    pixel), or of the class's where no reference has the key. The references must be other
+    studies than those scored (a disjoint seed), or the prior would have seen the answers.
+    Returns (n, H, W) float, one map per key."""
+    sums, counts = {}, {}
+    for key, mask in zip(reference_keys, reference_masks):
+        for k in dict.fromkeys([tuple(key), tuple(key)[:1]]):
+            sums[k] = sums.get(k, 0) + torch.as_tensor(mask).double()
+            counts[k] = counts.get(k, 0) + 1
+    maps = []
+    for key in map(tuple, keys):
+        k = key if key in sums else key[:1]
+        if k not in sums:
+            raise ValueError(f"no reference study of class {key[0]!r} for the text prior")
+        maps.append(sums[k] / counts[k])
+    return torch.stack(maps).float()
 
 
 # -----------------------------------------------------------------------------

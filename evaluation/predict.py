@@ -16,7 +16,7 @@ classification manifest is (manifests.read.load_image: centre-cropped to a squar
 the checkpoint's image size and channels, then /255 in protocols.embed_images); a class is the mean
 of its prompts' embeddings and p(class | image) = softmax(s * cosine) at the model's own s =
 exp(logit_scale), as zero-shot evaluation scores it (protocols.class_probabilities); a sentence's
-map is the patch-text similarity map of the grounding evaluation (protocols.grounding_maps), drawn
+map is the grounding evaluation's (protocols.grounding_maps: each patch's share of the score), drawn
 by tools/plot.py's draw_grounding with no true region to outline.
 """
 

@@ -4,7 +4,8 @@
 - zero_shot: classification by the nearest prompt-ensemble class embedding (class_embeddings), its
   probabilities class_probabilities' (which evaluation/predict.py's predict returns too).
 - retrieval: image-to-text and text-to-image Recall@k, identical reports counting as matches.
-- grounding_maps, evaluate_grounding: patch-text similarity maps and their scores (grounding.py).
+- grounding_maps, evaluate_grounding: each patch's share of the image-text score as a map, and the
+  maps' scores beside those of a random map and of a prior that reads only the sentence.
 
 Each function takes the model (or its DistributedDataParallel wrapper) and puts it back in the mode
 it was in: train.py evaluates in the middle of training.
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from data import report_ids, tokenize
-from evaluation.grounding import similarity_map, summarize
+from evaluation.grounding import random_grid_null, similarity_map, summarize
 from evaluation.metrics import macro_auc_ovr, recall_hits
 
 # -----------------------------------------------------------------------------
@@ -174,20 +175,30 @@ def grounding_maps(model, tokenizer, images, texts, device, batch_size=256, prec
 
 
 def evaluate_grounding(model, tokenizer, gr, device, batch_size=256, precision="fp32"):
-    """Pointing game, CNR and mIoU (grounding.py) per class and overall, with the chance level of
-    the pointing game beside them: a uniform random map's maximum lands in the mask with the
-    probability of the mask's share of the image.
+    """Pointing game, CNR, signed CNR and mIoU (grounding.py) per class and overall of the model's
+    maps of gr["texts"], and beside them what maps that do not look at the image score:
+    - "random_grid": random maps on the model's patch grid (grounding.random_grid_null);
+    - "text_prior", "text_prior_unlocated": maps that read only the sentence (grounding.text_prior),
+      where gr has them (the synthetic set: gr["prior"], gr["prior_unlocated"]);
+    and "unlocated": the model's maps of sentences that name the finding alone (gr["unlocated"],
+    the synthetic set), where a map that ignores the image cannot know the place.
 
-    gr: {"images" (n, C, H, W), "texts" [n], "masks" (n, H, W) bool, "labels" [n] class names}."""
-    maps = grounding_maps(model, tokenizer, gr["images"], gr["texts"], device, batch_size,
-                          precision=precision)
+    gr: {"images" (n, C, H, W), "texts" [n], "masks" (n, H, W) bool, "labels" [n] class names},
+    optionally "unlocated", "prior", "prior_unlocated", "prior_seed" (evaluation.sets)."""
     masks = gr["masks"]
-    out = summarize(zip(gr["labels"], maps, masks))
-    chance = {}
-    for name, mask in zip(gr["labels"], masks):
-        chance.setdefault(name, []).append(mask.float().mean().item())
-    for name, shares in chance.items():
-        out["per_class"][name]["chance_pointing_game"] = sum(shares) / len(shares)
-    everything = [s for shares in chance.values() for s in shares]
-    out["overall"]["chance_pointing_game"] = sum(everything) / len(everything)
+
+    def scores(texts):
+        maps = grounding_maps(model, tokenizer, gr["images"], texts, device, batch_size,
+                              precision=precision)
+        return summarize(zip(gr["labels"], maps, masks))
+
+    out = scores(gr["texts"])
+    cfg = getattr(model, "module", model).cfg
+    out["random_grid"] = random_grid_null(gr["labels"], masks, cfg.image_size // cfg.patch_size)
+    if "unlocated" in gr:
+        out["unlocated"] = scores(gr["unlocated"])
+    for key in ("prior", "prior_unlocated"):
+        if key in gr:
+            out[f"text_{key}"] = {**summarize(zip(gr["labels"], gr[key], masks)),
+                                  "seed": gr["prior_seed"]}
     return out

@@ -14,7 +14,7 @@ import json
 import os
 
 from manifests.read import read_class_manifest, read_pair_manifest
-from evaluation.grounding import read_grounding_manifest
+from evaluation.grounding import read_grounding_manifest, text_prior
 from plumbing.runtime import InputError
 from synthetic.dataset import EVAL_SEED, GROUNDING_SEED, grounding_set, retrieval_set, zero_shot_set
 
@@ -43,10 +43,21 @@ def grounding_seed(eval_seed):
     return GROUNDING_SEED if eval_seed == EVAL_SEED else eval_seed + 2002
 
 
+# The text prior's reference studies: the grounding seed + PRIOR_OFFSET, as many as are scored.
+PRIOR_OFFSET = 500
+
+
 @functools.lru_cache(maxsize=2)
 def synthetic_grounding(n_per_class, image_size, seed):
-    """synthetic.grounding_set, cached."""
-    return grounding_set(n_per_class, image_size, seed)
+    """synthetic.grounding_set, cached, with the maps of a prior that reads only the sentence
+    (evaluation.grounding.text_prior) for both of its sentence sets: "prior" for the report's
+    sentences (the mean region of the sentence's class, side and zone), "prior_unlocated" for the
+    finding alone (of its class), from other studies (seed + PRIOR_OFFSET, "prior_seed")."""
+    gr = grounding_set(n_per_class, image_size, seed)
+    ref = grounding_set(n_per_class, image_size, seed + PRIOR_OFFSET)
+    prior = text_prior(gr["places"], ref["places"], ref["masks"])
+    unlocated = text_prior([(name,) for name in gr["labels"]], ref["places"], ref["masks"])
+    return {**gr, "prior": prior, "prior_unlocated": unlocated, "prior_seed": seed + PRIOR_OFFSET}
 
 
 # -----------------------------------------------------------------------------

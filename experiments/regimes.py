@@ -164,9 +164,9 @@ def grounding_tables(runs):
                         lines.append("| " + " | ".join([regime, name, str(len(by_seed))] +
                                                        [fmt_mean_std(v) for v in values]) + " |")
         if metric == "pointing_game":
-            chance = [[r.get(f"grounding_chance/{c}") for by_seed in runs.values()
+            chance = [[r.get(f"grounding_random/{c}") for by_seed in runs.values()
                        for r in by_seed.values()] for c in classes]
-            lines.append("| a random map | | | " + " | ".join(
+            lines.append("| a random grid map | | | " + " | ".join(
                 f"{mean_std(v)[0]:.3f}" if mean_std(v)[0] is not None else "–" for v in chance) + " | |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)

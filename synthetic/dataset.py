@@ -333,14 +333,24 @@ GROUNDING_SEED = 4004   # disjoint from the training and both evaluation sets
 GROUNDING_CLASSES = ["atelectasis", "consolidation", "nodule", "pleural effusion", "pneumothorax"]
 
 
+# The grounding sentences say where the finding is ("left lower lobe nodule"), so a map that reads
+# only the sentence can point well without looking (evaluation.grounding.text_prior). The second
+# sentence of every grounding study names its finding and nothing of its place.
+UNLOCATED_SENTENCES = {"atelectasis": "Atelectasis.", "consolidation": "Airspace consolidation.",
+                       "nodule": "A pulmonary nodule.", "pleural effusion": "Pleural effusion.",
+                       "pneumothorax": "Pneumothorax."}
+
+
 def grounding_set(n_per_class, image_size, seed=GROUNDING_SEED):
     """Phrase grounding on synthetic studies: n_per_class single-finding studies of each of
-    GROUNDING_CLASSES, each with the mask of its finding (radiograph.render_with_masks: where
-    drawing it changed the picture) and the report sentence that names it. Returns {"images":
-    uint8 (n, 1, H, W), "masks": bool (n, H, W), "texts": [sentence], "labels": [class name],
-    "seed"}."""
+    GROUNDING_CLASSES, each with the mask of its finding (radiograph.render_with_masks) and two
+    sentences: the report's, which names the finding and its place, and one that names the finding
+    alone (UNLOCATED_SENTENCES). Returns {"images": uint8 (n, 1, H, W), "masks": bool (n, H, W),
+    "texts": [the report's sentence], "unlocated": [the finding alone], "labels": [class name],
+    "places": [(class, side, zone) or (class, side): what the report's sentence says of the
+    place], "seed"}."""
     check_eval_seed(seed)
-    images, masks, texts, labels = [], [], [], []
+    images, masks, texts, labels, places = [], [], [], [], []
     for name in GROUNDING_CLASSES:
         for i in range(n_per_class):
             rng, patient, findings = draw_study(seed, i, only=name)
@@ -349,8 +359,11 @@ def grounding_set(n_per_class, image_size, seed=GROUNDING_SEED):
             masks.append(found[name])
             texts.append(finding_sentence(write_report(findings, rng)))
             labels.append(name)
+            f = findings[name]
+            places.append((name, f["side"]) + ((f["zone"],) if "zone" in f else ()))
     return {"images": torch.from_numpy(np.stack(images))[:, None], "masks":
-            torch.from_numpy(np.stack(masks)), "texts": texts, "labels": labels, "seed": seed}
+            torch.from_numpy(np.stack(masks)), "texts": texts, "labels": labels, "places": places,
+            "unlocated": [UNLOCATED_SENTENCES[name] for name in labels], "seed": seed}
 
 
 def cache_file_name(split, n, image_size, report_noise=0.0):

@@ -122,10 +122,11 @@ def test_projecting_the_max_of_the_patch_states_is_encode_image():
 
 
 def aligned_model(hot=(1, 2)):
-    """A model built by hand whose patch `hot` (row, column), and only it, has the embedding of the
-    'text' e0: a single 8 x 8 patch convolution whose output channel 0 is the patch's mean
-    brightness and channel 1 a constant, no positions, the transformer block an identity (its
-    residual branches zeroed), identity projection. The image is dark except at the hot patch."""
+    """A model built by hand whose score comes from one patch, `hot` (row, column): a single 8 x 8
+    patch convolution whose output channel 0 is the patch's mean brightness and channel 1 a
+    constant, no positions, the transformer block an identity (its residual branches zeroed), and
+    a projection that reads channel 0 alone. The image is dark except at the hot patch, so the
+    maximum of channel 0, the only one the score reads, is the hot patch's; the text is e0."""
     cfg = tiny(stem="patch", vision_layers=1, vision_width=8, vision_heads=2, embed_dim=8)
     model = DualEncoder(cfg).eval()
     with torch.no_grad():
@@ -136,41 +137,55 @@ def aligned_model(hot=(1, 2)):
         conv = model.visual.patch_embed
         conv.weight[0] = 1.0 / 64       # channel 0: the patch's mean brightness
         conv.bias[1] = 1.0              # channel 1: a constant, so a dark patch is not the zero vector
-        model.image_proj.weight.copy_(torch.eye(8))
+        model.image_proj.weight.zero_()
+        model.image_proj.weight[0, 0] = 1.0
     image = torch.zeros(1, 1, 32, 32)
     r, c = hot
     image[..., r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = 1.0
-    # the hot patch's state: LayerNorm of (1, 1, 0, ...); a dark one: LayerNorm of (0, 1, 0, ...)
-    text = model.encode_patches(image)[0, r * 4 + c]
-    return model, image, text
+    return model, image, torch.eye(8)[0]
 
 
 @pytest.mark.parametrize("hot", [(1, 2), (0, 0), (3, 1)])
-def test_the_map_peaks_at_the_patch_aligned_with_the_text(hot):
+def test_a_score_from_one_patch_is_that_patchs_share(hot):
     model, image, text = aligned_model(hot)
     with torch.no_grad():
+        shares = model.patch_shares(image, text[None])[0]                  # (16,)
+        score = model.encode_image(image)[0] @ text
         sim = grounding.similarity_map(model, image, text)
-        grid = model.encode_patches(image)[0] @ text
-    assert sim.shape == (1, 32, 32) and -1 - 1e-6 <= sim.min() and sim.max() <= 1 + 1e-6
-    assert grid.argmax() == hot[0] * 4 + hot[1] and grid.max() == pytest.approx(1.0)
-    assert grid.sort().values[-2] < 0.9  # only that patch aligns
-    # after upsampling, every maximum lies in that patch's 8 x 8 pixels
     r, c = hot
+    want = torch.zeros(16)
+    want[r * 4 + c] = 1.0                       # the whole score, cos = 1, is the hot patch's
+    torch.testing.assert_close(shares, want)
+    assert score.item() == pytest.approx(1.0)
     inside = torch.zeros(32, 32, dtype=torch.bool)
     inside[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = True
-    assert grounding.pointing_game(sim[0], inside) == 1.0
+    assert sim.shape == (1, 32, 32) and grounding.pointing_game(sim[0], inside) == 1.0
+    assert grounding.signed_cnr(sim[0], inside) > 1.0
     # uint8 images are read as /255, a (B, D) text batch works like one shared text
-    again = grounding.similarity_map(model, (image * 255).to(torch.uint8), text[None])
-    torch.testing.assert_close(again, sim.detach())
+    again = grounding.similarity_map(model, (image * 255).to(torch.uint8), text[None] * 3)
+    torch.testing.assert_close(again, sim)
 
 
-def test_the_map_is_the_bilinear_upsampling_of_the_patch_grid():
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_the_shares_add_up_to_the_image_text_cosine(pool):
+    torch.manual_seed(0)
+    model = DualEncoder(tiny(pool=pool)).double().eval()
+    images, text = torch.rand(3, 1, 32, 32, dtype=torch.float64), torch.randn(3, 24, dtype=torch.float64)
+    with torch.no_grad():
+        shares = model.patch_shares(images, text)
+        cosine = (model.encode_image(images) * torch.nn.functional.normalize(text, dim=-1)).sum(-1)
+    assert shares.shape == (3, 16)
+    torch.testing.assert_close(shares.sum(1), cosine, rtol=0, atol=1e-12)
+    assert (shares != 0).sum(1).min() > 1      # spread over several patches, not one term
+
+
+def test_the_map_is_the_bilinear_upsampling_of_the_patch_shares():
     torch.manual_seed(0)
     model = DualEncoder(tiny()).eval()
-    images, text = torch.rand(2, 1, 32, 32), torch.nn.functional.normalize(torch.randn(2, 24), dim=-1)
+    images, text = torch.rand(2, 1, 32, 32), torch.randn(2, 24)
     with torch.no_grad():
-        sim = grounding.similarity_map(model, images, text * 3)  # any scale: normalised inside
-        grid = torch.einsum("bpd,bd->bp", model.encode_patches(images), text).view(2, 1, 4, 4)
+        sim = grounding.similarity_map(model, images, text)
+        grid = model.patch_shares(images, text).view(2, 1, 4, 4)
     want = torch.nn.functional.interpolate(grid, size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(sim, want)
 
@@ -208,6 +223,10 @@ def test_cnr_by_hand():
     assert grounding.cnr(MAP, MASK) == pytest.approx(want, rel=1e-12)
     assert grounding.cnr(-MAP, MASK) == pytest.approx(want, rel=1e-12)      # |.|: the sign does not matter
     assert grounding.cnr(3 * MAP + 7, MASK) == pytest.approx(want, rel=1e-9)  # nor the scale or offset
+    # signed: the same number, negative when the region is darker than the rest
+    assert grounding.signed_cnr(MAP, MASK) == pytest.approx(want, rel=1e-12)
+    assert grounding.signed_cnr(-MAP, MASK) == pytest.approx(-want, rel=1e-12)
+    assert grounding.signed_cnr(-MASK.float(), MASK) == -math.inf
 
 
 def test_cnr_of_a_constant_map_and_of_the_mask_itself():
@@ -251,7 +270,9 @@ def test_summarize_per_class_and_overall():
     assert out["per_class"]["effusion"]["n"] == 2
     assert out["per_class"]["effusion"]["pointing_game"] == 0.5
     assert out["per_class"]["effusion"]["cnr"] == pytest.approx((cnr_a + cnr_b) / 2)
-    assert out["per_class"]["nodule"] == {"n": 1, "pointing_game": 1.0, "cnr": cnr_a, "miou": grounding.miou(MAP, MASK)}
+    assert out["per_class"]["nodule"] == {"n": 1, "pointing_game": 1.0, "cnr": cnr_a, "signed_cnr": cnr_a,
+                                          "miou": grounding.miou(MAP, MASK)}
+    assert out["per_class"]["effusion"]["signed_cnr"] == pytest.approx((cnr_a - cnr_b) / 2)  # {0, 1}: darker
     assert out["overall"]["n"] == 3 and out["overall"]["pointing_game"] == pytest.approx(2 / 3)
     assert out["overall"]["cnr"] == pytest.approx((2 * cnr_a + cnr_b) / 3)
     assert out["class_mean"]["pointing_game"] == pytest.approx((0.5 + 1.0) / 2)
@@ -290,7 +311,7 @@ def test_the_grounding_set_is_single_findings_with_their_mask_and_sentence():
     assert len(seeds) == 2 and not seeds & {TRAIN_SEED, synthetic.EVAL_SEED, synthetic.SECOND_EVAL_SEED}
 
 
-def test_evaluate_reports_grounding_per_class_with_its_chance_level():
+def test_evaluate_reports_grounding_beside_its_nulls():
     import eval as ev
     from data import train_tokenizer
     g = synthetic.grounding_set(4, 32)
@@ -301,15 +322,18 @@ def test_evaluate_reports_grounding_per_class_with_its_chance_level():
     out = res["grounding"]
     assert res["evaluated_on"]["grounding"] == {"source": "synthetic", "phrases": 20,
                                                 "seed": synthetic.GROUNDING_SEED}
-    maps = grounding_maps(model, tokenizer, g["images"], g["texts"], "cpu")
-    for name in synthetic.GROUNDING_CLASSES:
-        rows = [i for i, label in enumerate(g["labels"]) if label == name]
-        c = out["per_class"][name]
-        assert c["n"] == 4
-        assert c["pointing_game"] == pytest.approx(
-            sum(grounding.pointing_game(maps[i], g["masks"][i]) for i in rows) / 4)
-        assert c["cnr"] == pytest.approx(sum(grounding.cnr(maps[i], g["masks"][i]) for i in rows) / 4)
-        # a random map's maximum lands in the mask with the mask's share of the image
-        assert c["chance_pointing_game"] == pytest.approx(
-            sum(g["masks"][i].float().mean().item() for i in rows) / 4)
-    assert "grounding   pointing game of a random map" in ev.format_table(res)
+    for texts, got in ((g["texts"], out), (g["unlocated"], out["unlocated"])):
+        maps = grounding_maps(model, tokenizer, g["images"], texts, "cpu")
+        for name in synthetic.GROUNDING_CLASSES:
+            rows = [i for i, label in enumerate(g["labels"]) if label == name]
+            c = got["per_class"][name]
+            assert c["n"] == 4
+            for metric in ("pointing_game", "cnr", "signed_cnr"):
+                fn = getattr(grounding, metric)
+                assert c[metric] == pytest.approx(sum(fn(maps[i], g["masks"][i]) for i in rows) / 4)
+    # the null on the model's 4 x 4 grid, with its own seed: the same call gives the same numbers
+    assert out["random_grid"] == grounding.random_grid_null(g["labels"], g["masks"], 4)
+    assert (out["random_grid"]["grid"], out["random_grid"]["draws"]) == (4, grounding.NULL_DRAWS)
+    assert "text_prior" not in out              # no prior maps given: none scored
+    table = ev.format_table(res)
+    assert "grounding, mean of 5 classes" in table and "random 4x4" in table and "no place: model" in table

@@ -177,7 +177,7 @@ def test_train_grounds_a_manifest_in_its_final_report(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr
-    assert "grounding   pointing game, mean of 1 classes" in proc.stdout
+    assert "grounding, mean of 1 classes" in proc.stdout and "random 4x4" in proc.stdout
     res = json.loads((out / "eval.json").read_text())
     assert set(res) == {"grounding", "evaluated_on"}
     assert res["grounding"]["per_class"]["consolidation"]["n"] == 1

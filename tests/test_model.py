@@ -90,8 +90,8 @@ def test_config_errors_name_the_values():
     with pytest.raises(ValueError, match=r"patch_size must be a power of two \(got 6\)"):
         tiny_config(image_size=36, patch_size=6)
     tiny_config(image_size=36, patch_size=6, stem="patch")   # one p x p convolution takes any p
-    with pytest.raises(ValueError, match="pool must be 'max' or 'cls', got 'mean'"):
-        tiny_config(pool="mean")
+    with pytest.raises(ValueError, match="pool must be 'max', 'mean' or 'cls', got 'avg'"):
+        tiny_config(pool="avg")
 
 
 @pytest.mark.parametrize("patch_size,stages", [(4, 2), (8, 3), (16, 4)])

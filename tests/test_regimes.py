@@ -72,12 +72,12 @@ def test_runs_are_recorded_skipped_and_compared(tmp_path, capsys):
     assert "msd - clip" in capsys.readouterr().out
 
 
-def test_grounding_tables_per_class_with_the_chance_row():
+def test_grounding_tables_per_class_with_the_random_map_row():
     def summary(pg, teacher_pg):
         s = {"grounding_pointing_game/nodule": pg, "grounding_cnr/nodule": 1.0,
-             "grounding_chance/nodule": 0.004, "grounding_pointing_game": pg, "grounding_cnr": 1.0}
+             "grounding_random/nodule": 0.004, "grounding_pointing_game": pg, "grounding_cnr": 1.0}
         s.update({f"teacher_{k}": teacher_pg if "pointing" in k else v for k, v in s.items()
-                  if "chance" not in k})
+                  if "random" not in k})
         return s
     runs = {("today", "msd"): {0: summary(0.5, 0.3), 1: summary(0.7, 0.3)},
             ("today", "clip"): {0: summary(0.2, None)}}
@@ -85,7 +85,7 @@ def test_grounding_tables_per_class_with_the_chance_row():
     assert "| today | msd | 2 | 0.600 ± 0.141 | 0.600 ± 0.141 |" in text
     assert "| today | msd teacher | 2 | 0.300 ± 0.000 | 0.300 ± 0.000 |" in text
     assert "| today | clip | 1 | 0.200 | 0.200 |" in text
-    assert "| a random map | | | 0.004 | |" in text
+    assert "| a random grid map | | | 0.004 | |" in text
     assert regimes.grounding_tables({("today", "msd"): {0: {"zero_shot_accuracy": 0.9}}}) == ""
 
 
