@@ -29,6 +29,7 @@ class ModelConfig:
     patch_size: int = 8
     stem: str = "conv"        # "conv": stride-2 3x3 convs (Xiao et al. 2021); "patch": one p x p conv
     pool: str = "max"         # image representation: "max" or "mean" over patch tokens, or ViT's "cls" token
+    registers: int = 0        # extra learned tokens that every patch can attend to, never pooled
     in_channels: int = 1      # 1 for grayscale radiographs, 3 for RGB
     vision_width: int = 128
     vision_layers: int = 4
@@ -164,12 +165,17 @@ class VisionTransformer(nn.Module):
       (atelectasis, consolidation, effusion) be learnt within a CPU budget: see README.
     - pool="mean": the mean of the patch tokens' final states (BioViL's image vector is the mean of
       its projected patches, the same thing: the projection is linear).
-    - pool="cls": ViT's and CLIP's class token, whose final state is the representation."""
+    - pool="cls": ViT's and CLIP's class token, whose final state is the representation.
+
+    registers > 0 appends that many learned tokens after the patches (Darcet et al. 2024, "Vision
+    Transformers Need Registers"): attention can keep global information there rather than in
+    patches, and no pooling reads them."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.patch_size = cfg.patch_size
         self.pool = cfg.pool
+        self.n_registers = cfg.registers
         n_patches = (cfg.image_size // cfg.patch_size) ** 2
         if cfg.stem == "conv":
             self.patch_embed = ConvStem(cfg.in_channels, cfg.vision_width, cfg.patch_size)
@@ -180,6 +186,8 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.vision_width)) if cfg.pool == "cls" else None
         n_tokens = n_patches + (cfg.pool == "cls")
         self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, cfg.vision_width))
+        self.register_tokens = (nn.Parameter(torch.zeros(1, cfg.registers, cfg.vision_width))
+                                if cfg.registers else None)
         self.blocks = nn.ModuleList(Block(cfg.vision_width, cfg.vision_heads, cfg.mlp_ratio)
                                     for _ in range(cfg.vision_layers))
         self.ln_final = nn.LayerNorm(cfg.vision_width)
@@ -187,17 +195,21 @@ class VisionTransformer(nn.Module):
     def tokens(self, images):
         """images (B, C, H, W) -> (B, P, W): every token's final state, after the final LayerNorm;
         P = g * g patches in row-major order (row 0 first), g = image_size // patch_size.
-        With pool="cls" the class token's state comes first: (B, 1 + P, W). The one forward path
-        of the ViT: forward() pools its output, DualEncoder.patch_states reads the patches."""
+        With pool="cls" the class token's state comes first: (B, 1 + P, W); registers are dropped.
+        The one forward path of the ViT: forward() pools its output, DualEncoder.patch_states reads
+        the patches."""
         x = self.patch_embed(images)                       # (B, W, H/p, W/p)
         x = x.flatten(2).transpose(1, 2)                   # (B, P, W)
         if self.pool == "cls":
             cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, W)
             x = torch.cat([cls, x], dim=1)                 # (B, 1 + P, W)
         x = x + self.pos_embed
+        if self.register_tokens is not None:               # after the patches, no position
+            x = torch.cat([x, self.register_tokens.expand(x.shape[0], -1, -1)], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.ln_final(x)                            # (B, [1 +] P, W)
+        x = self.ln_final(x)                               # (B, [1 +] P [+ R], W)
+        return x[:, :x.shape[1] - self.n_registers]        # the registers' part is done
 
     def forward(self, images):
         x = self.tokens(images)
@@ -254,7 +266,8 @@ class DualEncoder(nn.Module):
         self.apply(self._init_weights)
         if isinstance(self.visual.patch_embed, ConvStem):
             self.visual.patch_embed.reset_parameters()   # normalised convs need He init, not 0.02
-        for p in (self.visual.cls_token, self.visual.pos_embed, self.text.pos_embed):
+        for p in (self.visual.cls_token, self.visual.register_tokens, self.visual.pos_embed,
+                  self.text.pos_embed):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
 
@@ -333,7 +346,7 @@ def param_groups(model, weight_decay):
     LayerNorm gain or a position table towards zero only fights the model)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        embedding = any(key in name for key in ("token_embed", "pos_embed", "cls_token"))
+        embedding = any(key in name for key in ("token_embed", "pos_embed", "cls_token", "register_tokens"))
         (no_decay if p.ndim < 2 or embedding or name == "logit_scale" else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]

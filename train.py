@@ -58,8 +58,7 @@ def build_parser():
     a("--train-manifest", default=None, metavar="CSV",
       help="train on this image,text manifest instead of the synthetic set (see README)")
     a("--n-train", type=int, default=20000,
-      help="synthetic training pairs to render (the default schedule, 32,000 samples, sees a set "
-           "of n pairs 32,000 / n times: 16 times for 2,000)")
+      help="synthetic pairs to render (the default 32,000 samples see n pairs 32,000 / n times)")
     a("--report-noise", type=float, default=0.0, metavar="P",
       help="noisy synthetic reports: each finding left out with probability P, another study's "
            "report with P/2; labels and evaluation sets stay clean (docs/data.md)")
@@ -74,6 +73,7 @@ def build_parser():
       help="ViT patch embedding: stride-2 convolutions, or ViT's single p x p convolution")
     a("--pool", default="max", choices=["max", "mean", "cls"],
       help="image vector: max over patch tokens (keeps small findings), their mean, or a class token")
+    a("--registers", type=int, default=0, metavar="R", help="R extra ViT tokens, never pooled")
     a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
     a("--init-from", default=None, metavar="RUN",
       help="a new run from another run's weights (its folder or ckpt.pt, a local path): its student, "
