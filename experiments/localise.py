@@ -1,0 +1,169 @@
+"""Does the model look where the finding is? Each try is one change to the default model.
+
+Every try runs at the default budget (train.py's defaults: 500 steps of 2 x 32 pairs) on seeds 0,
+1 and 2.
+
+    python -m experiments.localise --dry-run          # the train.py commands, nothing run
+    python -m experiments.localise --report           # the table of the runs recorded so far
+    nice OMP_NUM_THREADS=1 python -m experiments.localise --tries msd,mean,registers --commit
+
+The tries (train.py options):
+
+    msd         the default model (max pooling); its map is each patch's share of the score
+    mean        --pool mean: the image vector is the mean of the patches (BioViL's), so a patch's
+                share of the score is its own projected state against the text
+    registers   --registers 4: four tokens that attention can keep global information in and
+                that no pooling reads (Darcet et al. 2024)
+    clip        exact CLIP with duplicate-aware positives (the ladder's clip-dup, one change from
+                MSD at alpha 0) at the recipe experiments/ladder.py chose for it: it runs once
+                docs/results/ladder.json holds the whole search
+
+Each run is scored by eval.py as train.py writes it (eval.json: the maps of the report's sentences
+and of the sentences that name no place, beside random grid maps and the text-only prior), on the
+second evaluation set (eval_second.json) and with the teacher's weights (eval_teacher.json), and
+recorded in --json with its command, commit, machine and date as soon as it finishes
+(experiments/studies.py: resumable over sessions). docs/experiments.md, "Maps that land on the
+finding", reads the table.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+from experiments import ladder
+from experiments.studies import (ROOT, fmt_mean_std, mean_std, parse_worker, read_json, record,
+                                 train_and_evaluate, write_json)
+
+TRIES = {  # name -> train.py options (clip: its recipe comes from the ladder)
+    "msd": (),
+    "mean": ("--pool", "mean"),
+    "registers": ("--registers", "4"),
+    "clip": ladder.ARMS["clip-dup"][1],
+}
+SEEDS = (0, 1, 2)
+LADDER_ARM = "clip-dup"
+DEFAULT_STEPS = 500
+COLUMNS = [  # (summary key, heading)
+    ("grounding_pointing_game", "pointing game"),
+    ("grounding_unlocated_pointing_game", "pointing game, no place"),
+    ("grounding_signed_cnr", "signed CNR"),
+    ("grounding_unlocated_signed_cnr", "signed CNR, no place"),
+    ("zero_shot_accuracy", "zero-shot"),
+    ("second_zero_shot_accuracy", "2nd set"),
+    ("t2i_r10", "t2i R@10"),
+]
+
+
+def clip_recipe(ladder_json):
+    """The ladder's chosen recipe for exact CLIP as train.py options, or None before its search ends."""
+    if not os.path.exists(ladder_json):
+        return None
+    choice = ladder.choose(read_json(ladder_json))
+    return ladder.recipe_options(choice[LADDER_ARM], DEFAULT_STEPS) if choice else None
+
+
+def train_command(name, seed, args, python=sys.executable):
+    cmd = [python, os.path.relpath(os.path.join(ROOT, "train.py")), *TRIES[name]]
+    if name == "clip":
+        cmd += args.clip_recipe
+    return cmd + ["--seed", str(seed), "--out", os.path.join(args.out_dir, name, f"seed{seed}")]
+
+
+def table(report):
+    """One row per try: mean ± sd over its seeds of each COLUMNS metric, the teacher's pointing
+    game, and a last row of what maps that ignore the image score (the same on every run)."""
+    runs = {}
+    for key, rec in report["records"].items():
+        name, seed = key.split("/seed")
+        runs.setdefault(name, {})[int(seed)] = rec["summary"]
+    head = ["try", "seeds"] + [h for _, h in COLUMNS] + ["teacher pointing game"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
+    for name in TRIES:
+        by_seed = runs.get(name)
+        if not by_seed:
+            continue
+        cells = [fmt_mean_std([s.get(k) for s in by_seed.values()]) for k, _ in COLUMNS]
+        cells.append(fmt_mean_std([s.get("teacher_grounding_pointing_game") for s in by_seed.values()]))
+        lines.append("| " + " | ".join([name, str(len(by_seed))] + cells) + " |")
+    every = [s for by_seed in runs.values() for s in by_seed.values()]
+    for label, part in (("a random grid map", "random_grid"), ("the text-only prior", "text_prior")):
+        cells = []
+        for key, _ in COLUMNS:
+            if not key.startswith("grounding_"):
+                cells.append("")
+                continue
+            metric = key.replace("grounding_unlocated_", "").replace("grounding_", "")
+            where = part + ("_unlocated" if "unlocated" in key and part == "text_prior" else "")
+            mean, _ = mean_std([s.get(f"grounding_{where}_{metric}") for s in every])
+            cells.append("–" if mean is None else f"{mean:.3f}")
+        if every:
+            lines.append("| " + " | ".join([label, ""] + cells + [""]) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--tries", default="msd,mean,registers,clip", help="comma-separated tries to run, in order")
+    a("--out-dir", default="results/localise", help="one folder per run (not committed)")
+    a("--json", default="docs/results/localise.json", help="the report: every finished run")
+    a("--ladder-json", default="docs/results/ladder.json", help="where CLIP's recipe comes from")
+    a("--worker", default="1/1", metavar="I/N", help="run every N-th run from the I-th")
+    a("--commit", action="store_true", help="git commit --json after each recorded run")
+    a("--dry-run", action="store_true", help="print the train.py commands, run nothing")
+    a("--report", action="store_true", help="print the table of the runs recorded in --json")
+    args = p.parse_args(argv)
+    args.tries = [x.strip() for x in args.tries.split(",") if x.strip()]
+    unknown = [x for x in args.tries if x not in TRIES]
+    if unknown:
+        p.error(f"--tries: unknown {unknown}; choose from {','.join(TRIES)}")
+    args.worker = parse_worker(p, args.worker)
+    args.clip_recipe = clip_recipe(args.ladder_json)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    report = read_json(args.json) if os.path.exists(args.json) else {"records": {}}
+    if args.report:
+        print(table(report))
+        return 0
+    if "clip" in args.tries and args.clip_recipe is None:
+        print(f"clip: skipped, {args.ladder_json} has not chosen {LADDER_ARM}'s recipe yet "
+              f"(its search is not complete)", flush=True)
+        args.tries.remove("clip")
+    jobs = [(name, seed) for name in args.tries for seed in SEEDS][args.worker[0] - 1::args.worker[1]]
+    failed = []
+    for name, seed in jobs:
+        cmd, key = train_command(name, seed, args), f"{name}/seed{seed}"
+        if args.dry_run:
+            print(shlex.join(cmd))
+            continue
+        report = read_json(args.json) if os.path.exists(args.json) else report
+        if key in report["records"]:
+            print(f"{key}: in {args.json} already (commit {report['records'][key]['commit']})")
+            continue
+        summary = train_and_evaluate(key, cmd, os.path.join(args.out_dir, name, f"seed{seed}"),
+                                     teacher=name != "clip")
+        if summary is None:
+            failed.append(key)
+            continue
+        report = read_json(args.json) if os.path.exists(args.json) else report
+        report["records"][key] = record(summary, cmd)
+        report["table"] = table(report)
+        write_json(args.json, report)
+        if args.commit:
+            ladder.commit_report(args.json, f"Localisation study: {key} recorded "
+                                            f"({len(report['records'])} runs so far)")
+    if failed:
+        print(f"failed: {', '.join(failed)} (see their train.log)")
+        return 1
+    if not args.dry_run:
+        print(table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
