@@ -29,11 +29,12 @@ finding", reads the table.
 import argparse
 import os
 import shlex
+import subprocess
 import sys
 
 from experiments import ladder
-from experiments.studies import (ROOT, fmt_mean_std, mean_std, parse_worker, read_json, record,
-                                 train_and_evaluate, write_json)
+from experiments.studies import (ROOT, evaluate_more, fmt_mean_std, mean_std, parse_worker, read_json,
+                                 read_run, record, train_and_evaluate, write_json)
 
 TRIES = {  # name -> train.py options (clip: its recipe comes from the ladder)
     "msd": (),
@@ -102,6 +103,26 @@ def table(report):
     return "\n".join(lines)
 
 
+def re_evaluate(key, out, teacher, rec):
+    """A recorded run scored again by today's eval.py (when the evaluation changed, not the
+    training): its eval.json, eval_second.json and eval_teacher.json are rewritten from its
+    checkpoint. Returns the new record (its commit: the evaluation's; "trained_at": the run's)."""
+    for name in ("eval", "eval_second", "eval_teacher"):
+        path = os.path.join(out, f"{name}.json")
+        if os.path.exists(path):
+            os.remove(path)
+    cmd = [sys.executable, os.path.relpath(os.path.join(ROOT, "eval.py")), "--checkpoint", out,
+           "--json", os.path.join(out, "eval.json")]
+    with open(os.path.join(out, "eval_first.log"), "w") as log:
+        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+            return None
+    if evaluate_more(out, teacher):
+        return None
+    print(f"{key}: evaluated again", flush=True)
+    return {**record(read_run(out), shlex.split(rec["command"])),
+            "trained_at": rec.get("trained_at", rec["commit"])}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -114,6 +135,8 @@ def parse_args(argv=None):
     a("--commit", action="store_true", help="git commit --json after each recorded run")
     a("--dry-run", action="store_true", help="print the train.py commands, run nothing")
     a("--report", action="store_true", help="print the table of the runs recorded in --json")
+    a("--re-evaluate", action="store_true", help="score the recorded runs again with today's "
+      "eval.py, from their checkpoints in --out-dir (after a change to the evaluation)")
     args = p.parse_args(argv)
     args.tries = [x.strip() for x in args.tries.split(",") if x.strip()]
     unknown = [x for x in args.tries if x not in TRIES]
@@ -142,16 +165,22 @@ def main(argv=None):
             print(shlex.join(cmd))
             continue
         report = read_json(args.json) if os.path.exists(args.json) else report
-        if key in report["records"]:
+        out, teacher = os.path.join(args.out_dir, name, f"seed{seed}"), name != "clip"
+        if key in report["records"] and not args.re_evaluate:
             print(f"{key}: in {args.json} already (commit {report['records'][key]['commit']})")
             continue
-        summary = train_and_evaluate(key, cmd, os.path.join(args.out_dir, name, f"seed{seed}"),
-                                     teacher=name != "clip")
-        if summary is None:
+        if args.re_evaluate:
+            if key not in report["records"]:
+                continue                   # not trained yet: nothing to score again
+            new = re_evaluate(key, out, teacher, report["records"][key])
+        else:
+            summary = train_and_evaluate(key, cmd, out, teacher)
+            new = None if summary is None else record(summary, cmd)
+        if new is None:
             failed.append(key)
             continue
         report = read_json(args.json) if os.path.exists(args.json) else report
-        report["records"][key] = record(summary, cmd)
+        report["records"][key] = new
         report["table"] = table(report)
         write_json(args.json, report)
         if args.commit:

@@ -59,3 +59,30 @@ def test_table_is_the_mean_and_spread_beside_the_nulls():
 
 def test_help_opens_with_a_full_sentence(capsys):
     check_help_opens_with_a_full_sentence(localise, localise.parse_args, capsys)
+
+
+def test_re_evaluate_rescores_a_recorded_run_and_keeps_where_it_was_trained(tmp_path, monkeypatch):
+    from test_ablation import fake_eval, finished_run
+    out = tmp_path / "runs"
+    finished_run(out / "msd" / "seed0", 0.5, teacher_acc=0.4)
+    report = tmp_path / "localise.json"
+    report.write_text(json.dumps({"records": {"msd/seed0": {
+        "summary": {"zero_shot_accuracy": 0.5}, "command": "python train.py --seed 0",
+        "commit": "abc1234"}}}))
+
+    real = localise.subprocess.run
+
+    def fake_eval_py(cmd, **kwargs):   # eval.py writing its JSON: today's evaluation scores 0.7
+        if "eval.py" not in " ".join(cmd):
+            return real(cmd, **kwargs)     # git, for the record's commit
+        path = cmd[cmd.index("--json") + 1]
+        with open(path, "w") as f:
+            json.dump(fake_eval(0.7 if "eval.json" in path else 0.6), f)
+        return type("Done", (), {"returncode": 0})()
+    monkeypatch.setattr(localise.subprocess, "run", fake_eval_py)   # studies.py's subprocess too
+    assert localise.main(["--tries", "msd", "--re-evaluate", "--out-dir", str(out),
+                          "--json", str(report)]) == 0
+    rec = json.loads(report.read_text())["records"]["msd/seed0"]
+    assert rec["summary"]["zero_shot_accuracy"] == 0.7 and rec["summary"]["second_zero_shot_accuracy"] == 0.6
+    assert rec["trained_at"] == "abc1234" and rec["command"] == "python train.py --seed 0"
+    assert set(json.loads(report.read_text())["records"]) == {"msd/seed0"}   # seed 1, 2: not trained
