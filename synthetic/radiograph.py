@@ -7,8 +7,8 @@ Shapes (body, lungs, heart, mediastinum, diaphragm, ribs, vessels) are soft mask
 coordinates, summed as densities and mapped to brightness at the end, as a radiograph does; each
 of the 8 findings is drawn with its real visual sign, by a step of its own (render_image reads
 as the list of steps). A pure function of its inputs: the same patient and findings give the same
-pixels. For grounding, render_with_masks gives with the image a mask per finding, the pixels
-drawing it changed (finding_masks at the end; docs/grounding.md).
+pixels. For grounding, render_with_masks gives with the image a mask per finding, the place
+where drawing it changed the picture (finding_masks at the end; docs/grounding.md).
 """
 
 import functools
@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from synthetic.masks import fill_holes, largest_component
 
 # Radiological convention: a frontal chest film is displayed as if the viewer faces the patient,
 # so the patient's RIGHT is on the image's LEFT (small column index). A side is stored by its
@@ -113,12 +115,14 @@ def lerp(lo, hi, severity):
     return lo + (hi - lo) * SEVERITY_SCALE[severity]
 
 
-def render_image(patient, findings, image_size):
+def render_image(patient, findings, image_size, undrawn=()):
     """The (image_size, image_size) float32 radiograph in [0, 1] of this patient with these findings.
 
     Drawn in steps: the geometry (as the findings that move anatomy leave it), the normal anatomy
     summed as a density D, the findings that change the air in a lung (AIR_CHANGES), the lungs'
-    air, the opacities inside the lungs (OPACITIES), and the exposure that maps D to brightness."""
+    air, the opacities inside the lungs (OPACITIES), and the exposure that maps D to brightness.
+    undrawn: findings whose own step is skipped while _geometry still applies them (finding_masks
+    uses it to see atelectasis's band apart from its volume loss); a radiograph leaves it empty."""
     u, v = _grid(image_size)
     heart_size, lungs = _geometry(patient, findings)
     body = _body(u, v, patient)
@@ -130,7 +134,7 @@ def render_image(patient, findings, image_size):
 
     extra = np.zeros_like(D)
     for name, step in AIR_CHANGES:
-        if name in findings:
+        if name in findings and name not in undrawn:
             for layer in step(chest, findings[name]):
                 extra += layer
     for side in lungs:
@@ -138,7 +142,7 @@ def render_image(patient, findings, image_size):
     D += extra
 
     for name, step in OPACITIES:
-        if name in findings:
+        if name in findings and name not in undrawn:
             for layer in step(chest, findings[name]):
                 D += layer
     return _expose(D, patient)
@@ -368,38 +372,39 @@ OPACITIES = (("consolidation", _consolidation), ("atelectasis", _atelectasis), (
 
 
 # -----------------------------------------------------------------------------
-# Where each finding is: a mask per finding, for grounding (grounding.py scores a model's
-# patch-text similarity map against these masks).
+# Where each finding is: a mask per finding for grounding (grounding.py scores a model's
+# patch-text similarity map against these masks), the place a radiologist would box.
 #
-# The definition: a pixel belongs to a finding's mask when drawing the finding changes it, i.e.
-# when the image rendered with every finding and the image rendered with every finding but this
-# one differ there by more than MASK_THRESHOLD. This is simpler and more honest than keeping the
-# drawn soft region (the `fluid`, `patch`, ... arrays inside the finding steps): those are only
-# part of what a finding changes (atelectasis also lifts the hemidiaphragm, cardiomegaly moves the
-# mediastinum's lower edge), and reading them out would mean threading them through render_image,
-# whose output cached data sets depend on. Rendering twice needs nothing of the kind: the only
-# randomness in render_image is the quantum noise, drawn from the patient's own noise_seed, so
-# both renders get the very same noise and their difference is the finding's alone.
+# The definition, in two steps. (1) The change: the pixels where the image and the image without
+# the finding's own step (AIR_CHANGES, OPACITIES; every other finding stays) differ by more than
+# MASK_THRESHOLD. Both renders share the quantum noise (drawn from the patient's noise_seed, the
+# only randomness), so the difference is the finding's alone. Without its step, not without the
+# finding: atelectasis's volume loss (_geometry raises the hemidiaphragm) reshapes the lung and so
+# redraws its edges, ribs and vessels: a change in a median of 40 pieces (grounding_set(50, 64)),
+# a third of its pixels speckle over both lung fields; the change of its band alone is the plate.
+# Cardiomegaly has no step (its sign is the enlarged heart): its change is the whole finding's.
+# (2) The place: the largest 4-connected piece of the change, with its holes filled; for a
+# bilateral finding, and for the heart, whose two borders both move out, the largest piece on each
+# side of the midline. So a mask is one region per side a finding is drawn on, with no speck of
+# texture the finding moved.
 
 # A change counts when it is at least the strongest quantum noise the generator draws (the
 # patient's noise std is 0.005..0.02, patients.sample_patient): a smaller change is not visible
-# on that pixel against the noise. A lower threshold keeps the far tails of smooth shapes (a
-# consolidation's Gaussian blobs never quite reach 0) and inflates the masks; the change inside
-# every localised finding is many times larger, so the masks hardly depend on the exact value.
+# on that pixel against the noise. The change inside every localised finding is many times larger,
+# so the masks hardly depend on the exact value.
 MASK_THRESHOLD = 0.02
 
 # Findings that have no place: pulmonary edema is a bilateral, perihilar haze with Kerley lines at
 # both bases, spread over both lungs; a mask of the pixels it changes would cover most of the
 # chest, and a map that "points" anywhere in the lungs would score a hit. Its mask is None. The
-# others are places: cardiomegaly changes the heart border and the lung next to it (MS-CXR boxes
-# the heart too), and a support device is a thin line and its tip (a small mask, but a place).
+# others are places: cardiomegaly changes the heart borders and the lung next to them (MS-CXR
+# boxes the heart too), and a support device is a thin line and its tip (a small mask, but a place).
 NO_PLACE = frozenset({"edema"})
 
 
 def finding_masks(patient, findings, image_size, threshold=MASK_THRESHOLD):
-    """{finding: bool (image_size, image_size) array, True where drawing it changed the pixel by
-    more than threshold; None for the findings of NO_PLACE}. The image itself is unchanged:
-    render_image(patient, findings, image_size)."""
+    """{finding: bool (image_size, image_size) array, its place as defined above; None for the
+    findings of NO_PLACE}. The image itself is unchanged: render_image(patient, findings, image_size)."""
     image = render_image(patient, findings, image_size)
     return _masks(image, patient, findings, image_size, threshold)
 
@@ -411,12 +416,20 @@ def render_with_masks(patient, findings, image_size, threshold=MASK_THRESHOLD):
 
 
 def _masks(image, patient, findings, image_size, threshold):
-    masks = {}
-    for name in findings:
+    masks, u = {}, _grid(image_size)[0]
+    for name, f in findings.items():
         if name in NO_PLACE:
             masks[name] = None
             continue
-        # every other finding stays: a mask is what this one adds to the picture as it is
-        without = render_image(patient, {k: v for k, v in findings.items() if k != name}, image_size)
-        masks[name] = np.abs(image - without) > threshold
+        if name in dict(AIR_CHANGES + OPACITIES):   # its step left out, its geometry kept
+            without = render_image(patient, findings, image_size, undrawn=(name,))
+        else:
+            without = render_image(patient, {k: v for k, v in findings.items() if k != name}, image_size)
+        changed = np.abs(image - without) > threshold
+        if f["side"] == "bilateral" or name == "cardiomegaly":   # a piece on each side of the midline
+            pieces = [largest_component(changed & ((u - patient.x0) * s > 0)) for s in SIDE_SIGN.values()]
+        else:
+            pieces = [largest_component(changed)]
+        masks[name] = fill_holes(np.logical_or.reduce(pieces))
     return masks
+
