@@ -91,10 +91,12 @@ def make_folder(option, folder, given=None):
         os.makedirs(folder, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         blocker = os.path.abspath(folder)
-        while not os.path.exists(blocker):
+        while not os.path.lexists(blocker):
             blocker = os.path.dirname(blocker)
-        raise InputError(f"{option} {given}: {blocker} is a file, not a folder: choose another "
-                         f"{option}") from None
+        what = "is a file, not a folder"
+        if os.path.islink(blocker) and not os.path.exists(blocker):
+            what = f"is a link to {os.readlink(blocker)}, which does not exist"
+        raise InputError(f"{option} {given}: {blocker} {what}: choose another {option}") from None
     except OSError as e:
         raise InputError(f"{option} {given}: cannot create {folder} ({reason(e)}): choose another "
                          f"{option}") from None

@@ -167,13 +167,15 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     ("--out", lambda t: (t / "f").write_text("x") and t / "f" / "run",
      "{p}: {b} is a file, not a folder"),
     ("--data-cache", lambda t: (t / "f").write_text("x") and t / "f", "{p}: {p} is a file, not a folder"),
+    ("--data-cache", lambda t: (t / "f").symlink_to(t / "gone") or t / "f",
+     "{p}: {p} is a link to {t}/gone, which does not exist"),
 ])
 def test_a_folder_option_that_cannot_be_a_folder(tmp_path, option, make, message):
     path = make(tmp_path)
     args = ["--out", tmp_path / "run", *SMALL] + [option, path]
     proc = run("train.py", *args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    want = message.format(p=path, b=tmp_path / "f")
+    want = message.format(p=path, b=tmp_path / "f", t=tmp_path)
     assert last_line(proc) == f"train.py: error: {option} {want}: choose another {option}"
     assert "rendering" not in proc.stdout
 
