@@ -15,6 +15,7 @@ from synthetic import radiograph, reports
 from synthetic import dataset as synthetic
 from model import DualEncoder, ModelConfig
 from synthetic.dataset import FINDINGS, TRAIN_SEED
+from synthetic.masks import fill_holes
 
 S = 64
 LOCALISED = ["cardiomegaly", "pleural effusion", "pneumothorax", "consolidation", "atelectasis",
@@ -33,6 +34,14 @@ def test_render_with_masks_keeps_the_image_byte_for_byte():
         assert set(masks) == set(s.findings)
 
 
+def without_its_step(patient, findings, name):
+    """The image without the finding's own drawing step (its volume loss, for atelectasis, stays);
+    cardiomegaly, which has no step, without the finding."""
+    if name == "cardiomegaly":
+        return radiograph.render_image(patient, {k: v for k, v in findings.items() if k != name}, S)
+    return radiograph.render_image(patient, findings, S, undrawn=(name,))
+
+
 @pytest.mark.parametrize("name", LOCALISED)
 def test_a_mask_is_where_the_finding_changed_the_picture(name):
     thr = radiograph.MASK_THRESHOLD
@@ -40,9 +49,9 @@ def test_a_mask_is_where_the_finding_changed_the_picture(name):
         s = synthetic.make_study(TRAIN_SEED, i, S, only=name)
         mask = radiograph.finding_masks(s.patient, s.findings, S)[name]
         assert mask.shape == (S, S) and mask.dtype == bool
-        diff = np.abs(s.image - radiograph.render_image(s.patient, {}, S))
-        assert diff[~mask].max(initial=0) <= thr       # outside: equal within the threshold
-        assert diff[mask].min() > thr and mask.any()   # inside: every pixel changed by more
+        changed = np.abs(s.image - without_its_step(s.patient, s.findings, name)) > thr
+        assert mask.any() and not (mask & ~fill_holes(changed)).any()  # inside the (filled) change
+        assert (mask & changed).sum() >= 0.9 * changed.sum()           # and nearly all of it
         # a place, not half the chest: measured at 64 px, from 0.1% (a small nodule) to 30% (a
         # large bilateral consolidation; one hemithorax is about 15%): docs/grounding.md
         assert 0 < mask.mean() < 0.35, (i, mask.mean())
@@ -59,9 +68,8 @@ def test_masks_with_several_findings_leave_the_others_in_the_picture():
         for name, mask in masks.items():
             if mask is None:
                 continue
-            without = radiograph.render_image(s.patient, {k: v for k, v in s.findings.items() if k != name}, S)
-            diff = np.abs(s.image - without)
-            assert diff[~mask].max(initial=0) <= radiograph.MASK_THRESHOLD and diff[mask].min() > radiograph.MASK_THRESHOLD
+            changed = np.abs(s.image - without_its_step(s.patient, s.findings, name)) > radiograph.MASK_THRESHOLD
+            assert not (mask & ~fill_holes(changed)).any() and (mask & changed).sum() >= 0.9 * changed.sum()
             seen.add(name)
     assert len(seen) >= 4
 
