@@ -30,6 +30,7 @@ class ModelConfig:
     stem: str = "conv"        # "conv": stride-2 3x3 convs (Xiao et al. 2021); "patch": one p x p conv
     pool: str = "max"         # image representation: "max" or "mean" over patch tokens, or ViT's "cls" token
     registers: int = 0        # extra learned tokens that every patch can attend to, never pooled
+    local_attention: int = 0  # > 0: a patch attends to patches at most this many rows/columns away
     in_channels: int = 1      # 1 for grayscale radiographs, 3 for RGB
     vision_width: int = 128
     vision_layers: int = 4
@@ -92,11 +93,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x, key_mask=None):
+    def forward(self, x, key_mask=None, pair_mask=None):
         B, L, W = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
         # key_mask (B, L) is True where a token may be attended to; broadcast over heads and queries.
+        # pair_mask (L, L) is True where query i may attend to key j, the same for every image.
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        if pair_mask is not None:
+            attn_mask = pair_mask
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, heads, L, W/heads)
         return self.proj(y.transpose(1, 2).reshape(B, L, W))
 
@@ -112,8 +116,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(),
                                  nn.Linear(mlp_ratio * width, width))
 
-    def forward(self, x, key_mask=None):
-        x = x + self.attn(self.ln1(x), key_mask)
+    def forward(self, x, key_mask=None, pair_mask=None):
+        x = x + self.attn(self.ln1(x), key_mask, pair_mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -169,7 +173,9 @@ class VisionTransformer(nn.Module):
 
     registers > 0 appends that many learned tokens after the patches (Darcet et al. 2024, "Vision
     Transformers Need Registers"): attention can keep global information there rather than in
-    patches, and no pooling reads them."""
+    patches, and no pooling reads them. local_attention = r > 0 lets a patch attend only to the
+    patches within r rows and columns of it (a class token or a register sees and is seen by all),
+    so after n layers a patch's state holds what lies within n * r patches of it."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -191,6 +197,8 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.vision_width, cfg.vision_heads, cfg.mlp_ratio)
                                     for _ in range(cfg.vision_layers))
         self.ln_final = nn.LayerNorm(cfg.vision_width)
+        self.pair_mask = (local_mask(cfg.image_size // cfg.patch_size, cfg.local_attention,
+                                     cfg.pool == "cls", cfg.registers) if cfg.local_attention else None)
 
     def tokens(self, images):
         """images (B, C, H, W) -> (B, P, W): every token's final state, after the final LayerNorm;
@@ -206,8 +214,9 @@ class VisionTransformer(nn.Module):
         x = x + self.pos_embed
         if self.register_tokens is not None:               # after the patches, no position
             x = torch.cat([x, self.register_tokens.expand(x.shape[0], -1, -1)], dim=1)
+        mask = None if self.pair_mask is None else self.pair_mask.to(x.device)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, pair_mask=mask)
         x = self.ln_final(x)                               # (B, [1 +] P [+ R], W)
         return x[:, :x.shape[1] - self.n_registers]        # the registers' part is done
 
@@ -218,6 +227,18 @@ class VisionTransformer(nn.Module):
         if self.pool == "mean":
             return x.mean(dim=1)                           # (B, W): every patch alike
         return x.amax(dim=1)                               # (B, W): the strongest patch, per channel
+
+
+def local_mask(g, radius, cls, registers):
+    """(L, L) bool, True where query i may attend to key j: patch (r, c) of the g x g grid to the
+    patches within `radius` rows and columns of it; a class token (first, when cls) and the
+    registers (last) to and from every token."""
+    rows, cols = torch.arange(g).repeat_interleave(g), torch.arange(g).repeat(g)
+    near = ((rows[:, None] - rows[None, :]).abs() <= radius) & ((cols[:, None] - cols[None, :]).abs() <= radius)
+    L = int(cls) + g * g + registers
+    mask = torch.ones(L, L, dtype=torch.bool)
+    mask[int(cls):int(cls) + g * g, int(cls):int(cls) + g * g] = near
+    return mask
 
 
 class TextTransformer(nn.Module):

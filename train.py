@@ -69,11 +69,11 @@ def build_parser():
     a("--preset", default="tiny", choices=sorted(PRESETS), help="model size (model.py PRESETS)")
     a("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
     a("--channels", type=int, default=1, choices=[1, 3], help="1 grayscale, 3 RGB")
-    a("--stem", default="conv", choices=["conv", "patch"],
-      help="ViT patch embedding: stride-2 convolutions, or ViT's single p x p convolution")
+    a("--stem", default="conv", choices=["conv", "patch"], help="ViT patches: stride-2 convs, or one p x p")
     a("--pool", default="max", choices=["max", "mean", "cls"],
       help="image vector: max over patch tokens (keeps small findings), their mean, or a class token")
     a("--registers", type=int, default=0, metavar="R", help="R extra ViT tokens, never pooled")
+    a("--local-attention", type=int, default=0, metavar="R", help="> 0: patches see patches R rows away")
     a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
     a("--init-from", default=None, metavar="RUN",
       help="a new run from another run's weights (its folder or ckpt.pt, a local path): its student, "

@@ -14,6 +14,8 @@ The tries (train.py options):
                 share of the score is its own projected state against the text
     registers   --registers 4: four tokens that attention can keep global information in and
                 that no pooling reads (Darcet et al. 2024)
+    local       --local-attention 1: a patch attends to its 8 neighbours alone, so a finding's
+                evidence spreads one patch per layer rather than anywhere at once
     clip        exact CLIP with duplicate-aware positives (the ladder's clip-dup, one change from
                 MSD at alpha 0) at the recipe experiments/ladder.py chose for it: it runs once
                 docs/results/ladder.json holds the whole search
@@ -40,6 +42,7 @@ TRIES = {  # name -> train.py options (clip: its recipe comes from the ladder)
     "msd": (),
     "mean": ("--pool", "mean"),
     "registers": ("--registers", "4"),
+    "local": ("--local-attention", "1"),
     "clip": ladder.ARMS["clip-dup"][1],
 }
 SEEDS = (0, 1, 2)
@@ -127,7 +130,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--tries", default="msd,mean,registers,clip", help="comma-separated tries to run, in order")
+    a("--tries", default="msd,mean,registers,local,clip", help="comma-separated tries to run, in order")
     a("--out-dir", default="results/localise", help="one folder per run (not committed)")
     a("--json", default="docs/results/localise.json", help="the report: every finished run")
     a("--ladder-json", default="docs/results/ladder.json", help="where CLIP's recipe comes from")

@@ -82,29 +82,3 @@ def test_the_prior_that_reads_the_place_beats_a_random_map():
     null = grounding.random_grid_null(g["labels"], g["masks"], grid=8)["class_mean"]
     assert prior["pointing_game"] > 3 * null["pointing_game"]
     assert prior["signed_cnr"] > 1.0 > abs(null["signed_cnr"]) * 10
-
-
-def test_registers_are_attended_to_but_never_pooled():
-    """--registers R: R more tokens in the ViT that change the patches' states (through attention)
-    but are not patches: patch_states and the pooling see g * g tokens, and the shares still add
-    up to the score."""
-    from model import DualEncoder, make_config
-    cfg = dict(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2,
-               text_width=32, text_layers=1, text_heads=2, embed_dim=16, vocab_size=50)
-    torch.manual_seed(0)
-    plain = DualEncoder(make_config("tiny", **cfg)).double().eval()
-    torch.manual_seed(0)
-    more = DualEncoder(make_config("tiny", registers=3, **cfg)).double().eval()
-    assert more.visual.register_tokens.shape == (1, 3, 32)
-    missing = more.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert missing == ["visual.register_tokens"]          # otherwise the same weights
-    images, text = torch.rand(2, 1, 32, 32, dtype=torch.float64), torch.randn(2, 16, dtype=torch.float64)
-    with torch.no_grad():
-        assert more.patch_states(images).shape == plain.patch_states(images).shape == (2, 16, 32)
-        assert not torch.allclose(more.patch_states(images), plain.patch_states(images))
-        cosine = (more.encode_image(images) * torch.nn.functional.normalize(text, dim=-1)).sum(-1)
-        torch.testing.assert_close(more.patch_shares(images, text).sum(1), cosine, rtol=0, atol=1e-12)
-        more.visual.register_tokens.zero_()
-        more.visual.n_registers = 0                         # no registers: the plain model again
-        more.visual.register_tokens = None
-        torch.testing.assert_close(more.patch_states(images), plain.patch_states(images))

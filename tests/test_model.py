@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model import PAD_ID, DualEncoder, ModelConfig, PRESETS, make_config
+from model import PAD_ID, PRESETS, DualEncoder, ModelConfig, local_mask, make_config
 
 
 def tiny_config(**kw):
@@ -162,3 +162,49 @@ def test_conv_stem_convolutions_get_he_init():
         fan_in = conv.weight[0].numel()
         assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.15)
     assert convs[-1].weight.std().item() == pytest.approx(0.02, rel=0.15)   # the 1x1: no norm after
+
+
+def test_registers_are_attended_to_but_never_pooled():
+    """--registers R: R more tokens in the ViT that change the patches' states (through attention)
+    but are not patches: patch_states and the pooling see g * g tokens, and the shares still add
+    up to the score."""
+    cfg = dict(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2,
+               text_width=32, text_layers=1, text_heads=2, embed_dim=16, vocab_size=50)
+    torch.manual_seed(0)
+    plain = DualEncoder(make_config("tiny", **cfg)).double().eval()
+    torch.manual_seed(0)
+    more = DualEncoder(make_config("tiny", registers=3, **cfg)).double().eval()
+    assert more.visual.register_tokens.shape == (1, 3, 32)
+    missing = more.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["visual.register_tokens"]          # otherwise the same weights
+    images, text = torch.rand(2, 1, 32, 32, dtype=torch.float64), torch.randn(2, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert more.patch_states(images).shape == plain.patch_states(images).shape == (2, 16, 32)
+        assert not torch.allclose(more.patch_states(images), plain.patch_states(images))
+        cosine = (more.encode_image(images) * torch.nn.functional.normalize(text, dim=-1)).sum(-1)
+        torch.testing.assert_close(more.patch_shares(images, text).sum(1), cosine, rtol=0, atol=1e-12)
+        more.visual.register_tokens.zero_()
+        more.visual.n_registers = 0                         # no registers: the plain model again
+        more.visual.register_tokens = None
+        torch.testing.assert_close(more.patch_states(images), plain.patch_states(images))
+
+
+def test_local_attention_keeps_a_patch_to_its_neighbourhood():
+    """local_attention = 1 with one layer and the patch stem (no overlap between patches): changing
+    patch (0, 0) changes exactly the patches within one row and column of it, and nothing else."""
+    cfg = dict(image_size=32, patch_size=8, stem="patch", vision_width=32, vision_layers=1,
+               vision_heads=2, text_width=32, text_layers=1, text_heads=2, embed_dim=16, vocab_size=50)
+    torch.manual_seed(0)
+    model = DualEncoder(make_config("tiny", local_attention=1, **cfg)).double().eval()
+    image = torch.rand(1, 1, 32, 32, dtype=torch.float64)
+    other = image.clone()
+    other[..., :8, :8] = torch.rand(8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        moved = (model.patch_states(image) - model.patch_states(other)).abs().amax(-1).view(4, 4)
+    near = torch.zeros(4, 4, dtype=torch.bool)
+    near[:2, :2] = True
+    assert (moved[near] > 1e-6).all() and (moved[~near] == 0).all()
+    # a class token and registers see everything and are seen by everything
+    mask = local_mask(4, 1, cls=True, registers=2)
+    assert mask.shape == (19, 19) and mask[0].all() and mask[:, 0].all() and mask[-2:].all()
+    assert not mask[1, 1 + 15]                       # patch (0, 0) does not see patch (3, 3)

@@ -114,7 +114,7 @@ def test_help_says_the_schedule_repeats_a_small_set(capsys):
     with pytest.raises(SystemExit):
         train.get_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "the default schedule, 32,000 samples, sees a set of n pairs 32,000 / n times" in help_text
+    assert "the default 32,000 samples see n pairs 32,000 / n times" in help_text
     assert "--report-noise P" in help_text
     _, args = train.get_args([])
     assert args.report_noise == 0.0
