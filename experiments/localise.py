@@ -160,7 +160,8 @@ def main(argv=None):
         print(f"clip: skipped, {args.ladder_json} has not chosen {LADDER_ARM}'s recipe yet "
               f"(its search is not complete)", flush=True)
         args.tries.remove("clip")
-    jobs = [(name, seed) for name in args.tries for seed in SEEDS][args.worker[0] - 1::args.worker[1]]
+    # seed by seed: every try's first seed lands before any try's third
+    jobs = [(name, seed) for seed in SEEDS for name in args.tries][args.worker[0] - 1::args.worker[1]]
     failed = []
     for name, seed in jobs:
         cmd, key = train_command(name, seed, args), f"{name}/seed{seed}"
