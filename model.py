@@ -30,7 +30,7 @@ class ModelConfig:
     stem: str = "conv"        # "conv": stride-2 3x3 convs (Xiao et al. 2021); "patch": one p x p conv
     pool: str = "max"         # image representation: "max" or "mean" over patch tokens, or ViT's "cls" token
     registers: int = 0        # extra learned tokens that every patch can attend to, never pooled
-    local_attention: int = 0  # > 0: a patch attends to patches at most this many rows/columns away
+    attention_window: int = 0  # odd W > 0: a patch attends to the W x W patches around it; 0: all
     in_channels: int = 1      # 1 for grayscale radiographs, 3 for RGB
     vision_width: int = 128
     vision_layers: int = 4
@@ -49,6 +49,8 @@ class ModelConfig:
                              f"{self.patch_size}: pick an image size that is a multiple of it")
         if self.stem not in ("conv", "patch"):
             raise ValueError(f"stem must be 'conv' or 'patch', got {self.stem!r}")
+        if self.attention_window < 0 or (self.attention_window and self.attention_window % 2 == 0):
+            raise ValueError(f"attention_window must be 0 (every patch) or odd, got {self.attention_window}")
         if self.pool not in ("max", "mean", "cls"):
             raise ValueError(f"pool must be 'max', 'mean' or 'cls', got {self.pool!r}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
@@ -173,9 +175,10 @@ class VisionTransformer(nn.Module):
 
     registers > 0 appends that many learned tokens after the patches (Darcet et al. 2024, "Vision
     Transformers Need Registers"): attention can keep global information there rather than in
-    patches, and no pooling reads them. local_attention = r > 0 lets a patch attend only to the
-    patches within r rows and columns of it (a class token or a register sees and is seen by all),
-    so after n layers a patch's state holds what lies within n * r patches of it."""
+    patches, and no pooling reads them. attention_window = W > 0 (odd) lets a patch attend only to
+    the W x W patches centred on it (a class token or a register sees and is seen by all), so after
+    n layers a patch's state holds what lies within n * (W - 1) / 2 patches of it; W = 1 is no
+    mixing at all, each patch on its own after the stem."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -197,8 +200,8 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.vision_width, cfg.vision_heads, cfg.mlp_ratio)
                                     for _ in range(cfg.vision_layers))
         self.ln_final = nn.LayerNorm(cfg.vision_width)
-        self.pair_mask = (local_mask(cfg.image_size // cfg.patch_size, cfg.local_attention,
-                                     cfg.pool == "cls", cfg.registers) if cfg.local_attention else None)
+        self.pair_mask = (local_mask(cfg.image_size // cfg.patch_size, cfg.attention_window // 2,
+                                     cfg.pool == "cls", cfg.registers) if cfg.attention_window else None)
 
     def tokens(self, images):
         """images (B, C, H, W) -> (B, P, W): every token's final state, after the final LayerNorm;

@@ -73,7 +73,7 @@ def build_parser():
     a("--pool", default="max", choices=["max", "mean", "cls"],
       help="image vector: max over patch tokens (keeps small findings), their mean, or a class token")
     a("--registers", type=int, default=0, metavar="R", help="R extra ViT tokens, never pooled")
-    a("--local-attention", type=int, default=0, metavar="R", help="> 0: patches see patches R rows away")
+    a("--attention-window", type=int, default=0, metavar="W", help="odd W: a patch sees W x W patches")
     a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
     a("--init-from", default=None, metavar="RUN",
       help="a new run from another run's weights (its folder or ckpt.pt, a local path): its student, "

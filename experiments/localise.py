@@ -14,8 +14,10 @@ The tries (train.py options):
                 share of the score is its own projected state against the text
     registers   --registers 4: four tokens that attention can keep global information in and
                 that no pooling reads (Darcet et al. 2024)
-    local       --local-attention 1: a patch attends to its 8 neighbours alone, so a finding's
+    window3     --attention-window 3: a patch attends to its 8 neighbours alone, so a finding's
                 evidence spreads one patch per layer rather than anywhere at once
+    window1     --attention-window 1: no mixing at all; each patch's state is its own (after the
+                convolutional stem), so only the patches of the finding can carry its evidence
     clip        exact CLIP with duplicate-aware positives (the ladder's clip-dup, one change from
                 MSD at alpha 0) at the recipe experiments/ladder.py chose for it: it runs once
                 docs/results/ladder.json holds the whole search
@@ -42,7 +44,8 @@ TRIES = {  # name -> train.py options (clip: its recipe comes from the ladder)
     "msd": (),
     "mean": ("--pool", "mean"),
     "registers": ("--registers", "4"),
-    "local": ("--local-attention", "1"),
+    "window3": ("--attention-window", "3"),
+    "window1": ("--attention-window", "1"),
     "clip": ladder.ARMS["clip-dup"][1],
 }
 SEEDS = (0, 1, 2)
@@ -130,7 +133,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--tries", default="msd,mean,registers,local,clip", help="comma-separated tries to run, in order")
+    a("--tries", default="msd,mean,registers,window3,window1,clip", help="comma-separated tries to run, in order")
     a("--out-dir", default="results/localise", help="one folder per run (not committed)")
     a("--json", default="docs/results/localise.json", help="the report: every finished run")
     a("--ladder-json", default="docs/results/ladder.json", help="where CLIP's recipe comes from")

@@ -67,7 +67,7 @@ def check(p, args):
         p.error(f"--report-noise {args.report_noise:g} is for the synthetic set only, not "
                 f"--train-manifest {args.train_manifest}: a manifest's reports are used as they are")
     for name in ("weight_decay", "max_grad_norm", "save_every", "eval_every", "registers",
-                 "local_attention"):
+                 "attention_window"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.image_size is None:

@@ -137,7 +137,7 @@ def tokenize_reports(args, pairs, ckpt, run, init=None, log=print):
         raise InputError(f"cannot read {tok_path}: {str(e).splitlines()[0]}") from None
     cfg = make_config(args.preset, image_size=args.image_size, in_channels=args.channels,
                       stem=args.stem, pool=args.pool, registers=args.registers,
-                      local_attention=args.local_attention,
+                      attention_window=args.attention_window,
                       vocab_size=tokenizer.get_vocab_size())
     if ckpt is not None and ckpt["config"]["model"]["vocab_size"] != cfg.vocab_size:
         raise InputError(f"--resume: {tok_path} has {cfg.vocab_size} tokens, the checkpoint's model "

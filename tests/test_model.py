@@ -189,13 +189,13 @@ def test_registers_are_attended_to_but_never_pooled():
         torch.testing.assert_close(more.patch_states(images), plain.patch_states(images))
 
 
-def test_local_attention_keeps_a_patch_to_its_neighbourhood():
-    """local_attention = 1 with one layer and the patch stem (no overlap between patches): changing
+def test_an_attention_window_keeps_a_patch_to_its_neighbourhood():
+    """attention_window = 3 with one layer and the patch stem (no overlap between patches): changing
     patch (0, 0) changes exactly the patches within one row and column of it, and nothing else."""
     cfg = dict(image_size=32, patch_size=8, stem="patch", vision_width=32, vision_layers=1,
                vision_heads=2, text_width=32, text_layers=1, text_heads=2, embed_dim=16, vocab_size=50)
     torch.manual_seed(0)
-    model = DualEncoder(make_config("tiny", local_attention=1, **cfg)).double().eval()
+    model = DualEncoder(make_config("tiny", attention_window=3, **cfg)).double().eval()
     image = torch.rand(1, 1, 32, 32, dtype=torch.float64)
     other = image.clone()
     other[..., :8, :8] = torch.rand(8, 8, dtype=torch.float64)
@@ -208,3 +208,11 @@ def test_local_attention_keeps_a_patch_to_its_neighbourhood():
     mask = local_mask(4, 1, cls=True, registers=2)
     assert mask.shape == (19, 19) and mask[0].all() and mask[:, 0].all() and mask[-2:].all()
     assert not mask[1, 1 + 15]                       # patch (0, 0) does not see patch (3, 3)
+    # W = 1: each patch on its own, the same stem output changes its patch alone
+    alone = DualEncoder(make_config("tiny", attention_window=1, **cfg)).double().eval()
+    with torch.no_grad():
+        moved = (alone.patch_states(image) - alone.patch_states(other)).abs().amax(-1).view(4, 4)
+    assert moved[0, 0] > 1e-6 and (moved.flatten()[1:] == 0).all()
+    for bad in (2, -1):
+        with pytest.raises(ValueError, match=f"attention_window must be 0 \\(every patch\\) or odd, got {bad}"):
+            make_config("tiny", attention_window=bad)
