@@ -86,3 +86,22 @@ def test_re_evaluate_rescores_a_recorded_run_and_keeps_where_it_was_trained(tmp_
     assert rec["summary"]["zero_shot_accuracy"] == 0.7 and rec["summary"]["second_zero_shot_accuracy"] == 0.6
     assert rec["trained_at"] == "abc1234" and rec["command"] == "python train.py --seed 0"
     assert set(json.loads(report.read_text())["records"]) == {"msd/seed0"}   # seed 1, 2: not trained
+
+
+def test_sides_counts_where_a_maximum_lies_for_one_sided_masks():
+    import torch
+    from experiments.map_sides import sides
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[0, 2:4, 0:2] = True          # image left
+    masks[1, 2:4, 6:8] = True          # image right
+    masks[2, 2:4, 3:5] = True          # across the middle: not one-sided
+    masks[3, 5:7, 1:3] = True          # image left
+    grids = torch.zeros(4, 4, 4)
+    grids[0, 1, 0] = 1.0               # left: its side
+    grids[1, 1, 0] = 1.0               # left: the other side
+    grids[2, 0, 0] = 1.0
+    grids[3, 3, 3] = 1.0               # right: the other side
+    assert sides(grids, masks) == (1, 2, 3)
+    odd = torch.zeros(1, 3, 3)
+    odd[0, 0, 1] = 1.0                 # the middle column of an odd grid: neither side
+    assert sides(odd, masks[:1]) == (0, 0, 1)
