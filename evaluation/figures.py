@@ -28,23 +28,29 @@ def show_predictions(model, tokenizer, zs, args):
 
 
 def show_grounding(model, tokenizer, gr, args):
-    """--show-grounding: three studies per class, each image with its true region and the
-    map of its sentence. gr None: the synthetic set evaluate() rendered, from the cache."""
+    """--show-grounding: three studies per class, each image with its true region and the map of
+    its sentence; where the set has sentences that name no place (the synthetic set), the same
+    three studies again with those beside them. gr None: the synthetic set evaluate() rendered,
+    from the cache."""
     if gr is False:
         raise InputError(f"--show-grounding {args.show_grounding} needs the synthetic set or "
                          f"--grounding-manifest")
     if gr is None:
         gr = synthetic_grounding(GROUNDING_PER_CLASS, model.cfg.image_size,
                                  grounding_seed(args.eval_seed))
-    pick = [i for c in dict.fromkeys(gr["labels"])
-            for i in [j for j, name in enumerate(gr["labels"]) if name == c][:3]]
-    texts = [gr["texts"][i] for i in pick]
-    maps = grounding_maps(model, tokenizer, gr["images"][pick], texts, args.device, args.batch_size,
+    picks = [[j for j, name in enumerate(gr["labels"]) if name == c][:3]
+             for c in dict.fromkeys(gr["labels"])]                # up to three studies per class
+    sets = [gr["texts"]] + ([gr["unlocated"]] if "unlocated" in gr else [])
+    # per class: its studies with the report's sentences, then with the unlocated ones
+    order = [(texts, i) for pick in picks for texts in sets for i in pick]
+    rows = [i for _, i in order]
+    texts = [t[i] for t, i in order]
+    maps = grounding_maps(model, tokenizer, gr["images"][rows], texts, args.device, args.batch_size,
                           precision=args.precision)
     from tools.plot import draw_grounding   # Pillow: only --show-grounding needs it
     try:
-        draw_grounding(args.show_grounding, gr["images"][pick], gr["masks"][pick], maps, texts,
-                       [gr["labels"][i] for i in pick])
+        draw_grounding(args.show_grounding, gr["images"][rows], gr["masks"][rows], maps, texts,
+                       [gr["labels"][i] for i in rows], per_class=3 * len(sets))
     except OSError as e:
         raise WriteError(f"cannot write {args.show_grounding}: {reason(e)}") from None
     print(f"wrote {args.show_grounding}")

@@ -26,9 +26,10 @@ PICTURES = {
     "docs/predictions.png": ("python eval.py --checkpoint out --show docs/predictions.png",
                              (640, 1090)),
     "docs/curve.png": ("python -m tools.plot out --out docs/curve.png", (800, 280)),
-    # 5 grounding classes x 3 cells of 128 x (128 + 4 lines of 13 + 6)
+    # 5 grounding classes x 6 cells (3 studies, twice: the report's sentence, then the finding
+    # alone) of 128 x (128 + 4 lines of 13 + 6)
     "docs/grounding.png": ("python eval.py --checkpoint out --show-grounding docs/grounding.png",
-                           (384, 930)),
+                           (768, 930)),
 }
 
 
