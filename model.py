@@ -342,7 +342,8 @@ class DualEncoder(nn.Module):
         t = F.normalize(text_features, dim=-1)                          # (B, D)
         x = self.patch_states(images)                                   # (B, P, W)
         if self.visual.pool == "cls":
-            return torch.einsum("bpd,bd->bp", self.encode_patches(images), t) / x.shape[1]
+            patches = F.normalize(self.image_proj(x), dim=-1)           # encode_patches, once
+            return torch.einsum("bpd,bd->bp", patches, t) / x.shape[1]
         pooled = x.amax(dim=1) if self.visual.pool == "max" else x.mean(dim=1)   # (B, W)
         norm = self.image_proj(pooled).norm(dim=-1, keepdim=True)       # (B, 1): |z|
         a = t @ self.image_proj.weight                                  # (B, W): image_projᵀ t
