@@ -187,6 +187,21 @@ def test_the_shares_add_up_to_the_image_text_cosine(pool):
     assert (shares != 0).sum(1).min() > 1      # spread over several patches, not one term
 
 
+def test_with_a_class_token_the_shares_are_the_patch_cosines():
+    """pool="cls" has no exact split (the docstring says why): each patch's cosine with the text
+    through image_proj, over P, which is not the score."""
+    torch.manual_seed(0)
+    model = DualEncoder(tiny(pool="cls")).double().eval()
+    images, text = torch.rand(2, 1, 32, 32, dtype=torch.float64), torch.randn(2, 24, dtype=torch.float64)
+    with torch.no_grad():
+        shares = model.patch_shares(images, text)
+        want = torch.einsum("bpd,bd->bp", model.encode_patches(images),
+                            torch.nn.functional.normalize(text, dim=-1)) / 16
+        cosine = (model.encode_image(images) * torch.nn.functional.normalize(text, dim=-1)).sum(-1)
+    torch.testing.assert_close(shares, want, rtol=0, atol=1e-12)
+    assert not torch.allclose(shares.sum(1), cosine)
+
+
 def test_the_map_is_the_bilinear_upsampling_of_the_patch_shares():
     torch.manual_seed(0)
     model = DualEncoder(tiny()).eval()
