@@ -30,6 +30,10 @@ command, commit, machine and date):
      or final level?).
   3. robust: every arm at each OTHER arm's chosen recipe, seed 3, 20,000 clean pairs: which method
      forgives a schedule that is wrong for it.
+  4. default: MSD at the recipe train.py had when the study began (lr 5e-4, warm-up steps/6) on
+     seeds 3-5 in the two search settings, beside MSD at its chosen recipe from phase 2: does the
+     default's recipe change? (The rule: a recipe replaces it where it wins beyond the bar on both
+     evaluation sets in one setting and is not worse beyond the bar in the other.)
 
 A step of the ladder is "beyond" when the difference of means exceeds both the larger standard
 deviation over seeds and the mean half-width of the runs' 95% bootstrap intervals over the test
@@ -63,7 +67,8 @@ LRS = ("2.5e-4", "5e-4", "1e-3")
 WARMUP_DIVISORS = (6, 3)                      # warm-up steps = steps / this
 RECIPES = [f"lr{lr}-w{d}" for lr in LRS for d in WARMUP_DIVISORS]
 SEARCH_SEED, FINAL_SEEDS, ROBUST_SEED, ROBUST_SETTING = 0, (3, 4, 5), 3, "clean"
-PHASES = ("search", "final", "robust")
+PHASES = ("search", "final", "robust", "default")
+DEFAULT_ARM, DEFAULT_RECIPE = "msd", "lr5e-4-w6"  # train.py's recipe when the study began
 CHOICE_KEY = "second_zero_shot_accuracy"     # what chooses a recipe: the second evaluation set
 
 
@@ -84,6 +89,9 @@ def jobs_of(phase, choice):
     if phase == "final":
         return [("final", s, arm, choice[arm], seed) for seed in FINAL_SEEDS for s in SETTINGS
                 for arm in ARMS]
+    if phase == "default":
+        return [("default", s, DEFAULT_ARM, DEFAULT_RECIPE, seed) for seed in FINAL_SEEDS
+                for s in SEARCH_SETTINGS]
     others = {arm: sorted({choice[o] for o in ARMS if choice[o] != choice[arm]}) for arm in ARMS}
     return [("robust", ROBUST_SETTING, arm, r, ROBUST_SEED) for arm in ARMS for r in others[arm]]
 
@@ -223,11 +231,37 @@ def robust_table(report, choice):
     return "\n".join(lines)
 
 
+def default_table(report, choice):
+    """Phase 4: per search setting, MSD at the old default recipe against MSD at its chosen recipe
+    (seeds FINAL_SEEDS both), and the step from the one to the other on both evaluation sets."""
+    if not choice:
+        return ""
+    default, final = records_of(report, "default"), records_of(report, "final")
+    chosen = choice[DEFAULT_ARM]
+    keys = ("zero_shot_accuracy", "second_zero_shot_accuracy", "t2i_r10")
+    lines = [f"{DEFAULT_ARM}: the default's recipe ({DEFAULT_RECIPE}) against the chosen one "
+             f"({chosen}), seeds {', '.join(map(str, FINAL_SEEDS))}",
+             "| setting | recipe | seeds | zero-shot acc | 2nd set | t2i R@10 |",
+             "|---|---|---:|---:|---:|---:|"]
+    for setting in SEARCH_SETTINGS:
+        old = default.get((setting, DEFAULT_ARM, DEFAULT_RECIPE), {})
+        new = final.get((setting, DEFAULT_ARM, chosen), {})
+        for label, cell in ((f"{DEFAULT_RECIPE} (the default's)", old), (f"{chosen} (chosen)", new)):
+            if cell:
+                nums = [fmt_mean_std([x.get(k) for x in cell.values()]) for k in keys]
+                lines.append(f"| {setting} | {label} | {len(cell)} | " + " | ".join(nums) + " |")
+        if old and new:
+            steps = [step_up(new, old, k) for k in keys]
+            lines.append(f"| {setting} | chosen − the default's | | " + " | ".join(steps) + " |")
+    return "\n".join(lines)
+
+
 def report_text(report):
     choice = choose(report)
     said = ", ".join(f"{a}: {r}" for a, r in choice.items()) if choice else "(search not complete)"
     return "\n\n".join([f"{len(report['records'])} runs recorded", search_table(report, choice),
-                        f"chosen: {said}", ladder_table(report, choice), robust_table(report, choice)])
+                        f"chosen: {said}", ladder_table(report, choice), robust_table(report, choice),
+                        default_table(report, choice)])
 
 
 def commit_report(path, message):

@@ -112,6 +112,9 @@ def test_phases_run_in_order_record_everything_and_skip_what_is_recorded(small_s
     for arm, recipe in (("clip-dup", "lr5e-4-w6"), ("msd", "lr1e-3-w6")):   # at the other's recipe
         finished_run(out / "robust" / "clean" / arm / f"{recipe}-seed3", 0.4,
                      teacher_acc=0.4 if arm == "msd" else None)
+    for seed in (3, 4):                                   # MSD at the default's recipe
+        finished_run(out / "default" / "clean" / "msd" / f"lr5e-4-w6-seed{seed}", 0.8 + seed / 100,
+                     teacher_acc=0.5)
     args = ["--out-dir", str(out), "--json", str(report), "--poll", "0"]
     # worker 2 of 2 does its half of the search alone, then stops at the choice: wait is not tested
     assert ladder.main(args + ["--worker", "2/2", "--phases", "search"]) == 0
@@ -119,15 +122,18 @@ def test_phases_run_in_order_record_everything_and_skip_what_is_recorded(small_s
     assert ladder.main(args) == 0
     printed = capsys.readouterr().out
     saved = json.loads(report.read_text())
-    assert len(saved["records"]) == 4 + 4 + 2
+    assert len(saved["records"]) == 4 + 4 + 2 + 2
     assert "chosen: clip-dup: lr1e-3-w6, msd: lr5e-4-w6" in printed
     assert "| clean | msd | lr5e-4-w6 | 2 | 0.935 ± 0.007 | 0.945 ± 0.007 |" in printed
     assert "| clip-dup | 0.400 | 0.830 * |" in printed and "| msd | 0.930 * | 0.400 |" in printed
+    # phase 4 reads the default's recipe against the chosen one; here they are the same recipe,
+    # run on the same seeds 0.1 apart: a step beyond a spread of 0.007
+    assert "| clean | chosen − the default's | | +0.100, beyond 0.007 |" in printed
     rec = saved["records"]["final/clean/msd/lr5e-4-w6-seed3"]
     assert "--lr 5e-4 --warmup-steps 83" in rec["command"] and rec["commit"] is not None
     # a second look finds everything recorded and trains nothing
     assert ladder.main(args) == 0
-    assert capsys.readouterr().out.count("already") == 10
+    assert capsys.readouterr().out.count("already") == 12
 
 
 def test_a_report_of_other_settings_and_bad_options_are_refused(small_study, tmp_path, capsys):
