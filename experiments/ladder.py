@@ -7,6 +7,7 @@ window N = 2 x 32).
     python -m experiments.ladder --report      # the tables so far: search, choice, ladder, robustness
     nice OMP_NUM_THREADS=1 python -m experiments.ladder --worker 1/2 &
     nice OMP_NUM_THREADS=1 python -m experiments.ladder --worker 2/2
+    ... --phases final --settings clean,small-noisy --seeds 4   # a slow machine: the cheap runs first
 
 The arms, in ladder order:
 
@@ -293,6 +294,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--phases", default=",".join(PHASES), help="comma-separated phases to run, in this order")
+    a("--settings", default=None, help="comma-separated: run only these settings' runs (a slow "
+      "machine can take the cheap settings first; the report is the same)")
+    a("--seeds", default=None, help="comma-separated: run only these seeds' runs")
     a("--extra", default="", help='more train.py options for every run, e.g. --extra="--device cuda"')
     a("--out-dir", default="results/ladder", help="one folder per run (not committed)")
     a("--json", default="docs/results/ladder.json", help="the report: every finished run")
@@ -305,6 +309,16 @@ def parse_args(argv=None):
     a("--report", action="store_true", help="print the tables of the runs recorded in --json")
     args = p.parse_args(argv)
     args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    if args.settings is not None:
+        args.settings = [x.strip() for x in args.settings.split(",") if x.strip()]
+        unknown = [x for x in args.settings if x not in SETTINGS]
+        if unknown:
+            p.error(f"--settings: unknown {unknown}; choose from {','.join(SETTINGS)}")
+    if args.seeds is not None:
+        try:
+            args.seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            p.error(f"--seeds must be comma-separated integers, such as 4,5, got {args.seeds!r}")
     unknown = [x for x in args.phases if x not in PHASES]
     if unknown:
         p.error(f"--phases: unknown {unknown}; choose from {','.join(PHASES)}")
@@ -359,7 +373,9 @@ def main(argv=None):
             if choice is None:
                 print(f"{phase}: the search is not complete; nothing to print yet")
                 break
-        jobs = jobs_of(phase, choice)[i - 1::n]
+        jobs = [job for job in jobs_of(phase, choice)
+                if (args.settings is None or job[1] in args.settings)
+                and (args.seeds is None or job[4] in args.seeds)][i - 1::n]
         left = sum(job_key(*job) not in report["records"] for job in jobs)
         print(f"{phase}: worker {i} of {n}: {len(jobs)} runs, {left} not yet recorded", flush=True)
         for j, job in enumerate(jobs):

@@ -136,6 +136,17 @@ def test_phases_run_in_order_record_everything_and_skip_what_is_recorded(small_s
     assert capsys.readouterr().out.count("already") == 12
 
 
+def test_settings_and_seeds_pick_runs_without_changing_them(capsys):
+    """--settings and --seeds order the work on a slow machine; each run's command is unchanged."""
+    assert ladder.main(["--dry-run", "--phases", "search"]) == 0
+    every = [line for line in capsys.readouterr().out.splitlines() if "train.py" in line]
+    assert ladder.main(["--dry-run", "--phases", "search", "--settings", "small-noisy"]) == 0
+    picked = [line for line in capsys.readouterr().out.splitlines() if "train.py" in line]
+    assert picked == [line for line in every if "/small-noisy/" in line] and len(picked) == 24
+    assert ladder.main(["--dry-run", "--phases", "search", "--seeds", "3"]) == 0
+    assert "train.py" not in capsys.readouterr().out             # the search is seed 0 alone
+
+
 def test_a_report_of_other_settings_and_bad_options_are_refused(small_study, tmp_path, capsys):
     report = tmp_path / "ladder.json"
     report.write_text(json.dumps({"settings": {"recipes": ["lr9"]}, "records": {}}))
@@ -143,7 +154,9 @@ def test_a_report_of_other_settings_and_bad_options_are_refused(small_study, tmp
     assert "holds runs with other settings" in capsys.readouterr().err
     for bad, why in ((["--extra=--lr 1e-3"], "--extra may not set --lr"),
                      (["--phases", "search,tune"], "--phases: unknown ['tune']"),
-                     (["--worker", "0/2"], "I must be between 1 and N")):
+                     (["--worker", "0/2"], "I must be between 1 and N"),
+                     (["--settings", "clean,dirty"], "--settings: unknown ['dirty']"),
+                     (["--seeds", "four"], "--seeds must be comma-separated integers")):
         with pytest.raises(SystemExit):
             ladder.parse_args(bad)
         assert why in capsys.readouterr().err
