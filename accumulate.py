@@ -48,7 +48,7 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from loss import clip_loss, msd_loss, positive_matrix, soft_targets, upcast
+from loss import clip_loss, msd_loss, positive_matrix, soft_targets, upcast, word_patch_loss
 from momentum import ema_update
 
 
@@ -107,7 +107,7 @@ def _check_unit_norm(teacher_features):
 
 def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, momentum: float,
              duplicate_aware: bool = True, autocast=contextlib.nullcontext(), scaler=None,
-             max_grad_norm: float | None = None) -> torch.Tensor:
+             max_grad_norm: float | None = None, word_patch: float = 0.0) -> torch.Tensor:
     """One optimizer step of momentum self-distillation over `micro_batches`.
 
     model: the student (a DualEncoder, or DDP / torch.compile around one), called as
@@ -123,7 +123,12 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
     positive (loss.positive_matrix); False: the row's own pair alone (one-hot).
     autocast: a context the forward passes run in, entered once per pass, as nanoGPT's `ctx`:
       torch.autocast("cuda", dtype=torch.bfloat16), or contextlib.nullcontext() for fp32.
-    Returns the window's loss (a detached scalar): the same number a single batch of N would give.
+    word_patch (default 0, off): the weight of loss.word_patch_loss, a word-patch alignment term
+      of the student alone, within each micro-batch (like clip_naive_step, not over the window);
+      micro-batch j's term is weighted by its share b_j / N of the window. The model must take
+      model(images, tokens, words=True) (model.DualEncoder does).
+    Returns the window's loss (a detached scalar): the same number a single batch of N would give,
+    plus the word-patch terms when word_patch > 0.
     """
     optimizer.zero_grad(set_to_none=True)
     student = _unwrap(model)
@@ -164,8 +169,12 @@ def msd_step(model, teacher, queue, optimizer, micro_batches, *, alpha: float, m
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast:
-                img, txt, s = model(images, tokens)
+                out = model(images, tokens, words=True) if word_patch else model(images, tokens)
+            img, txt, s, *local = out
             loss_j = msd_loss(img, txt, bank_img, bank_txt, y_i2t, y_t2i, s, normaliser=N)
+            if word_patch:
+                own_ids = row_ids if duplicate_aware else None
+                loss_j = loss_j + word_patch * sizes[j] / N * word_patch_loss(*local, s, own_ids)
             (scaler.scale(loss_j) if scaler is not None else loss_j).backward()
         losses.append(loss_j.detach())
         start += sizes[j]

@@ -149,9 +149,35 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
     pair (one-hot). Given, a row's positives are every column with the same report, uniformly: the
     duplicate-aware P of msd_loss, with the batch as its own bank. That P is symmetric, so the
     text-to-image direction uses it as it is. With all ids distinct it is the one-hot loss."""
-    logits = upcast(scale) * upcast(image) @ upcast(text).T       # (B, B)
+    return symmetric_infonce(upcast(scale) * upcast(image) @ upcast(text).T, ids)
+
+
+def symmetric_infonce(logits: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's loss on a square matrix of logits (image rows, text columns), one-hot or, with ids,
+    duplicate-aware (clip_loss)."""
     if ids is None:
-        labels = torch.arange(image.shape[0], device=image.device)
+        labels = torch.arange(logits.shape[0], device=logits.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
     P = positive_matrix(ids, ids, 0, duplicate_aware=True, dtype=logits.dtype)   # (B, B)
-    return (soft_cross_entropy(logits, P) + soft_cross_entropy(logits.T, P)) / (2 * image.shape[0])
+    return (soft_cross_entropy(logits, P) + soft_cross_entropy(logits.T, P)) / (2 * logits.shape[0])
+
+
+def word_patch_loss(patches: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+                    scale: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """A local alignment term between words and patches: FILIP's token-wise late interaction
+    (Yao et al. 2022), as GLoRIA (Huang et al. 2021) aligns words with image regions.
+
+    patches (B, P, D) and words (B, L, D) of unit norm (model.DualEncoder.forward(words=True)),
+    word_mask (B, L) True for real tokens. Image i and report j score the mean, over j's real
+    words, of each word's best cosine with any patch of i:
+
+        sim(i, j) = (1 / |j|) Σ_w max_p  patches[i, p] · words[j, w]
+
+    and the term is CLIP's symmetric InfoNCE on s · sim within the batch (ids: duplicate-aware, as
+    clip_loss). A word can only raise sim(i, j) through one patch of image i, so to tell its own
+    image from the batch's others a finding's word must find a patch that shows that finding:
+    the healthy patches every image has cannot do it. The (B, B, P, L) cosines are the memory."""
+    sim = torch.einsum("ipd,jld->ijpl", upcast(patches), upcast(words)).amax(dim=2)   # (B, B, L)
+    m = word_mask.to(sim.dtype)                                                     # (B, L)
+    sim = (sim * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1)                        # (B, B)
+    return symmetric_infonce(upcast(scale) * sim, ids)

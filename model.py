@@ -224,7 +224,10 @@ class VisionTransformer(nn.Module):
         return x[:, :x.shape[1] - self.n_registers]        # the registers' part is done
 
     def forward(self, images):
-        x = self.tokens(images)
+        return self.pool_tokens(self.tokens(images))
+
+    def pool_tokens(self, x):
+        """tokens(images) -> (B, W): the one vector per image that `pool` names."""
         if self.pool == "cls":
             return x[:, 0]                                 # (B, W): the class token
         if self.pool == "mean":
@@ -262,6 +265,16 @@ class TextTransformer(nn.Module):
         self.ln_final = nn.LayerNorm(cfg.text_width)
 
     def forward(self, tokens):
+        return self.pool_states(*self.token_states(tokens))
+
+    @staticmethod
+    def pool_states(x, mask):
+        """token_states' (x, mask) -> (B, W): the mean of the real tokens' states."""
+        m = mask.unsqueeze(-1).to(x.dtype)                   # (B, L, 1)
+        return (x * m).sum(1) / m.sum(1).clamp(min=1)        # (B, W)
+
+    def token_states(self, tokens):
+        """tokens (B, L) -> every token's final state (B, L, W) and the mask of real tokens (B, L)."""
         B, L = tokens.shape
         if L > self.context_length:
             raise ValueError(f"token sequence of length {L} is longer than context_length "
@@ -270,9 +283,7 @@ class TextTransformer(nn.Module):
         x = self.token_embed(tokens) + self.pos_embed[:, :L]  # (B, L, W)
         for block in self.blocks:
             x = block(x, key_mask=mask)
-        x = self.ln_final(x)
-        m = mask.unsqueeze(-1).to(x.dtype)                   # (B, L, 1)
-        return (x * m).sum(1) / m.sum(1).clamp(min=1)        # (B, W)
+        return self.ln_final(x), mask
 
 
 class DualEncoder(nn.Module):
@@ -353,10 +364,21 @@ class DualEncoder(nn.Module):
         return torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device).scatter_add_(
             1, winner, a * pooled / norm)
 
-    def forward(self, images, tokens):
+    def forward(self, images, tokens, words=False):
         """Both embeddings and s = exp(logit_scale). Training calls the model through forward (not
-        the encode_* methods) so that DistributedDataParallel sees every parameter it must reduce."""
-        return self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp()
+        the encode_* methods) so that DistributedDataParallel sees every parameter it must reduce.
+        words=True (for loss.word_patch_loss) also returns, from the same passes, every patch
+        (encode_patches) and every token through text_proj, (B, P, D) and (B, L, D) at unit norm,
+        and the mask of real tokens (B, L)."""
+        if not words:
+            return self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp()
+        x = self.visual.tokens(images)                                  # (B, [1 +] P, W)
+        t, mask = self.text.token_states(tokens)                        # (B, L, W), (B, L)
+        patches = x[:, 1:] if self.visual.pool == "cls" else x
+        return (F.normalize(self.image_proj(self.visual.pool_tokens(x)), dim=-1),
+                F.normalize(self.text_proj(self.text.pool_states(t, mask)), dim=-1),
+                self.logit_scale.exp(), F.normalize(self.image_proj(patches), dim=-1),
+                F.normalize(self.text_proj(t), dim=-1), mask)
 
     @torch.no_grad()
     def clamp_logit_scale(self, max_scale=100.0):

@@ -70,8 +70,7 @@ def build_parser():
     a("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
     a("--channels", type=int, default=1, choices=[1, 3], help="1 grayscale, 3 RGB")
     a("--stem", default="conv", choices=["conv", "patch"], help="ViT patches: stride-2 convs, or one p x p")
-    a("--pool", default="max", choices=["max", "mean", "cls"],
-      help="image vector: max over patch tokens (keeps small findings), their mean, or a class token")
+    a("--pool", default="max", choices=["max", "mean", "cls"], help="image vector: max over patches, mean, class token")
     a("--registers", type=int, default=0, metavar="R", help="R extra ViT tokens, never pooled")
     a("--attention-window", type=int, default=0, metavar="W", help="odd W: a patch sees W x W patches")
     a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
@@ -111,6 +110,7 @@ def build_parser():
     a("--queue-start", type=int, default=None, metavar="STEP",
       help="the queue joins the bank from this step on, once the teacher's features change slowly "
            "enough to be negatives (SwAV starts its queue late; default: --warmup-steps; 0 = at once)")
+    a("--word-patch", type=float, default=0.0, help="weight of a word-patch term (loss.word_patch_loss; 0: off)")
     a("--duplicate-aware", action=argparse.BooleanOptionalAction, default=True,
       help="identical reports are all positives, for MSD and CLIP alike (--no-duplicate-aware: "
            "a pair's own report alone, one-hot)")
@@ -356,7 +356,7 @@ def optimizer_step(parts, batches, args, step, alpha, m):
     if args.method == "msd":
         bank_queue = parts.queue if step >= args.queue_start else None   # the window alone before
         loss = msd_step(parts.model, parts.teacher, bank_queue, parts.optimizer, batches,
-                        alpha=alpha, momentum=m, **common)
+                        alpha=alpha, momentum=m, word_patch=args.word_patch, **common)
     else:
         step_fn = clip_step if args.method == "clip" else clip_naive_step  # exact, or per micro-batch
         loss = step_fn(parts.model, parts.optimizer, batches, **common)

@@ -18,6 +18,9 @@ The tries (train.py options):
                 evidence spreads one patch per layer rather than anywhere at once
     window1     --attention-window 1: no mixing at all; each patch's state is its own (after the
                 convolutional stem), so only the patches of the finding can carry its evidence
+    words       --word-patch 1: MSD plus a word-patch alignment term (loss.word_patch_loss, FILIP's
+                token-wise similarity, as GLoRIA aligns words with regions) within each
+                micro-batch, at weight 1; the map is still the global score's decomposition
     clip        exact CLIP with duplicate-aware positives (the ladder's clip-dup, one change from
                 MSD at alpha 0) at the recipe experiments/ladder.py chose for it: it runs once
                 docs/results/ladder.json holds the whole search
@@ -46,6 +49,7 @@ TRIES = {  # name -> train.py options (clip: its recipe comes from the ladder)
     "registers": ("--registers", "4"),
     "window3": ("--attention-window", "3"),
     "window1": ("--attention-window", "1"),
+    "words": ("--word-patch", "1"),
     "clip": ladder.ARMS["clip-dup"][1],
 }
 SEEDS = (0, 1, 2)
@@ -133,7 +137,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--tries", default="msd,mean,registers,window3,window1,clip", help="comma-separated tries to run, in order")
+    a("--tries", default=",".join(TRIES), help="comma-separated tries to run, in order")
     a("--out-dir", default="results/localise", help="one folder per run (not committed)")
     a("--json", default="docs/results/localise.json", help="the report: every finished run")
     a("--ladder-json", default="docs/results/ladder.json", help="where CLIP's recipe comes from")

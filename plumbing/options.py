@@ -80,6 +80,9 @@ def check(p, args):
     for name in ("steps", "batch_size", "accum_steps", "image_size", "log_every"):
         if getattr(args, name) < 0 or (getattr(args, name) == 0 and name != "steps"):
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.word_patch < 0 or (args.word_patch and args.method != "msd"):
+        p.error(f"--word-patch must be >= 0 and is an MSD term (--method msd), got {args.word_patch:g} "
+                f"with --method {args.method}")
     if not 0 <= args.alpha <= 1:
         p.error(f"--alpha must be in [0, 1], got {args.alpha}")
     if not 0 <= args.momentum <= 1:

@@ -288,6 +288,8 @@ def describe_run(args, parts, run, queue_note):
                      if args.momentum_half_life else "")
         extra = (f"{queue}, alpha {args.alpha} (warm-up {args.alpha_warmup} steps), momentum "
                  f"{parts.base_momentum:.4g} ({args.momentum_schedule}{half_life})")
+        if args.word_patch:
+            extra += f", word-patch term x {args.word_patch:g} within each micro-batch"
     elif args.method == "clip" and N > args.batch_size:
         what = (f"exact accumulation over the window (feature cache), {N - 1} negatives per row, "
                 f"2 student forwards per sample")
