@@ -212,6 +212,35 @@ def ladder_table(report, choice):
     return "\n".join(lines)
 
 
+README_ARMS = {"clip": "exact CLIP, one-hot", "clip-dup": "+ duplicate-aware positives",
+               "msd-a0": "+ teacher's bank (`--alpha 0`)", "msd": "+ soft targets (MSD)"}
+README_SETTINGS = {"clean": "20,000 clean", "small-noisy": "2,000, noise 0.3",
+                   "clean-long": "20,000 clean, 76,800 samples"}
+
+
+def readme_table(report, choice, settings=SEARCH_SETTINGS):
+    """The README's short ladder: per setting, each arm at its recipe, zero-shot accuracy on both
+    sets, t2i R@10 and the step up from the row above on zero-shot accuracy."""
+    runs = records_of(report, "final")
+    lines = ["| data | arm: what it adds | recipe | seeds | zero-shot acc (2nd set) | t2i R@10 | "
+             "step: zero-shot |", "|---|---|---|---:|---:|---:|---:|"]
+    for setting in settings:
+        previous = None
+        for arm in ARMS:
+            cell = runs.get((setting, arm, choice[arm]), {}) if choice else {}
+            if not cell:
+                previous = None
+                continue
+            nums = [fmt_mean_std([r.get(k) for r in cell.values()])
+                    for k in ("zero_shot_accuracy", "second_zero_shot_accuracy", "t2i_r10")]
+            step = step_up(cell, previous, "zero_shot_accuracy") if previous else ""
+            recipe = choice[arm][2:].replace("-w", ", steps/")
+            lines.append(f"| {README_SETTINGS[setting] if arm == 'clip' else ''} | {README_ARMS[arm]} | "
+                         f"{recipe} | {len(cell)} | {nums[0]} ({nums[1]}) | {nums[2]} | {step} |")
+            previous = cell
+    return "\n".join(lines)
+
+
 def robust_table(report, choice):
     """Seed ROBUST_SEED, ROBUST_SETTING: every arm at every arm's chosen recipe (its own from the
     final phase), zero-shot accuracy on the first set."""
@@ -262,7 +291,8 @@ def report_text(report):
     said = ", ".join(f"{a}: {r}" for a, r in choice.items()) if choice else "(search not complete)"
     return "\n\n".join([f"{len(report['records'])} runs recorded", search_table(report, choice),
                         f"chosen: {said}", ladder_table(report, choice), robust_table(report, choice),
-                        default_table(report, choice)])
+                        default_table(report, choice),
+                        "the README's table:\n" + readme_table(report, choice)])
 
 
 def commit_report(path, message):

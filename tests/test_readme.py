@@ -273,16 +273,17 @@ def test_readme_preset_parameter_counts_match_the_code():
             assert count == round(want, 2), f"{name} at vocabulary {vocab}: {count}M, model.py {want:.2f}M"
 
 
-def test_readme_decision_table_is_what_regimes_report_prints():
-    """Every number of the regime-aware table comes from the committed study, through the same
-    function `python regimes.py --report` prints it with."""
-    from experiments import regimes
+def test_readme_ladder_table_is_what_the_ladder_report_prints():
+    """Every number of the Benefit table comes from the committed study, through the same function
+    `python -m experiments.ladder --report` prints it with."""
+    from experiments import ladder
     from experiments import studies
-    report = studies.read_json(os.path.join(ROOT, "docs", "results", "regimes.json"))
-    expected = regimes.decision_table(regimes.runs_by_cell(report)).splitlines()
+    report = studies.read_json(os.path.join(ROOT, "docs", "results", "ladder.json"))
+    expected = ladder.readme_table(report, ladder.choose(report)).splitlines()
     lines = read("README.md").splitlines()
     start = lines.index(expected[0])
     assert lines[start:start + len(expected)] == expected
+    assert len(expected) > 2                                        # the rows are there
 
 
 # ----------------------------------------------------------------------------- the layout
