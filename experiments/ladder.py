@@ -189,11 +189,24 @@ def step_up(upper, lower, key):
 def ladder_table(report, choice):
     """The final phase: per setting, one row per arm at its recipe, and each step against the row
     above it on zero-shot accuracy (first set) and t2i R@10."""
-    runs = records_of(report, "final")
     head = ["setting", "arm", "recipe", "seeds", "zero-shot acc", "2nd set", "t2i R@10",
             "step: zero-shot", "step: t2i R@10", "teacher zero-shot"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
-    for setting in SETTINGS:
+    for setting, arm, cell, previous, nums in ladder_rows(report, choice, SETTINGS):
+        steps = ([step_up(cell, previous, k) for k in ("zero_shot_accuracy", "t2i_r10")]
+                 if previous else ["", ""])
+        teacher = (fmt_mean_std([r.get("teacher_zero_shot_accuracy") for r in cell.values()])
+                   if has_teacher(arm) else "")
+        lines.append("| " + " | ".join([setting, arm, choice[arm], str(len(cell)), *nums, *steps,
+                                        teacher]) + " |")
+    return "\n".join(lines)
+
+
+def ladder_rows(report, choice, settings):
+    """The final phase's cells in ladder order: (setting, arm, {seed: summary}, the row above's
+    cell or None, [zero-shot, 2nd set, t2i R@10] as mean ± sd), arms with no run left out."""
+    runs = records_of(report, "final")
+    for setting in settings:
         previous = None
         for arm in ARMS:
             cell = runs.get((setting, arm, choice[arm]), {}) if choice else {}
@@ -202,14 +215,8 @@ def ladder_table(report, choice):
                 continue
             nums = [fmt_mean_std([r.get(k) for r in cell.values()])
                     for k in ("zero_shot_accuracy", "second_zero_shot_accuracy", "t2i_r10")]
-            steps = ([step_up(cell, previous, k) for k in ("zero_shot_accuracy", "t2i_r10")]
-                     if previous else ["", ""])
-            teacher = (fmt_mean_std([r.get("teacher_zero_shot_accuracy") for r in cell.values()])
-                       if has_teacher(arm) else "")
-            lines.append("| " + " | ".join([setting, arm, choice[arm], str(len(cell)), *nums, *steps,
-                                            teacher]) + " |")
+            yield setting, arm, cell, previous, nums
             previous = cell
-    return "\n".join(lines)
 
 
 README_ARMS = {"clip": "exact CLIP, one-hot", "clip-dup": "+ duplicate-aware positives",
@@ -221,23 +228,13 @@ README_SETTINGS = {"clean": "20,000 clean", "small-noisy": "2,000, noise 0.3",
 def readme_table(report, choice, settings=SEARCH_SETTINGS):
     """The README's short ladder: per setting, each arm at its recipe, zero-shot accuracy on both
     sets, t2i R@10 and the step up from the row above on zero-shot accuracy."""
-    runs = records_of(report, "final")
     lines = ["| data | arm: what it adds | recipe | seeds | zero-shot acc (2nd set) | t2i R@10 | "
              "step: zero-shot |", "|---|---|---|---:|---:|---:|---:|"]
-    for setting in settings:
-        previous = None
-        for arm in ARMS:
-            cell = runs.get((setting, arm, choice[arm]), {}) if choice else {}
-            if not cell:
-                previous = None
-                continue
-            nums = [fmt_mean_std([r.get(k) for r in cell.values()])
-                    for k in ("zero_shot_accuracy", "second_zero_shot_accuracy", "t2i_r10")]
-            step = step_up(cell, previous, "zero_shot_accuracy") if previous else ""
-            recipe = choice[arm][2:].replace("-w", ", steps/")
-            lines.append(f"| {README_SETTINGS[setting] if arm == 'clip' else ''} | {README_ARMS[arm]} | "
-                         f"{recipe} | {len(cell)} | {nums[0]} ({nums[1]}) | {nums[2]} | {step} |")
-            previous = cell
+    for setting, arm, cell, previous, nums in ladder_rows(report, choice, settings):
+        step = step_up(cell, previous, "zero_shot_accuracy") if previous else ""
+        recipe = choice[arm][2:].replace("-w", ", steps/")
+        lines.append(f"| {README_SETTINGS[setting] if arm == 'clip' else ''} | {README_ARMS[arm]} | "
+                     f"{recipe} | {len(cell)} | {nums[0]} ({nums[1]}) | {nums[2]} | {step} |")
     return "\n".join(lines)
 
 
