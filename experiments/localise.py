@@ -1,7 +1,8 @@
 """Does the model look where the finding is? Each try is one change to the default model.
 
 Every try runs at the default budget (train.py's defaults: 500 steps of 2 x 32 pairs) on seeds 0,
-1 and 2.
+1 and 2, at learning rate 5e-4: train.py's default when the study ran (2.5e-4 since the ladder study,
+experiments/ladder.py), pinned so that every try stays one change from the same model.
 
     python -m experiments.localise --dry-run          # the train.py commands, nothing run
     python -m experiments.localise --report           # the table of the runs recorded so far
@@ -24,6 +25,8 @@ The tries (train.py options):
     clip        exact CLIP with duplicate-aware positives (the ladder's clip-dup, one change from
                 MSD at alpha 0) at the recipe experiments/ladder.py chose for it: it runs once
                 docs/results/ladder.json holds the whole search
+    msd-ladder  the default model at the recipe the ladder chose for MSD (lr 2.5e-4, warm-up
+                steps/6: train.py's default since), so that MSD and CLIP meet at their own recipes
 
 Each run is scored by eval.py as train.py writes it (eval.json: the maps of the report's sentences
 and of the sentences that name no place, beside random grid maps and the text-only prior), on the
@@ -43,7 +46,7 @@ from experiments import ladder
 from experiments.studies import (ROOT, evaluate_more, fmt_mean_std, mean_std, parse_worker, read_json,
                                  read_run, record, train_and_evaluate, write_json)
 
-TRIES = {  # name -> train.py options (clip: its recipe comes from the ladder)
+TRIES = {  # name -> train.py options (clip, msd-ladder: the recipe comes from the ladder)
     "msd": (),
     "mean": ("--pool", "mean"),
     "registers": ("--registers", "4"),
@@ -51,9 +54,10 @@ TRIES = {  # name -> train.py options (clip: its recipe comes from the ladder)
     "window1": ("--attention-window", "1"),
     "words": ("--word-patch", "1"),
     "clip": ladder.ARMS["clip-dup"][1],
+    "msd-ladder": ladder.ARMS["msd"][1],
 }
+LADDER_TRIES = {"clip": "clip-dup", "msd-ladder": "msd"}  # try -> the ladder arm whose recipe it takes
 SEEDS = (0, 1, 2)
-LADDER_ARM = "clip-dup"
 DEFAULT_STEPS = 500
 COLUMNS = [  # (summary key, heading)
     ("grounding_pointing_game", "pointing game"),
@@ -66,18 +70,23 @@ COLUMNS = [  # (summary key, heading)
 ]
 
 
-def clip_recipe(ladder_json):
-    """The ladder's chosen recipe for exact CLIP as train.py options, or None before its search ends."""
+def ladder_recipes(ladder_json):
+    """{try: the ladder's chosen recipe for its arm as train.py options}, or {} before the ladder's
+    search ends."""
     if not os.path.exists(ladder_json):
-        return None
+        return {}
     choice = ladder.choose(read_json(ladder_json))
-    return ladder.recipe_options(choice[LADDER_ARM], DEFAULT_STEPS) if choice else None
+    if not choice:
+        return {}
+    return {name: ladder.recipe_options(choice[arm], DEFAULT_STEPS) for name, arm in LADDER_TRIES.items()}
+
+
+STUDY_LR = ("--lr", "5e-4")  # train.py's default learning rate when the tries ran
 
 
 def train_command(name, seed, args, python=sys.executable):
     cmd = [python, os.path.relpath(os.path.join(ROOT, "train.py")), *TRIES[name]]
-    if name == "clip":
-        cmd += args.clip_recipe
+    cmd += args.ladder_recipes[name] if name in LADDER_TRIES else STUDY_LR
     return cmd + ["--seed", str(seed), "--out", os.path.join(args.out_dir, name, f"seed{seed}")]
 
 
@@ -140,7 +149,7 @@ def parse_args(argv=None):
     a("--tries", default=",".join(TRIES), help="comma-separated tries to run, in order")
     a("--out-dir", default="results/localise", help="one folder per run (not committed)")
     a("--json", default="docs/results/localise.json", help="the report: every finished run")
-    a("--ladder-json", default="docs/results/ladder.json", help="where CLIP's recipe comes from")
+    a("--ladder-json", default="docs/results/ladder.json", help="where the recipes of clip and msd-ladder come from")
     a("--worker", default="1/1", metavar="I/N", help="run every N-th run from the I-th")
     a("--commit", action="store_true", help="git commit --json after each recorded run")
     a("--dry-run", action="store_true", help="print the train.py commands, run nothing")
@@ -153,7 +162,7 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"--tries: unknown {unknown}; choose from {','.join(TRIES)}")
     args.worker = parse_worker(p, args.worker)
-    args.clip_recipe = clip_recipe(args.ladder_json)
+    args.ladder_recipes = ladder_recipes(args.ladder_json)
     return args
 
 
@@ -163,10 +172,10 @@ def main(argv=None):
     if args.report:
         print(table(report))
         return 0
-    if "clip" in args.tries and args.clip_recipe is None:
-        print(f"clip: skipped, {args.ladder_json} has not chosen {LADDER_ARM}'s recipe yet "
+    for name in [x for x in args.tries if x in LADDER_TRIES and x not in args.ladder_recipes]:
+        print(f"{name}: skipped, {args.ladder_json} has not chosen {LADDER_TRIES[name]}'s recipe yet "
               f"(its search is not complete)", flush=True)
-        args.tries.remove("clip")
+        args.tries.remove(name)
     # seed by seed: every try's first seed lands before any try's third
     jobs = [(name, seed) for seed in SEEDS for name in args.tries][args.worker[0] - 1::args.worker[1]]
     failed = []
@@ -176,7 +185,8 @@ def main(argv=None):
             print(shlex.join(cmd))
             continue
         report = read_json(args.json) if os.path.exists(args.json) else report
-        out, teacher = os.path.join(args.out_dir, name, f"seed{seed}"), name != "clip"
+        out = os.path.join(args.out_dir, name, f"seed{seed}")
+        teacher = ladder.has_teacher(LADDER_TRIES.get(name, "msd"))
         if key in report["records"] and not args.re_evaluate:
             print(f"{key}: in {args.json} already (commit {report['records'][key]['commit']})")
             continue

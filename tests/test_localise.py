@@ -19,7 +19,8 @@ def commands(capsys, *extra):
 
 def test_each_try_is_the_default_plus_its_options(capsys, tmp_path):
     out, cmds = commands(capsys, "--ladder-json", str(tmp_path / "none.json"))
-    assert "clip: skipped" in out and len(cmds) == (len(localise.TRIES) - 1) * len(localise.SEEDS)
+    assert "clip: skipped" in out and "msd-ladder: skipped" in out
+    assert len(cmds) == (len(localise.TRIES) - len(localise.LADDER_TRIES)) * len(localise.SEEDS)
     default = vars(train.get_args([])[1])
     for cmd in cmds:
         args = vars(train.get_args(cmd[2:])[1])
@@ -27,18 +28,21 @@ def test_each_try_is_the_default_plus_its_options(capsys, tmp_path):
         assert seed == f"seed{args['seed']}" and args["seed"] in localise.SEEDS
         differ = {k for k in args if args[k] != default[k]} - {"out", "seed"}
         named = {o.lstrip("-").replace("-", "_") for o in localise.TRIES[name] if o.startswith("--")}
-        assert differ == named, name
+        assert differ == named | {"lr"} and args["lr"] == 5e-4, name   # the study's pinned rate
 
 
 def test_clip_runs_at_the_recipe_the_ladder_chose(capsys, tmp_path):
     scores = {(s, arm, r): 0.5 for s in ladder.SEARCH_SETTINGS for arm in ladder.ARMS
               for r in ladder.RECIPES}
     scores[("clean", "clip-dup", "lr2.5e-4-w3")] = scores[("small-noisy", "clip-dup", "lr2.5e-4-w3")] = 0.9
+    scores[("clean", "msd", "lr1e-3-w6")] = scores[("small-noisy", "msd", "lr1e-3-w6")] = 0.9
     (tmp_path / "ladder.json").write_text(json.dumps(fake_report(scores)))
-    _, cmds = commands(capsys, "--tries", "clip", "--ladder-json", str(tmp_path / "ladder.json"))
-    assert len(cmds) == 3
+    _, cmds = commands(capsys, "--tries", "clip,msd-ladder", "--ladder-json", str(tmp_path / "ladder.json"))
+    assert len(cmds) == 6
     args = train.get_args(cmds[0][2:])[1]
     assert (args.method, args.duplicate_aware, args.lr, args.warmup_steps) == ("clip", True, 2.5e-4, 167)
+    args = train.get_args(cmds[1][2:])[1]
+    assert (args.method, args.alpha, args.lr, args.warmup_steps) == ("msd", 0.4, 1e-3, 83)
 
 
 def test_table_is_the_mean_and_spread_beside_the_nulls():
