@@ -85,7 +85,7 @@ def build_parser():
     a("--steps", type=int, default=500, help="optimizer steps")
     a("--batch-size", type=int, default=32, help="micro-batch b: what fits in memory at once")
     a("--accum-steps", type=int, default=2, help="k micro-batches per optimizer step: window N = k*b")
-    a("--lr", type=float, default=5e-4, help="peak learning rate (1e-3 can collapse both towers to a constant)")
+    a("--lr", type=float, default=2.5e-4, help="peak learning rate (experiments/ladder.py chose it; 1e-3 can collapse)")
     a("--warmup-steps", type=int, default=None,
       help="linear learning-rate warm-up, then cosine to lr/10 (default: a sixth of --steps, 83 of 500)")
     a("--weight-decay", type=float, default=0.05, help="AdamW decay (not on norms, biases, embeddings, logit_scale)")

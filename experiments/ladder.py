@@ -266,20 +266,20 @@ def default_table(report, choice):
     default, final = records_of(report, "default"), records_of(report, "final")
     chosen = choice[DEFAULT_ARM]
     keys = ("zero_shot_accuracy", "second_zero_shot_accuracy", "t2i_r10")
-    lines = [f"{DEFAULT_ARM}: the default's recipe ({DEFAULT_RECIPE}) against the chosen one "
+    lines = [f"{DEFAULT_ARM}: the old default's recipe ({DEFAULT_RECIPE}) against the chosen one "
              f"({chosen}), seeds {', '.join(map(str, FINAL_SEEDS))}",
              "| setting | recipe | seeds | zero-shot acc | 2nd set | t2i R@10 |",
              "|---|---|---:|---:|---:|---:|"]
     for setting in SEARCH_SETTINGS:
         old = default.get((setting, DEFAULT_ARM, DEFAULT_RECIPE), {})
         new = final.get((setting, DEFAULT_ARM, chosen), {})
-        for label, cell in ((f"{DEFAULT_RECIPE} (the default's)", old), (f"{chosen} (chosen)", new)):
+        for label, cell in ((f"{DEFAULT_RECIPE} (old default)", old), (f"{chosen} (chosen)", new)):
             if cell:
                 nums = [fmt_mean_std([x.get(k) for x in cell.values()]) for k in keys]
                 lines.append(f"| {setting} | {label} | {len(cell)} | " + " | ".join(nums) + " |")
         if old and new:
             steps = [step_up(new, old, k) for k in keys]
-            lines.append(f"| {setting} | chosen − the default's | | " + " | ".join(steps) + " |")
+            lines.append(f"| {setting} | chosen − old default | | " + " | ".join(steps) + " |")
     return "\n".join(lines)
 
 

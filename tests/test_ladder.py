@@ -128,7 +128,7 @@ def test_phases_run_in_order_record_everything_and_skip_what_is_recorded(small_s
     assert "| clip-dup | 0.400 | 0.830 * |" in printed and "| msd | 0.930 * | 0.400 |" in printed
     # phase 4 reads the default's recipe against the chosen one; here they are the same recipe,
     # run on the same seeds 0.1 apart: a step beyond a spread of 0.007
-    assert "| clean | chosen − the default's | | +0.100, beyond 0.007 |" in printed
+    assert "| clean | chosen − old default | | +0.100, beyond 0.007 |" in printed
     rec = saved["records"]["final/clean/msd/lr5e-4-w6-seed3"]
     assert "--lr 5e-4 --warmup-steps 83" in rec["command"] and rec["commit"] is not None
     # a second look finds everything recorded and trains nothing
@@ -164,3 +164,14 @@ def test_a_report_of_other_settings_and_bad_options_are_refused(small_study, tmp
 
 def test_help_opens_with_a_full_sentence(capsys):
     check_help_opens_with_a_full_sentence(ladder, ladder.parse_args, capsys)
+
+
+def test_train_defaults_are_the_recipe_the_ladder_chose_for_msd():
+    """train.py's learning rate and warm-up are what the committed study chose for MSD (the rule in
+    ladder.py's docstring changed the default; a new choice must change train.py with it)."""
+    import os
+    from experiments.studies import ROOT, read_json
+    choice = ladder.choose(read_json(os.path.join(ROOT, "docs", "results", "ladder.json")))
+    default = train.get_args([])[1]
+    _, lr, _, warmup = ladder.recipe_options(choice[ladder.DEFAULT_ARM], default.steps)
+    assert (default.lr, default.warmup_steps) == (float(lr), int(warmup))

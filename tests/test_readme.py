@@ -286,6 +286,19 @@ def test_readme_ladder_table_is_what_the_ladder_report_prints():
     assert len(expected) > 2                                        # the rows are there
 
 
+def test_readme_default_table_is_what_the_ladder_report_prints():
+    """The default run's table is phase 4 of the committed study: the old default's recipe against
+    the chosen one, as `python -m experiments.ladder --report` prints it (its title left out)."""
+    from experiments import ladder
+    from experiments import studies
+    report = studies.read_json(os.path.join(ROOT, "docs", "results", "ladder.json"))
+    expected = ladder.default_table(report, ladder.choose(report)).splitlines()[1:]
+    lines = section(read("README.md"), "Results").splitlines()
+    start = lines.index(expected[0])
+    assert lines[start:start + len(expected)] == expected
+    assert len(expected) == 8                      # two settings: old, chosen and their difference
+
+
 # ----------------------------------------------------------------------------- the layout
 
 CARD = {"model.py", "momentum.py", "loss.py", "accumulate.py", "data.py", "train.py", "eval.py",

@@ -334,7 +334,7 @@ def test_existing_checkpoint_and_changed_settings_are_refused(reference_run, tmp
     proc = run("train.py", "--out", str(ref), *SMALL, check=False)
     assert proc.returncode == 2 and "exists: add --resume" in proc.stderr
     proc = run("train.py", "--out", str(ref), *SMALL, "--lr", "0.5", "--resume", check=False)
-    assert proc.returncode == 2 and "--lr 0.0005 (saved) vs 0.5" in proc.stderr
+    assert proc.returncode == 2 and "--lr 0.00025 (saved) vs 0.5" in proc.stderr
 
 
 def test_bad_manifest_is_refused_before_training(tmp_path):
