@@ -1,7 +1,9 @@
 """The default run itself (slow: minutes on 2 CPU cores; `python -m pytest -q -m slow`, which CI
 runs as its own step). It holds the README's promise: `python train.py` with no option reaches at
-least 0.90 zero-shot accuracy on the synthetic 5 x 200 benchmark. Accuracy only, never time: the
-time is measured in the README's timing table, with its machine."""
+least 0.88 zero-shot accuracy on the synthetic 5 x 200 benchmark. Seed 0 reaches 0.909 on a 2-core Intel
+Xeon (seeds 3-5: 0.930 +- 0.009, docs/results/ladder.json); the margin is for CPUs whose arithmetic
+differs, while a broken method lands far lower (0.2 is chance). Accuracy only, never time: the time
+is measured in the README's timing table, with its machine."""
 
 import json
 import os
@@ -14,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_default_run_reaches_090_zero_shot(tmp_path):
+def test_default_run_reaches_088_zero_shot(tmp_path):
     # the README's command with nothing added but where to write (and a fresh data cache, so the
     # run renders its data as a first run does); seed 0 is train.py's default seed
     out, cache = tmp_path / "out", tmp_path / "data_cache"
@@ -26,4 +28,4 @@ def test_default_run_reaches_090_zero_shot(tmp_path):
         results = json.load(f)
     assert results["evaluated_on"]["zero_shot"]["images"] == 5 * 200
     accuracy = results["zero_shot"]["accuracy"]
-    assert accuracy >= 0.90, f"zero-shot accuracy {accuracy:.3f} < 0.90\n{proc.stdout[-2000:]}"
+    assert accuracy >= 0.88, f"zero-shot accuracy {accuracy:.3f} < 0.88\n{proc.stdout[-2000:]}"
