@@ -309,18 +309,31 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--image-size", "36"], "--image-size 36 is not divisible by the tiny preset's patch size 8"),
-    (["--resume"], "--resume: no checkpoint at"),
-    (["--queue-size", "600"], "--queue-size 600 plus the window 16 exceeds the training set (512 pairs)"),
-    (["--batch-size", "400"], "is larger than the training set (512 pairs)"),
     (["--alpha", "1.5"], "--alpha must be in [0, 1], got 1.5"),
     (["--steps", "0"], "--steps must be positive, got 0"),
     (["--lr", "nan"], "--lr must be a finite number, got nan"),
-    (["--eval-manifest", "classes.csv"], "--eval-manifest classes.csv needs --prompts JSON"),
-    (["--prompts", "p.json"], "--prompts p.json is only used with --eval-manifest"),
-    (["--retrieval-manifest", "no-such.csv"], "--retrieval-manifest file not found: no-such.csv"),
     (["--queue-start", "-1"], "--queue-start must be >= 0, got -1"),
     (["--warmup-steps=-1"], "--warmup-steps must be >= 0, got -1"),
     (["--momentum-half-life", "0"], "--momentum-half-life must be a positive fraction of the run, got 0.0"),
+])
+def test_argument_errors(tmp_path, capsys, extra, message):
+    """Mistakes in the arguments alone: refused by the parser (exit 2, one line) before anything
+    runs, so they are checked in this process; the ones below need the run's start-up."""
+    import train
+    with pytest.raises(SystemExit) as stop:
+        train.get_args(["--out", str(tmp_path / "x"), *SMALL, *extra])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"train.py: error: {message}")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--resume"], "--resume: no checkpoint at"),
+    (["--queue-size", "600"], "--queue-size 600 plus the window 16 exceeds the training set (512 pairs)"),
+    (["--batch-size", "400"], "is larger than the training set (512 pairs)"),
+    (["--eval-manifest", "classes.csv"], "--eval-manifest classes.csv needs --prompts JSON"),
+    (["--prompts", "p.json"], "--prompts p.json is only used with --eval-manifest"),
+    (["--retrieval-manifest", "no-such.csv"], "--retrieval-manifest file not found: no-such.csv"),
 ])
 def test_start_up_errors(tmp_path, extra, message):
     proc = run("train.py", "--out", str(tmp_path / "x"), *SMALL, *extra, check=False)
