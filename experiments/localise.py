@@ -29,6 +29,8 @@ The tries (train.py options):
                 docs/results/ladder.json holds the whole search
     msd-ladder  the default model at the recipe the ladder chose for MSD (lr 2.5e-4, warm-up
                 steps/6: train.py's default since), so that MSD and CLIP meet at their own recipes
+    mean-ladder --pool mean at that recipe: mean pooling localised best at lr 5e-4 but trained a
+                far worse model there; does the gentler rate that helped MSD help it too?
 
 Each run is scored by eval.py as train.py writes it (eval.json: the maps of the report's sentences
 and of the sentences that name no place, beside random grid maps and the text-only prior), on the
@@ -58,8 +60,9 @@ TRIES = {  # name -> train.py options (clip, msd-ladder: the recipe comes from t
     "words0.1": ("--word-patch", "0.1"),
     "clip": ladder.ARMS["clip-dup"][1],
     "msd-ladder": ladder.ARMS["msd"][1],
+    "mean-ladder": ("--pool", "mean"),
 }
-LADDER_TRIES = {"clip": "clip-dup", "msd-ladder": "msd"}  # try -> the ladder arm whose recipe it takes
+LADDER_TRIES = {"clip": "clip-dup", "msd-ladder": "msd", "mean-ladder": "msd"}  # try -> the arm whose recipe it takes
 SEEDS = (0, 1, 2)
 DEFAULT_STEPS = 500
 COLUMNS = [  # (summary key, heading)
