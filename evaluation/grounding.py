@@ -111,8 +111,12 @@ def signed_cnr(sim, mask):
     (a real model's map never is two-valued)."""
     sim, mask = _check(sim, mask, need_outside=True)
     inside, outside = sim[mask], sim[~mask]
-    contrast = inside.mean() - outside.mean()
-    noise = (inside.var(unbiased=False) + outside.var(unbiased=False)).sqrt()
+    # no noise, read off the values: a mean of equal float64s can be off by a rounding (0/0 -> +-1)
+    if inside.min() == inside.max() and outside.min() == outside.max():
+        contrast, noise = inside[0] - outside[0], 0
+    else:
+        contrast = inside.mean() - outside.mean()
+        noise = (inside.var(unbiased=False) + outside.var(unbiased=False)).sqrt()
     if noise == 0:
         return 0.0 if contrast == 0 else math.copysign(math.inf, float(contrast))
     return float(contrast / noise)
@@ -151,6 +155,64 @@ def miou(sim, mask, thresholds=THRESHOLDS):
 
 METRICS = {"pointing_game": pointing_game, "cnr": cnr, "signed_cnr": signed_cnr, "miou": miou}
 
+# -----------------------------------------------------------------------------
+# The same metrics on many maps at once (random_grid_null scores thousands; one by one, the time
+# goes to the calls). A mask enters as 0/1 factors: x * 1 is x and x * 0 is 0, exactly.
+
+CHUNK_PIXELS = 2 ** 15  # pixels scored at once (8 maps of 64 x 64): small tensors stay in the cache
+
+
+def score_batch(sims, masks):
+    """The four METRICS of N maps of one shape (an (N, H, W) tensor or a list of (H, W) maps) and
+    their masks -> {metric: [N Python floats]}: the functions' numbers, 0.0s and infs (CNR's up to
+    rounding: its sums add in another order); refuses what they refuse, as _check says."""
+    pairs = list(zip(sims, masks, strict=True))  # a ValueError if there are more of one
+    out = {metric: [] for metric in METRICS}
+    step = max(1, CHUNK_PIXELS // max(1, torch.as_tensor(pairs[0][0]).numel())) if pairs else 1
+    for chunk in (pairs[start:start + step] for start in range(0, len(pairs), step)):
+        x = torch.stack([torch.as_tensor(sim).detach() for sim, _ in chunk])
+        m = torch.stack([torch.as_tensor(mask) for _, mask in chunk]).to(x.device).bool()
+        if x.shape != m.shape or x.dim() != 3:
+            _check(x[0], m[0])  # raises: a map and its mask must be one (H, W)
+        scores, suspect = _score_chunk(x.double().flatten(1), m.flatten(1))
+        for i in suspect.nonzero().flatten().tolist():  # _check decides, and says why
+            _check(x[i], m[i]), _check(x[i], m[i], need_outside=True)
+        for metric, values in scores.items():
+            out[metric] += values.tolist()
+    return out
+
+
+def _score_chunk(x, m):
+    """float64 maps (N, H * W), bool masks -> ({metric: (N,) float64}, (N,) bool: maybe refused)."""
+    hi, lo = x.amax(1), x.amin(1)
+    both = torch.stack([m, ~m, m], 1).double()
+    w, rest = both[:, :2], both[:, 1:]  # (N, 2, H * W): inside and outside; and 1 - w
+    count, xw = w.sum(2), x[:, None] * w
+    mean = xw.sum(2) / count  # (N, 2), as var, top and bottom
+    deviation = (x[:, None] - mean[..., None]) * w
+    var = (deviation * deviation).sum(2) / count
+    top = torch.addcmul(xw, rest, lo[:, None, None]).amax(2)  # the rest filled with a value that
+    bottom = torch.addcmul(xw, rest, hi[:, None, None]).amin(2)  # cannot win: the region's max, min
+    # an empty region's mean is 0/0; a NaN or inf anywhere makes both sums NaN or inf (inf * 0 is NaN)
+    suspect = ~torch.isfinite(mean).all(1)
+    flat = (top == bottom).all(1)  # no noise, read off the values as signed_cnr does
+    contrast = torch.where(flat, top[:, 0] - top[:, 1], mean[:, 0] - mean[:, 1])
+    noise = torch.where(flat, 0.0, var.sum(1).sqrt())
+    signed = (contrast / noise).nan_to_num(0.0, math.inf, -math.inf)  # 0/0 is 0.0, c/0 is +-inf
+    return {"pointing_game": (top[:, 1] < hi).double(), "cnr": signed.abs(), "signed_cnr": signed,
+            "miou": _batch_miou(x, m, count[:, 0], hi, lo)}, suspect  # a hit: no maximum outside
+
+
+def _batch_miou(x, m, n, hi, lo):
+    """miou's arithmetic on maps x (N, H * W) with masks m (N, H * W) bool of n pixels."""
+    norm = (x - lo[:, None]) / torch.where(hi > lo, hi - lo, 1.0)[:, None]  # a constant map: 0.0 below
+    total = torch.zeros_like(hi)
+    for t in THRESHOLDS:  # IoUs added up in miou's order, so the float sums are the same
+        pred = norm >= t
+        inter = (pred & m).sum(1, dtype=torch.int32)  # int32: summing bools as int64 is slower
+        total = total + inter / (n + pred.sum(1, dtype=torch.int32) - inter)
+    return torch.where(hi > lo, total / len(THRESHOLDS), 0.0)
+
 
 def summarize(items):
     """items: iterable of (class name, map (H, W), mask (H, W) bool or None). Returns
@@ -164,15 +226,23 @@ def summarize(items):
     "overall" weighs every item alike, "class_mean" every class alike (they differ when the
     classes have different sizes; MS-CXR's are about equal). A mask of None is a finding with no
     place (radiograph.NO_PLACE, e.g. edema): counted, not scored."""
-    scores = defaultdict(lambda: defaultdict(list))
-    no_place = defaultdict(int)
+    scored, no_place, groups = [], defaultdict(int), defaultdict(list)  # maps of one shape go together
     for name, sim, mask in items:
         if mask is None:
             no_place[name] += 1
-            continue
-        sim, mask = torch.as_tensor(sim), torch.as_tensor(mask)  # numpy arrays will do
-        for metric, fn in METRICS.items():
-            scores[name][metric].append(fn(sim, mask))
+        else:  # numpy arrays will do
+            sim, mask = torch.as_tensor(sim), torch.as_tensor(mask)
+            groups[sim.shape, mask.shape].append(len(scored))
+            scored.append((name, sim, mask))
+    per_item = [None] * len(scored)
+    for rows in groups.values():  # a refused item raises, as in the functions one by one
+        got = score_batch([scored[i][1] for i in rows], [scored[i][2] for i in rows])
+        for i, *row in zip(rows, *got.values()):
+            per_item[i] = row
+    scores = defaultdict(lambda: defaultdict(list))  # per class, per metric, in the items' order
+    for (name, _, _), row in zip(scored, per_item):
+        for metric, value in zip(METRICS, row):
+            scores[name][metric].append(value)
 
     def mean(values):
         return sum(values) / len(values)

@@ -254,6 +254,9 @@ def test_cnr_by_hand():
 
 def test_cnr_of_a_constant_map_and_of_the_mask_itself():
     assert grounding.cnr(torch.full((4, 4), 0.42), MASK) == 0.0  # no contrast: 0/0 is 0
+    # in float64 the mean of twelve 0.1s is not 0.1; the variance must still be 0, the score 0.0
+    assert grounding.signed_cnr(torch.full((4, 4), 0.1, dtype=torch.float64), MASK) == 0.0
+    assert grounding.signed_cnr(MASK.double() * 0.6 + 0.1, MASK) == math.inf  # 0.7 in, 0.1 out
     assert grounding.cnr(MASK.float(), MASK) == math.inf         # no noise: |1 - 0| / 0, no epsilon
 
 
