@@ -17,10 +17,9 @@ BASE[BASE.index("--queue-size") + 1] = "0"
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """An MSD run and a CLIP run of 6 steps: the runs a new one starts from."""
+    """An MSD run of 6 steps: the run a new one starts from."""
     root = tmp_path_factory.mktemp("sources")
     run("train.py", "--out", str(root / "msd"), *BASE)
-    run("train.py", "--out", str(root / "clip"), *BASE, "--method", "clip")
     return root
 
 
@@ -58,9 +57,11 @@ def test_a_new_run_trains_with_a_fresh_optimizer_and_resumes_without_the_option(
     assert load(out / "ckpt.pt")["step"] == 6
 
 
-def test_msd_from_a_clip_run_gets_a_teacher_equal_to_the_student(sources, tmp_path):
-    out = tmp_path / "from-clip"
-    proc = run("train.py", "--out", str(out), *BASE, "--init-from", str(sources / "clip"), "--steps", "0")
+@pytest.mark.slow   # two more train.py runs: `pytest -m slow`, CI's second step
+def test_msd_from_a_clip_run_gets_a_teacher_equal_to_the_student(tmp_path):
+    source, out = tmp_path / "clip", tmp_path / "from-clip"
+    run("train.py", "--out", str(source), *BASE, "--method", "clip")
+    proc = run("train.py", "--out", str(out), *BASE, "--init-from", str(source), "--steps", "0")
     assert "its student, the teacher a copy of the student" in proc.stdout
     ckpt = load(out / "ckpt.pt")
     for key, value in ckpt["student"].items():

@@ -225,7 +225,7 @@ def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_pat
                                                                  "grounding", "ci95", "evaluated_on"}
 
 
-@pytest.mark.parametrize("how", ["interrupt", "kill"])
+@pytest.mark.parametrize("how", ["interrupt", pytest.param("kill", marks=pytest.mark.slow)])  # kill: CI's 2nd step
 def test_resume_is_exact(reference_run, tmp_path, how):
     """Ctrl-C after step 3 (saves at 3), or SIGKILL after step 3 (the periodic checkpoint is at 2):
     resuming with the same command plus --resume ends bit for bit where the uninterrupted run did.
@@ -374,6 +374,7 @@ def test_queue_start_and_momentum_half_life(tmp_path):
 
 # ---- small promises of the command line ------------------------------------------------------------
 
+@pytest.mark.slow   # two runs of train.py: `pytest -m slow`, CI's second step
 def test_save_every_0_saves_only_at_the_end(tmp_path):
     """--save-every 0 means "only at the end" (as --eval-every 0 means "off"): a run killed before
     the end has no checkpoint, one that ends has the last step's."""

@@ -9,6 +9,9 @@ import torch
 
 from test_train import SMALL, assert_same_tensors, load, run
 
+# three train.py runs: `pytest -m slow`, CI's second step (tests/test_accumulate.py holds the
+# feature cache's exactness in the fast suite)
+pytestmark = pytest.mark.slow
 
 # ---- --method clip over k micro-batches: exact accumulation with the feature cache ----------------
 
