@@ -417,7 +417,7 @@ def final_report(parts, tokenizer, args, run, benchmark, clock, log):
         return
     log(f"training done in {fmt_time(clock.elapsed())}; evaluating the final model...", flush=True)
     settings = EvalSettings(n_per_class=args.eval_per_class, n_retrieval=args.eval_retrieval,
-                            precision=parts.precision)
+                            n_grounding=args.eval_grounding, precision=parts.precision)
     results = evaluate(parts.student, tokenizer, run.device, args.image_size, zs=zs, ret=ret, gr=gr,
                        settings=settings, log=lambda s: log(s, flush=True))
     log(format_table(results))

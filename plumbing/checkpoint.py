@@ -21,7 +21,7 @@ from plumbing.runtime import InputError
 # (--init-from only chooses the weights a run starts from, and the checkpoint holds them since).
 RESUME_MAY_CHANGE = {"resume", "init_from", "out", "save_every", "eval_every", "log_every", "device", "workers",
                      "data_cache", "grad_dump", "compile", "interrupt_at", "kill_at",
-                     "eval_per_class", "eval_retrieval", "eval_manifest", "prompts",
+                     "eval_per_class", "eval_retrieval", "eval_grounding", "eval_manifest", "prompts",
                      "retrieval_manifest", "grounding_manifest"}
 # The layout of the checkpoints and the meaning of their settings. Raised whenever a saved setting
 # would mean another computation (3: --duplicate-aware applies to --method clip too); --resume

@@ -45,6 +45,9 @@ def add_evaluation_and_test_options(p):
     a("--grounding-manifest", default=None, metavar="CSV",
       help="final phrase grounding on these images: columns image,text,x,y,w,h (boxes in the "
            "image's pixels), optionally label (docs/grounding.md)")
+    a("--eval-grounding", type=int, default=50, metavar="N",  # evaluation.sets.GROUNDING_PER_CLASS
+      help="final synthetic benchmark: grounding studies per finding (5 findings; each map is also "
+           "scored against 10 random grid maps)")
     # The tests' hooks, hidden from --help: the first step's gradients, a Ctrl-C or SIGKILL at a step
     a("--grad-dump", default=None, help=argparse.SUPPRESS)
     a("--interrupt-at", type=int, default=None, help=argparse.SUPPRESS)
@@ -61,6 +64,8 @@ def check(p, args):
             p.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if args.lr <= 0:
         p.error(f"--lr must be positive, got {args.lr}")
+    if args.eval_grounding < 1:
+        p.error(f"--eval-grounding must be >= 1, got {args.eval_grounding}")
     if not 0 <= args.report_noise <= 1:
         p.error(f"--report-noise must be in [0, 1], got {args.report_noise}")
     if args.report_noise > 0 and args.train_manifest:

@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--image-size", "32", "--n-train", "512", "--batch-size", "8", "--accum-steps", "2",
          "--queue-size", "64", "--steps", "6", "--warmup-steps", "2", "--alpha-warmup", "2",
          "--vocab-size", "300", "--log-every", "1", "--save-every", "2", "--eval-every", "3",
-         "--eval-per-class", "10", "--eval-retrieval", "40", "--data-cache", "", "--workers", "1"]
+         "--eval-per-class", "10", "--eval-retrieval", "40", "--eval-grounding", "4", "--data-cache", "",
+         "--workers", "1"]
 # SMALL with --queue-size auto, which 512 pairs and a window of 16 resolve to 64 (512 / 8)
 DEFAULT_QUEUE = SMALL[:SMALL.index("--queue-size") + 1] + ["auto"] + SMALL[SMALL.index("--queue-size") + 2:]
 
@@ -79,7 +80,7 @@ def test_end_to_end_then_eval_json(reference_run, tmp_path):
     assert json.loads((out / "eval.json").read_text())["evaluated_on"] == {
         "zero_shot": {"source": "synthetic", "images": 5 * 10, "classes": ZERO_SHOT_CLASSES, "seed": 2002},
         "retrieval": {"source": "synthetic", "pairs": 40, "seed": 2002},
-        "grounding": {"source": "synthetic", "phrases": 250, "seed": 4004}}
+        "grounding": {"source": "synthetic", "phrases": 5 * 4, "seed": 4004}}
     ckpt = load(out / "ckpt.pt")
     assert ckpt["step"] == 6 and ckpt["samples_seen"] == 6 * 16
     assert len(ckpt["queue"]["ids"]) == 64 and int(ckpt["queue"]["filled"]) == 64
@@ -315,6 +316,7 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     (["--queue-start", "-1"], "--queue-start must be >= 0, got -1"),
     (["--warmup-steps=-1"], "--warmup-steps must be >= 0, got -1"),
     (["--momentum-half-life", "0"], "--momentum-half-life must be a positive fraction of the run, got 0.0"),
+    (["--eval-grounding", "0"], "--eval-grounding must be >= 1, got 0"),
 ])
 def test_argument_errors(tmp_path, capsys, extra, message):
     """Mistakes in the arguments alone: refused by the parser (exit 2, one line) before anything
@@ -429,3 +431,10 @@ def test_report_noise_is_saved_and_a_resume_with_another_is_refused(tmp_path):
                "--eval-per-class", "2", "--eval-retrieval", "10", "--resume", check=False)
     assert proc.returncode == 2 and "--report-noise 0.3 (saved) vs 0.0" in proc.stderr
     assert "rendering" not in proc.stdout                   # refused before any data is made
+
+
+def test_the_grounding_default_is_the_benchmark_size():
+    """train.py's --eval-grounding default is eval.py's: the synthetic benchmark's 5 x 50 studies."""
+    import train
+    from evaluation.sets import GROUNDING_PER_CLASS
+    assert train.get_args([])[1].eval_grounding == GROUNDING_PER_CLASS == 50
