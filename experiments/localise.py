@@ -50,7 +50,7 @@ from experiments import ladder
 from experiments.studies import (ROOT, evaluate_more, fmt_mean_std, mean_std, parse_worker, read_json,
                                  read_run, record, train_and_evaluate, write_json)
 
-TRIES = {  # name -> train.py options (clip, msd-ladder: the recipe comes from the ladder)
+TRIES = {  # name -> train.py options (the LADDER_TRIES take their recipe from the ladder)
     "msd": (),
     "mean": ("--pool", "mean"),
     "registers": ("--registers", "4"),
@@ -62,7 +62,8 @@ TRIES = {  # name -> train.py options (clip, msd-ladder: the recipe comes from t
     "msd-ladder": ladder.ARMS["msd"][1],
     "mean-ladder": ("--pool", "mean"),
 }
-LADDER_TRIES = {"clip": "clip-dup", "msd-ladder": "msd", "mean-ladder": "msd"}  # try -> the arm whose recipe it takes
+# try -> the ladder arm whose chosen recipe it runs at; every other try runs at STUDY_LR
+LADDER_TRIES = {"clip": "clip-dup", "msd-ladder": "msd", "mean-ladder": "msd"}
 SEEDS = (0, 1, 2)
 DEFAULT_STEPS = 500
 COLUMNS = [  # (summary key, heading)
@@ -155,7 +156,7 @@ def parse_args(argv=None):
     a("--tries", default=",".join(TRIES), help="comma-separated tries to run, in order")
     a("--out-dir", default="results/localise", help="one folder per run (not committed)")
     a("--json", default="docs/results/localise.json", help="the report: every finished run")
-    a("--ladder-json", default="docs/results/ladder.json", help="where the recipes of clip and msd-ladder come from")
+    a("--ladder-json", default="docs/results/ladder.json", help="where the LADDER_TRIES' recipes come from")
     a("--worker", default="1/1", metavar="I/N", help="run every N-th run from the I-th")
     a("--commit", action="store_true", help="git commit --json after each recorded run")
     a("--dry-run", action="store_true", help="print the train.py commands, run nothing")
