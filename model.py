@@ -28,7 +28,7 @@ class ModelConfig:
     image_size: int = 64      # square images; must be divisible by patch_size
     patch_size: int = 8
     stem: str = "conv"        # "conv": stride-2 3x3 convs (Xiao et al. 2021); "patch": one p x p conv
-    pool: str = "max"         # image representation: "max" or "mean" over patch tokens, or ViT's "cls" token
+    pool: str = "max"         # image vector: "max", "mean" or "attn" (learned weights) over patches, or "cls"
     registers: int = 0        # extra learned tokens that every patch can attend to, never pooled
     attention_window: int = 0  # odd W > 0: a patch attends to the W x W patches around it; 0: all
     in_channels: int = 1      # 1 for grayscale radiographs, 3 for RGB
@@ -51,8 +51,8 @@ class ModelConfig:
             raise ValueError(f"stem must be 'conv' or 'patch', got {self.stem!r}")
         if self.attention_window < 0 or (self.attention_window and self.attention_window % 2 == 0):
             raise ValueError(f"attention_window must be 0 (every patch) or odd, got {self.attention_window}")
-        if self.pool not in ("max", "mean", "cls"):
-            raise ValueError(f"pool must be 'max', 'mean' or 'cls', got {self.pool!r}")
+        if self.pool not in ("max", "mean", "attn", "cls"):
+            raise ValueError(f"pool must be 'max', 'mean', 'attn' or 'cls', got {self.pool!r}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ValueError(f"the conv stem halves the image log2(patch_size) times, so patch_size "
                              f"must be a power of two (got {self.patch_size}); or use stem='patch'")
@@ -171,6 +171,11 @@ class VisionTransformer(nn.Module):
       (atelectasis, consolidation, effusion) be learnt within a CPU budget: see README.
     - pool="mean": the mean of the patch tokens' final states (BioViL's image vector is the mean of
       its projected patches, the same thing: the projection is linear).
+    - pool="attn": a weighted mean of the patch tokens' final states, the weights a softmax over
+      the patches of a small MLP's score of each (attention-based multiple-instance pooling, Ilse et
+      al. 2018). It starts as the mean (the MLP's last layer is zero) and can learn to weigh the few
+      abnormal patches above the healthy ones, so a small finding is not diluted; the image vector
+      is still a sum of per-patch terms, so the map is the score's exact split.
     - pool="cls": ViT's and CLIP's class token, whose final state is the representation.
 
     registers > 0 appends that many learned tokens after the patches (Darcet et al. 2024, "Vision
@@ -200,6 +205,9 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.vision_width, cfg.vision_heads, cfg.mlp_ratio)
                                     for _ in range(cfg.vision_layers))
         self.ln_final = nn.LayerNorm(cfg.vision_width)
+        self.attn_pool = (nn.Sequential(nn.Linear(cfg.vision_width, cfg.vision_width // 2), nn.Tanh(),
+                                        nn.Linear(cfg.vision_width // 2, 1))
+                          if cfg.pool == "attn" else None)
         self.pair_mask = (local_mask(cfg.image_size // cfg.patch_size, cfg.attention_window // 2,
                                      cfg.pool == "cls", cfg.registers) if cfg.attention_window else None)
 
@@ -226,12 +234,18 @@ class VisionTransformer(nn.Module):
     def forward(self, images):
         return self.pool_tokens(self.tokens(images))
 
+    def patch_weights(self, x):
+        """pool="attn": tokens(images) (B, P, W) -> (B, P), each patch's weight (they sum to 1)."""
+        return self.attn_pool(x).squeeze(-1).softmax(dim=1)
+
     def pool_tokens(self, x):
         """tokens(images) -> (B, W): the one vector per image that `pool` names."""
         if self.pool == "cls":
             return x[:, 0]                                 # (B, W): the class token
         if self.pool == "mean":
             return x.mean(dim=1)                           # (B, W): every patch alike
+        if self.pool == "attn":
+            return (self.patch_weights(x).unsqueeze(-1) * x).sum(dim=1)   # (B, W)
         return x.amax(dim=1)                               # (B, W): the strongest patch, per channel
 
 
@@ -305,6 +319,8 @@ class DualEncoder(nn.Module):
                   self.text.pos_embed):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
+        if self.visual.attn_pool is not None:            # attention pooling starts as the mean
+            nn.init.zeros_(self.visual.attn_pool[-1].weight)
 
     @staticmethod
     def _init_weights(module):
@@ -347,6 +363,7 @@ class DualEncoder(nn.Module):
           cos = sum_c a_c m_c / |z| with a = image_projᵀ t, m the pooled vector, z = image_proj(m):
           patch p gets the terms of the channels it wins (a class activation map for max pooling).
         - pool="mean": cos = sum_p image_proj(x_p)·t / (P |z|): patch p gets its own term.
+        - pool="attn": cos = sum_p w_p image_proj(x_p)·t / |z|, w the learned patch weights.
         - pool="cls": the class token attends to every patch through every layer, so no exact
           split exists; the shares are then the patches' cosines with t (encode_patches), scaled
           by 1/P, which do not add up to the score."""
@@ -355,11 +372,12 @@ class DualEncoder(nn.Module):
         if self.visual.pool == "cls":
             patches = F.normalize(self.image_proj(x), dim=-1)           # encode_patches, once
             return torch.einsum("bpd,bd->bp", patches, t) / x.shape[1]
-        pooled = x.amax(dim=1) if self.visual.pool == "max" else x.mean(dim=1)   # (B, W)
+        pooled = self.visual.pool_tokens(x)                             # (B, W)
         norm = self.image_proj(pooled).norm(dim=-1, keepdim=True)       # (B, 1): |z|
         a = t @ self.image_proj.weight                                  # (B, W): image_projᵀ t
-        if self.visual.pool == "mean":
-            return (x @ a.unsqueeze(-1)).squeeze(-1) / (x.shape[1] * norm)
+        if self.visual.pool in ("mean", "attn"):
+            w = self.visual.patch_weights(x) if self.visual.pool == "attn" else 1 / x.shape[1]
+            return (x @ a.unsqueeze(-1)).squeeze(-1) * w / norm
         winner = x.argmax(dim=1)                                        # (B, W): p*(c)
         return torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device).scatter_add_(
             1, winner, a * pooled / norm)

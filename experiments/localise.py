@@ -31,6 +31,11 @@ The tries (train.py options):
                 steps/6: train.py's default since), so that MSD and CLIP meet at their own recipes
     mean-ladder --pool mean at that recipe: mean pooling localised best at lr 5e-4 but trained a
                 far worse model there; does the gentler rate that helped MSD help it too?
+    attn        --pool attn at that recipe: a learned weighted mean of the patches (attention-based
+                multiple-instance pooling), which can weigh a small finding above the healthy
+                patches where the plain mean dilutes it; the map is still the score's exact split
+    attn-window3  --pool attn --attention-window 3 at that recipe: the same, with a finding's
+                evidence kept near it (window3 alone localised little with max pooling)
 
 Each run is scored by eval.py as train.py writes it (eval.json: the maps of the report's sentences
 and of the sentences that name no place, beside random grid maps and the text-only prior), on the
@@ -61,9 +66,12 @@ TRIES = {  # name -> train.py options (the LADDER_TRIES take their recipe from t
     "clip": ladder.ARMS["clip-dup"][1],
     "msd-ladder": ladder.ARMS["msd"][1],
     "mean-ladder": ("--pool", "mean"),
+    "attn": ("--pool", "attn"),
+    "attn-window3": ("--pool", "attn", "--attention-window", "3"),
 }
 # try -> the ladder arm whose chosen recipe it runs at; every other try runs at STUDY_LR
-LADDER_TRIES = {"clip": "clip-dup", "msd-ladder": "msd", "mean-ladder": "msd"}
+LADDER_TRIES = {"clip": "clip-dup", "msd-ladder": "msd", "mean-ladder": "msd", "attn": "msd",
+                "attn-window3": "msd"}
 SEEDS = (0, 1, 2)
 DEFAULT_STEPS = 500
 COLUMNS = [  # (summary key, heading)

@@ -174,10 +174,12 @@ def test_a_score_from_one_patch_is_that_patchs_share(hot):
     torch.testing.assert_close(again, sim)
 
 
-@pytest.mark.parametrize("pool", ["max", "mean"])
+@pytest.mark.parametrize("pool", ["max", "mean", "attn"])
 def test_the_shares_add_up_to_the_image_text_cosine(pool):
     torch.manual_seed(0)
     model = DualEncoder(tiny(pool=pool)).double().eval()
+    if pool == "attn":               # learned weights, not the uniform ones it starts from
+        torch.nn.init.normal_(model.visual.attn_pool[-1].weight)
     images, text = torch.rand(3, 1, 32, 32, dtype=torch.float64), torch.randn(3, 24, dtype=torch.float64)
     with torch.no_grad():
         shares = model.patch_shares(images, text)

@@ -37,14 +37,22 @@ def test_clip_runs_at_the_recipe_the_ladder_chose(capsys, tmp_path):
     scores[("clean", "clip-dup", "lr2.5e-4-w3")] = scores[("small-noisy", "clip-dup", "lr2.5e-4-w3")] = 0.9
     scores[("clean", "msd", "lr1e-3-w6")] = scores[("small-noisy", "msd", "lr1e-3-w6")] = 0.9
     (tmp_path / "ladder.json").write_text(json.dumps(fake_report(scores)))
-    _, cmds = commands(capsys, "--tries", "clip,msd-ladder,mean-ladder", "--ladder-json", str(tmp_path / "ladder.json"))
-    assert len(cmds) == 9
+    _, cmds = commands(capsys, "--tries", ",".join(localise.LADDER_TRIES), "--ladder-json", str(tmp_path / "ladder.json"))
+    assert len(cmds) == 3 * len(localise.LADDER_TRIES) and list(localise.LADDER_TRIES)[:3] == [
+        "clip", "msd-ladder", "mean-ladder"]
     args = train.get_args(cmds[0][2:])[1]
     assert (args.method, args.duplicate_aware, args.lr, args.warmup_steps) == ("clip", True, 2.5e-4, 167)
     args = train.get_args(cmds[1][2:])[1]
     assert (args.method, args.alpha, args.lr, args.warmup_steps) == ("msd", 0.4, 1e-3, 83)
     args = train.get_args(cmds[2][2:])[1]                  # mean pooling at MSD's chosen recipe
     assert (args.pool, args.method, args.lr, args.warmup_steps) == ("mean", "msd", 1e-3, 83)
+    msd = vars(train.get_args(cmds[1][2:])[1])
+    for cmd in cmds[3:len(localise.LADDER_TRIES)]:       # every other MSD try: one change from it
+        args = vars(train.get_args(cmd[2:])[1])
+        name = args["out"].split("/")[-2]
+        differ = {k for k in args if args[k] != msd[k]} - {"out"}
+        assert localise.LADDER_TRIES[name] == "msd" and differ == {
+            o.lstrip("-").replace("-", "_") for o in localise.TRIES[name] if o.startswith("--")}, name
 
 
 def test_table_is_the_mean_and_spread_beside_the_nulls():

@@ -90,7 +90,7 @@ def test_config_errors_name_the_values():
     with pytest.raises(ValueError, match=r"patch_size must be a power of two \(got 6\)"):
         tiny_config(image_size=36, patch_size=6)
     tiny_config(image_size=36, patch_size=6, stem="patch")   # one p x p convolution takes any p
-    with pytest.raises(ValueError, match="pool must be 'max', 'mean' or 'cls', got 'avg'"):
+    with pytest.raises(ValueError, match="pool must be 'max', 'mean', 'attn' or 'cls', got 'avg'"):
         tiny_config(pool="avg")
 
 
@@ -130,6 +130,26 @@ def test_max_pool_is_the_channelwise_maximum_over_patches():
     spot = images.clone()
     spot[:, :, :8, :8] += 1.0
     assert not torch.allclose(vit(spot), vit(images))
+
+
+def test_attn_pool_is_a_learned_weighted_mean_of_the_patches():
+    """pool="attn": it starts as the mean (the scorer's last layer is zero), and with a scorer that
+    favours one patch's states the image vector moves to that patch; the weights are a softmax."""
+    torch.manual_seed(0)
+    vit = DualEncoder(tiny_config(pool="attn")).visual
+    images = torch.rand(2, 1, 32, 32)
+    states = vit.tokens(images)                                          # (2, 16, 32)
+    torch.testing.assert_close(vit(images), states.mean(dim=1))
+    with torch.no_grad():                     # score = 20 tanh(the first hidden unit)
+        vit.attn_pool[-1].weight.zero_()
+        vit.attn_pool[-1].weight[0, 0] = 20.0
+    score = 20 * torch.tanh(vit.attn_pool[0](states)[..., 0])            # (2, 16)
+    weights = torch.exp(score) / torch.exp(score).sum(1, keepdim=True)
+    torch.testing.assert_close(vit.patch_weights(states), weights)
+    torch.testing.assert_close(vit(images), (weights[..., None] * states).sum(1))
+    assert weights.max() > 4 / 16              # no longer the mean
+    mean = DualEncoder(tiny_config(pool="mean")).visual
+    assert mean.attn_pool is None              # no unused parameters for DDP
 
 
 def test_cls_pool_reads_the_class_token():
