@@ -1,0 +1,129 @@
+"""Does the model keep a finding's evidence where the finding is? Two readings of a trained model.
+
+    python -m experiments.contrast_maps results/localise/msd-ladder/seed0 ...
+    python -m experiments.contrast_maps RUNS... --json docs/results/contrast_maps.json
+
+1. The contrast map. eval.py's map is each patch's share of the image-text cosine
+   (model.patch_shares). Much of that cosine is the same for every image (a normal radiograph
+   scores well with a sentence too), and the contrastive loss never sees that part: among images,
+   only differences for the same sentence count. contrast_shares subtracts, patch by patch, the
+   mean share that the other images of the set get for the same sentence. The result is the exact
+   split of cos(I, t) - mean_j cos(I_j, t), the score by which the sentence picks its image out of
+   the set, and it needs nothing but the set itself (so it works on a user's manifest too).
+2. The state change. On the synthetic set each study can be drawn again without its finding
+   (same patient, same anatomy). How far each patch's final state moves between the two says
+   where the model's features hold the finding, with no readout at all; the pixels' own change,
+   averaged per patch, is what a map that knew the drawing exactly would score on the same grid.
+
+Both are scored as eval.py scores (evaluation.grounding.summarize: the pointing game and signed
+CNR, class means) on the synthetic grounding set of the first and the second evaluation set, on
+the report's sentences and on those that name the finding alone.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def contrast_shares(model, images, text_features):
+    """images (N, C, H, W) float, text_features (N, D): item i pairs image i with sentence i.
+    Returns (N, P): patch_shares(I_i, t_i) - mean_j patch_shares(I_j, t_i) over all N images of the
+    set, so row i adds up to cos(I_i, t_i) - mean_j cos(I_j, t_i) (tested)."""
+    t = F.normalize(text_features, dim=-1)
+    own = model.patch_shares(images, t)                                  # (N, P)
+    mean = torch.stack([model.patch_shares(images, ti.expand(len(images), -1)).mean(0) for ti in t])
+    return own - mean
+
+
+def state_change(model, images, undrawn):
+    """(N, P): |x_p(with the finding) - x_p(without it)| of each patch's final state."""
+    return (model.patch_states(images) - model.patch_states(undrawn)).norm(dim=-1)
+
+
+def drawn_and_undrawn(n_per_class, image_size, seed):
+    """The grounding set's studies (synthetic.dataset.grounding_set's draws) and the same patients
+    drawn with no finding: (images, undrawn) float in [0, 1], masks, labels."""
+    from synthetic.dataset import GROUNDING_CLASSES, draw_study, to_uint8
+    from synthetic.radiograph import render_image, render_with_masks
+    images, undrawn, masks, labels = [], [], [], []
+    for name in GROUNDING_CLASSES:
+        for i in range(n_per_class):
+            _, patient, findings = draw_study(seed, i, only=name)
+            image, found = render_with_masks(patient, findings, image_size)
+            images.append(to_uint8(image))
+            undrawn.append(to_uint8(render_image(patient, {}, image_size)))
+            masks.append(torch.from_numpy(found[name]))
+            labels.append(name)
+    as_float = lambda x: torch.from_numpy(np.stack(x))[:, None].float() / 255   # noqa: E731
+    return as_float(images), as_float(undrawn), torch.stack(masks), labels
+
+
+def measure(run, n_per_class=50, eval_seeds=(3003, 4004)):
+    """{eval set: {map: {"pointing_game", "signed_cnr", "per_class"}}} for the checkpoint in `run`."""
+    from evaluation.grounding import summarize, upsample_grid
+    from evaluation.protocols import embed_texts
+    from evaluation.sets import grounding_seed, synthetic_grounding
+    from plumbing.checkpoint import load_checkpoint
+    model, tokenizer, _ = load_checkpoint(run)
+    model.eval()
+    size, out = model.cfg.image_size, {}
+    for eval_seed in eval_seeds:
+        seed = grounding_seed(eval_seed)
+        g = synthetic_grounding(n_per_class, size, seed)
+        images = g["images"].float() / 255
+        drawn, undrawn, masks, labels = drawn_and_undrawn(n_per_class, size, seed)
+        assert torch.equal(drawn, images) and torch.equal(masks, g["masks"]), "set drawn differently"
+        maps = {"state change": lambda: state_change(model, images, undrawn),
+                "pixel change": lambda: F.avg_pool2d((images - undrawn).abs(),
+                                                     model.cfg.patch_size).flatten(1)}
+        for name, key in (("report", "texts"), ("no place", "unlocated")):
+            text = embed_texts(model, tokenizer, g[key], "cpu")
+            maps[f"share, {name}"] = lambda text=text: model.patch_shares(images, text)
+            maps[f"contrast, {name}"] = lambda text=text: contrast_shares(model, images, text)
+        scores = {}
+        with torch.no_grad():
+            for name, make in maps.items():
+                s = summarize(zip(labels, upsample_grid(make(), size), masks))
+                scores[name] = {"pointing_game": s["class_mean"]["pointing_game"],
+                                "signed_cnr": s["class_mean"]["signed_cnr"],
+                                "per_class": {c: v["pointing_game"] for c, v in s["per_class"].items()}}
+        out[f"eval_seed {eval_seed}"] = scores
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="train.py output folders")
+    p.add_argument("--json", help="also write {run: measure(run)} here (runs already in it are kept)")
+    args = p.parse_args(argv)
+    missing = [r for r in args.runs if not os.path.exists(os.path.join(r, "ckpt.pt"))]
+    if missing:
+        print(f"contrast_maps: error: no ckpt.pt in {', '.join(missing)}", file=sys.stderr)
+        return 2
+    results = {}
+    if args.json and os.path.exists(args.json):
+        with open(args.json) as f:
+            results = json.load(f)
+    from experiments.studies import commit, machine
+    for run in args.runs:
+        results[run] = measure(run)
+        for where, scores in results[run].items():
+            for name, s in scores.items():
+                print(f"{run} {where} {name:18s} pointing game {s['pointing_game']:.3f}  "
+                      f"signed CNR {s['signed_cnr']:.3f}", flush=True)
+        results[run]["measured"] = {"commit": commit(), "machine": machine(),
+                                    "date": datetime.date.today().isoformat()}
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1, sort_keys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""experiments/contrast_maps.py: the contrast map is the exact split of the score by which a
+sentence picks its image out of the set, and the state change is zero where nothing was drawn."""
+
+import pytest
+import torch
+
+from experiments.contrast_maps import contrast_shares, drawn_and_undrawn, state_change
+from model import DualEncoder, ModelConfig
+
+CFG = dict(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2,
+           vocab_size=50, context_length=16, text_width=32, text_layers=1, text_heads=2, embed_dim=24)
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_contrast_shares_add_up_to_the_score_minus_the_sets_mean(pool):
+    torch.manual_seed(0)
+    model = DualEncoder(ModelConfig(**CFG, pool=pool)).double().eval()
+    images, text = torch.rand(5, 1, 32, 32, dtype=torch.float64), torch.randn(5, 24, dtype=torch.float64)
+    with torch.no_grad():
+        got = contrast_shares(model, images, text)
+        cos = model.encode_image(images) @ torch.nn.functional.normalize(text, dim=-1).T   # (image, text)
+    assert got.shape == (5, 16)
+    torch.testing.assert_close(got.sum(1), cos.diagonal() - cos.mean(0), rtol=0, atol=1e-12)
+    with torch.no_grad():    # a set of one image, five times: nothing tells them apart
+        same = contrast_shares(model, images[:1].expand(5, -1, -1, -1), text)
+    assert same.abs().max() < 1e-12
+
+
+def test_state_change_is_zero_for_the_same_image_and_the_undrawn_study_has_no_finding():
+    torch.manual_seed(0)
+    model = DualEncoder(ModelConfig(**CFG)).double().eval()
+    images = torch.rand(2, 1, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert state_change(model, images, images).abs().max() == 0
+        assert state_change(model, images, images.flip(-1)).min() > 0
+    drawn, undrawn, masks, labels = drawn_and_undrawn(1, 32, 4004)
+    assert len(labels) == 5 == len(set(labels)) and drawn.shape == undrawn.shape == (5, 1, 32, 32)
+    changed = (drawn - undrawn).abs().flatten(1).amax(1)
+    assert (changed > 0).all() and masks.flatten(1).any(1).all()
