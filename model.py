@@ -355,7 +355,7 @@ class DualEncoder(nn.Module):
         the maximum of the projected patches is not (the projection is linear, the maximum is not)."""
         return F.normalize(self.image_proj(self.patch_states(images)), dim=-1)
 
-    def patch_shares(self, images, text_features):
+    def patch_shares(self, images, text_features, states=None):
         """images (B, C, H, W), text_features (B, D) -> (B, P): each patch's share of the image-text
         cosine cos(encode_image(images), t), t = text_features normalised. The shares add up to the
         cosine exactly, so the map is the score's own decomposition (tested):
@@ -366,9 +366,10 @@ class DualEncoder(nn.Module):
         - pool="attn": cos = sum_p w_p image_proj(x_p)·t / |z|, w the learned patch weights.
         - pool="cls": the class token attends to every patch through every layer, so no exact
           split exists; the shares are then the patches' cosines with t (encode_patches), scaled
-          by 1/P, which do not add up to the score."""
+          by 1/P, which do not add up to the score.
+        states: patch_states(images) when already at hand (images is then not read)."""
         t = F.normalize(text_features, dim=-1)                          # (B, D)
-        x = self.patch_states(images)                                   # (B, P, W)
+        x = self.patch_states(images) if states is None else states     # (B, P, W)
         if self.visual.pool == "cls":
             patches = F.normalize(self.image_proj(x), dim=-1)           # encode_patches, once
             return torch.einsum("bpd,bd->bp", patches, t) / x.shape[1]

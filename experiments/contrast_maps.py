@@ -36,8 +36,9 @@ def contrast_shares(model, images, text_features):
     Returns (N, P): patch_shares(I_i, t_i) - mean_j patch_shares(I_j, t_i) over all N images of the
     set, so row i adds up to cos(I_i, t_i) - mean_j cos(I_j, t_i) (tested)."""
     t = F.normalize(text_features, dim=-1)
-    own = model.patch_shares(images, t)                                  # (N, P)
-    mean = torch.stack([model.patch_shares(images, ti.expand(len(images), -1)).mean(0) for ti in t])
+    x = model.patch_states(images)                                       # the tower runs once
+    own = model.patch_shares(None, t, states=x)                          # (N, P)
+    mean = torch.stack([model.patch_shares(None, ti.expand(len(x), -1), states=x).mean(0) for ti in t])
     return own - mean
 
 
@@ -64,8 +65,10 @@ def drawn_and_undrawn(n_per_class, image_size, seed):
     return as_float(images), as_float(undrawn), torch.stack(masks), labels
 
 
-def measure(run, n_per_class=50, eval_seeds=(3003, 4004)):
-    """{eval set: {map: {"pointing_game", "signed_cnr", "per_class"}}} for the checkpoint in `run`."""
+def measure(run, n_per_class=50, eval_seeds=None):
+    """{"first set"/"second set": {map: {"pointing_game", "signed_cnr", "per_class"}}} for the
+    checkpoint in `run`, on the grounding sets of eval.py's first and second evaluation seeds."""
+    from synthetic.dataset import EVAL_SEED, SECOND_EVAL_SEED
     from evaluation.grounding import summarize, upsample_grid
     from evaluation.protocols import embed_texts
     from evaluation.sets import grounding_seed, synthetic_grounding
@@ -73,7 +76,7 @@ def measure(run, n_per_class=50, eval_seeds=(3003, 4004)):
     model, tokenizer, _ = load_checkpoint(run)
     model.eval()
     size, out = model.cfg.image_size, {}
-    for eval_seed in eval_seeds:
+    for where, eval_seed in zip(("first set", "second set"), eval_seeds or (EVAL_SEED, SECOND_EVAL_SEED)):
         seed = grounding_seed(eval_seed)
         g = synthetic_grounding(n_per_class, size, seed)
         images = g["images"].float() / 255
@@ -93,7 +96,7 @@ def measure(run, n_per_class=50, eval_seeds=(3003, 4004)):
                 scores[name] = {"pointing_game": s["class_mean"]["pointing_game"],
                                 "signed_cnr": s["class_mean"]["signed_cnr"],
                                 "per_class": {c: v["pointing_game"] for c, v in s["per_class"].items()}}
-        out[f"eval_seed {eval_seed}"] = scores
+        out[where] = {"grounding_seed": seed, **scores}
     return out
 
 
@@ -115,6 +118,8 @@ def main(argv=None):
         results[run] = measure(run)
         for where, scores in results[run].items():
             for name, s in scores.items():
+                if not isinstance(s, dict):
+                    continue
                 print(f"{run} {where} {name:18s} pointing game {s['pointing_game']:.3f}  "
                       f"signed CNR {s['signed_cnr']:.3f}", flush=True)
         results[run]["measured"] = {"commit": commit(), "machine": machine(),
