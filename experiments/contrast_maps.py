@@ -2,6 +2,7 @@
 
     python -m experiments.contrast_maps results/localise/msd-ladder/seed0 ...
     python -m experiments.contrast_maps RUNS... --json docs/results/contrast_maps.json
+    python -m experiments.contrast_maps report --json docs/results/contrast_maps.json   # the table
 
 1. The contrast map. eval.py's map is each patch's share of the image-text cosine
    (model.patch_shares). Much of that cosine is the same for every image (a normal radiograph
@@ -100,11 +101,45 @@ def measure(run, n_per_class=50, eval_seeds=None):
     return out
 
 
+COLUMNS = [  # (set, map, metric, heading)
+    ("first set", "state change", "pointing_game", "state change"),
+    ("first set", "share, report", "pointing_game", "share map"),
+    ("first set", "contrast, report", "pointing_game", "contrast map"),
+    ("first set", "contrast, report", "signed_cnr", "signed CNR"),
+    ("first set", "share, no place", "pointing_game", "share map, no place"),
+    ("first set", "contrast, no place", "pointing_game", "contrast map, no place"),
+    ("first set", "contrast, no place", "signed_cnr", "signed CNR, no place"),
+    ("second set", "contrast, report", "pointing_game", "contrast map, 2nd set"),
+]
+
+
+def table(results):
+    """One row per try (a run folder's parent's name): mean ± sd over its seeds of COLUMNS, with
+    the pixel change (what a map that knew the drawing would score) in the last row."""
+    from experiments.studies import fmt_mean_std, mean_std
+    tries = {}
+    for run, r in results.items():
+        tries.setdefault(os.path.basename(os.path.dirname(os.path.normpath(run))), []).append(r)
+    head = ["try", "seeds"] + [c[3] for c in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
+    for name, runs in tries.items():
+        cells = [fmt_mean_std([r[w][m][k] for r in runs]) for w, m, k, _ in COLUMNS]
+        lines.append("| " + " | ".join([name, str(len(runs))] + cells) + " |")
+    every = list(results.values())
+    pixel = mean_std([r["first set"]["pixel change"]["pointing_game"] for r in every])[0]
+    lines.append(f"| the pixels' own change |  | {pixel:.3f} |" + " |" * (len(COLUMNS) - 1))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", help="train.py output folders")
+    p.add_argument("runs", nargs="+", help="train.py output folders, or `report` for the table of --json")
     p.add_argument("--json", help="also write {run: measure(run)} here (runs already in it are kept)")
     args = p.parse_args(argv)
+    if args.runs == ["report"]:
+        with open(args.json) as f:
+            print(table(json.load(f)))
+        return 0
     missing = [r for r in args.runs if not os.path.exists(os.path.join(r, "ckpt.pt"))]
     if missing:
         print(f"contrast_maps: error: no ckpt.pt in {', '.join(missing)}", file=sys.stderr)

@@ -37,3 +37,15 @@ def test_state_change_is_zero_for_the_same_image_and_the_undrawn_study_has_no_fi
     assert len(labels) == 5 == len(set(labels)) and drawn.shape == undrawn.shape == (5, 1, 32, 32)
     changed = (drawn - undrawn).abs().flatten(1).amax(1)
     assert (changed > 0).all() and masks.flatten(1).any(1).all()
+
+
+def test_table_is_the_mean_and_spread_per_try():
+    from experiments.contrast_maps import COLUMNS, table
+
+    def run(pg):
+        scores = {m: {"pointing_game": pg, "signed_cnr": 2 * pg} for _, m, _, _ in COLUMNS}
+        scores["pixel change"] = {"pointing_game": 0.7, "signed_cnr": 2.9}
+        return {"first set": scores, "second set": scores}
+    text = table({"out/msd/seed0": run(0.2), "out/msd/seed1": run(0.4), "out/clip/seed0/": run(0.5)})
+    assert "| msd | 2 | 0.300 ± 0.141 | 0.300 ± 0.141 | 0.300 ± 0.141 | 0.600 ± 0.283 |" in text
+    assert "| clip | 1 | 0.500 |" in text and "| the pixels' own change |  | 0.700 |" in text
