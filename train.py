@@ -70,8 +70,7 @@ def build_parser():
     a("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
     a("--channels", type=int, default=1, choices=[1, 3], help="1 grayscale, 3 RGB")
     a("--stem", default="conv", choices=["conv", "patch"], help="ViT patches: stride-2 convs, or one p x p")
-    a("--pool", default="max", choices=["max", "mean", "attn", "cls"],
-      help="image vector: max over patches, mean, learned weighted mean, class token")
+    a("--pool", default="max", choices=["max", "mean", "attn", "cls"], help="image vector over patches")
     a("--registers", type=int, default=0, metavar="R", help="R extra ViT tokens, never pooled")
     a("--attention-window", type=int, default=0, metavar="W", help="odd W: a patch sees W x W patches")
     a("--vocab-size", type=int, default=2048, help="tokenizer vocabulary trained on the reports")
