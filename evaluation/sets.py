@@ -13,8 +13,9 @@ import functools
 import json
 import os
 
+from evaluation.grounding import text_prior
+from manifests.grounding import read_grounding_manifest
 from manifests.read import read_class_manifest, read_pair_manifest
-from evaluation.grounding import read_grounding_manifest, text_prior
 from plumbing.runtime import InputError
 from synthetic.dataset import EVAL_SEED, GROUNDING_SEED, grounding_set, retrieval_set, zero_shot_set
 

@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tools import convert, ms_cxr  # noqa: E402
-from evaluation import grounding  # noqa: E402
+from manifests import grounding as gm  # noqa: E402
 from manifests.read import ManifestError  # noqa: E402
 from test_convert import _image, _read_csv, _write_csv  # noqa: E402  (the fakes' writers)
 
@@ -70,10 +70,10 @@ def test_ms_cxr_manifest_rows(tmp_path, capsys, version):
     assert "wrote 4 boxes on 3 images" in said and "(cardiomegaly 1, pneumonia 2, pneumothorax 1)" in said
     assert "skipped 1 boxes whose image is not under" in said
     # the output is a grounding manifest: three phrases (the two opacities are one, two boxes)
-    m = grounding.read_grounding_manifest(out, 12, log=lambda *a: None)
+    m = gm.read_grounding_manifest(out, 12, log=lambda *a: None)
     assert m["texts"] == ["Bibasilar opacities", "Large right-sided pneumothorax", "Moderate cardiomegaly"]
     assert m["labels"] == ["pneumonia", "pneumothorax", "cardiomegaly"] and m["dropped"] == 0
-    both = grounding.box_to_mask(6, 36, 18, 12, 60, 72, 12) | grounding.box_to_mask(34, 36, 20, 14, 60, 72, 12)
+    both = gm.box_to_mask(6, 36, 18, 12, 60, 72, 12) | gm.box_to_mask(34, 36, 20, 14, 60, 72, 12)
     assert torch.equal(m["masks"][0], both)
 
 

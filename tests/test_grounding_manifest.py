@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from data import train_tokenizer
-from evaluation import grounding
+from manifests import grounding as gm
 from manifests.read import ManifestError, load_image
 from model import DualEncoder, ModelConfig
 
@@ -27,16 +27,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_box_converts_to_exactly_its_pixels():
-    mask = grounding.box_to_mask(20, 30, 40, 10, 100, 100, 10)
+    mask = gm.box_to_mask(20, 30, 40, 10, 100, 100, 10)
     want = torch.zeros(10, 10, dtype=torch.bool)
     want[3, 2:6] = True                                           # rows 3..3, columns 2..5
     assert torch.equal(mask, want)
     # a wide image is centre-cropped: 200 x 100 keeps columns 50..149; (60, 0, 20, 100) -> cols 1..2
-    mask = grounding.box_to_mask(60, 0, 20, 100, 200, 100, 10)
+    mask = gm.box_to_mask(60, 0, 20, 100, 200, 100, 10)
     assert mask.sum() == 20 and mask[:, 1:3].all()
     # a box in the cropped-off margin is empty; a box smaller than a pixel keeps the pixel under it
-    assert not grounding.box_to_mask(0, 0, 40, 100, 200, 100, 10).any()
-    tiny_box = grounding.box_to_mask(21, 31, 2, 2, 100, 100, 10)
+    assert not gm.box_to_mask(0, 0, 40, 100, 200, 100, 10).any()
+    tiny_box = gm.box_to_mask(21, 31, 2, 2, 100, 100, 10)
     assert tiny_box.sum() == 1 and tiny_box[3, 2]
 
 
@@ -50,7 +50,7 @@ def test_box_masks_match_what_load_image_makes_of_the_box(tmp_path, size, box):
     a[y:y + h, x:x + w] = 255
     Image.fromarray(a, "L").save(tmp_path / "box.png")
     loaded = torch.from_numpy(load_image(tmp_path / "box.png", 10)[0] >= 128)
-    assert torch.equal(grounding.box_to_mask(x, y, w, h, *size, 10), loaded)
+    assert torch.equal(gm.box_to_mask(x, y, w, h, *size, 10), loaded)
 
 
 # -----------------------------------------------------------------------------
@@ -80,15 +80,15 @@ def test_read_grounding_manifest(tmp_path):
         ["b.png", "Cut off by the crop.", "0", "0", "40", "100", "x"],                 # dropped, counted
     ])
     said = []
-    m = grounding.read_grounding_manifest(csv_path, 10, log=said.append)
+    m = gm.read_grounding_manifest(csv_path, 10, log=said.append)
     assert m["images"].shape == (2, 1, 10, 10) and m["images"].dtype == torch.uint8
     assert m["texts"] == ["Right lower lobe opacity.", "Bilateral effusions.", "Left apical pneumothorax."]
     assert m["labels"] == ["consolidation", "pleural effusion", None]
     assert m["image_index"].tolist() == [0, 0, 1] and m["dropped"] == 1 and "dropped 1 of 4 phrases" in said[0]
-    assert torch.equal(m["masks"][0], grounding.box_to_mask(20, 30, 40, 10, 100, 100, 10))
-    both = grounding.box_to_mask(0, 80, 30, 20, 100, 100, 10) | grounding.box_to_mask(70, 80, 30, 20, 100, 100, 10)
+    assert torch.equal(m["masks"][0], gm.box_to_mask(20, 30, 40, 10, 100, 100, 10))
+    both = gm.box_to_mask(0, 80, 30, 20, 100, 100, 10) | gm.box_to_mask(70, 80, 30, 20, 100, 100, 10)
     assert torch.equal(m["masks"][1], both) and m["masks"][1].sum() == 12
-    assert torch.equal(m["masks"][2], grounding.box_to_mask(60, 0, 20, 100, 200, 100, 10))
+    assert torch.equal(m["masks"][2], gm.box_to_mask(60, 0, 20, 100, 200, 100, 10))
 
 
 @pytest.mark.parametrize("row,fragment", [
@@ -108,7 +108,7 @@ def test_each_bad_row_is_one_clear_line(tmp_path, row, fragment):
     _images(tmp_path)
     csv_path = _manifest(tmp_path / "g.csv", [["a.png", "Fine.", "0", "0", "10", "10", ""], row])
     with pytest.raises(ManifestError) as e:
-        grounding.read_grounding_manifest(csv_path, 10)
+        gm.read_grounding_manifest(csv_path, 10)
     msg = str(e.value)
     assert msg.startswith(f"{csv_path}: ") and fragment in msg and "\n" not in msg, msg
 
@@ -116,11 +116,11 @@ def test_each_bad_row_is_one_clear_line(tmp_path, row, fragment):
 def test_missing_column_and_every_problem_listed(tmp_path):
     _images(tmp_path)
     with pytest.raises(ManifestError, match=r"g\.csv: line 1 \(header\), column 'h': missing"):
-        grounding.read_grounding_manifest(_manifest(tmp_path / "g.csv", [["a.png", "t", "0", "0", "1"]],
+        gm.read_grounding_manifest(_manifest(tmp_path / "g.csv", [["a.png", "t", "0", "0", "1"]],
                                                     header=("image", "text", "x", "y", "w")), 10)
     rows = [["a.png", "t", "x", "0", "1", "1"], ["a.png", "t", "0", "0", "1", "1"], ["a.png", "t", "0", "0", "1", "-1"]]
     with pytest.raises(ManifestError) as e:
-        grounding.read_grounding_manifest(_manifest(tmp_path / "g.csv", rows, header=grounding.GROUNDING_COLUMNS), 10)
+        gm.read_grounding_manifest(_manifest(tmp_path / "g.csv", rows, header=gm.GROUNDING_COLUMNS), 10)
     lines = str(e.value).splitlines()
     assert "row 1 (line 2), column 'x'" in lines[0] and lines[1] == "(1 more problems:)" and "row 3 (line 4), column 'h'" in lines[2]
 
@@ -129,7 +129,7 @@ def test_an_unreadable_image_is_one_clear_line(tmp_path):
     (tmp_path / "a.png").write_bytes(b"not a png")
     csv_path = _manifest(tmp_path / "g.csv", [["a.png", "Opacity.", "0", "0", "1", "1", ""]])
     with pytest.raises(ManifestError, match=r"row 1 \(line 2\), column 'image': cannot read image .*a\.png"):
-        grounding.read_grounding_manifest(csv_path, 10)
+        gm.read_grounding_manifest(csv_path, 10)
 
 
 # -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ One command per data set, each reading the files exactly as they are distributed
 
 Pair manifests (IU X-Ray, MIMIC-CXR) are for train.py --train-manifest and eval.py
 --retrieval-manifest; the 5x200 set and its prompt file are for eval.py --eval-manifest / --prompts;
-the MS-CXR manifest is a grounding manifest (evaluation/grounding.py, docs/grounding.md).
+the MS-CXR manifest is a grounding manifest (manifests/grounding.py, docs/grounding.md).
 Image paths are written relative to the output CSV's folder, so the CSV and the images can move
 together. mimic-cxr, chexpert-5x200 and ms-cxr write to a temporary file renamed at the end: an
 error never leaves a half-written manifest behind (iu-xray writes in place, once every input is

@@ -133,7 +133,7 @@ class MsCxrBoxes:
 
 def convert_ms_cxr(csv_path, images_root, out_csv, splits=None):
     """MS-CXR's CSV -> a grounding manifest (image, text, x, y, w, h, label[, split]), one row per
-    box, as grounding.read_grounding_manifest reads it: text = label_text, label = category_name
+    box, as manifests.grounding.read_grounding_manifest reads it: text = label_text, label = category_name
     in lower case, split copied when the CSV has one (v1.1.0; `splits` keeps only those). Images
     are images_root / path (images_root: the MIMIC-CXR-JPG folder holding files/); an image not
     found is skipped and counted. A copy of MIMIC-CXR-JPG resized as a whole (e.g. to 512 px)
