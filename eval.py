@@ -259,22 +259,22 @@ def format_table(results):
 
 
 def grounding_table(g):
-    """The grounding scores (means of the class means) beside those of maps that do not look at
-    the image: a random grid, and (synthetic set) the text-only prior; then the same for the
-    sentences that name the finding without its place."""
+    """The grounding scores (means of the class means), a map per row: the model's share map and
+    contrast map beside maps that do not look at the image (a random grid, and on the synthetic
+    set the text-only prior); then the same for the sentences that name the finding alone."""
     grid = g["random_grid"]["grid"]
-    columns = [("model", g), (f"random {grid}x{grid}", g["random_grid"])]
-    if "text_prior" in g:
-        columns.append(("text prior", g["text_prior"]))
-    if "unlocated" in g:
-        columns.append(("no place: model", g["unlocated"]))
-    if "text_prior_unlocated" in g:
-        columns.append(("no place: prior", g["text_prior_unlocated"]))
+    rows = [("model: share map", g), ("model: contrast map", g.get("contrast")),
+            (f"random {grid}x{grid} grid", g["random_grid"]), ("text-only prior", g.get("text_prior")),
+            ("no place: share map", g.get("unlocated")),
+            ("no place: contrast map", g.get("contrast_unlocated")),
+            ("no place: text-only prior", g.get("text_prior_unlocated"))]
+    metrics = (("pointing_game", "pointing game"), ("signed_cnr", "signed CNR"),
+               ("cnr", "CNR (unsigned)"), ("miou", "mIoU"))
     head = f"grounding, mean of {len(g['per_class'])} classes"
-    lines = [f"{head:<30}" + "".join(f"  {name:>15}" for name, _ in columns)]
-    for metric, name in (("pointing_game", "pointing game"), ("signed_cnr", "signed CNR"),
-                         ("cnr", "CNR (unsigned)"), ("miou", "mIoU")):
-        lines.append(f"{name:<30}" + "".join(f"  {c['class_mean'][metric]:15.3f}" for _, c in columns))
+    lines = [f"{head:<30}" + "".join(f"  {name:>14}" for _, name in metrics)]
+    for name, c in rows:
+        if c is not None:
+            lines.append(f"{name:<30}" + "".join(f"  {c['class_mean'][m]:14.3f}" for m, _ in metrics))
     return "\n".join(lines)
 
 
@@ -310,8 +310,8 @@ def parse_args(argv=None):
                    help="draw zero-shot images with their true finding and top-3 predictions")
     p.add_argument("--show-grounding", metavar="PNG",
                    help="draw grounding studies: the image, the true region (green) and the "
-                        "map of its sentence over it; with --image, --text's map over "
-                        "each image (cells of 128 x 186 px, 4 a row)")
+                        "contrast map of its sentence over it; with --image, --text's share map "
+                        "over each image (cells of 128 x 186 px, 4 a row)")
     p.add_argument("--grounding-manifest", metavar="CSV",
                    help="phrase grounding on real images: a CSV with columns image,text,x,y,w,h "
                         "(a box in the image's pixels) and optionally label (docs/grounding.md)")

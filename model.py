@@ -355,33 +355,36 @@ class DualEncoder(nn.Module):
         the maximum of the projected patches is not (the projection is linear, the maximum is not)."""
         return F.normalize(self.image_proj(self.patch_states(images)), dim=-1)
 
-    def patch_shares(self, images, text_features, states=None):
-        """images (B, C, H, W), text_features (B, D) -> (B, P): each patch's share of the image-text
-        cosine cos(encode_image(images), t), t = text_features normalised. The shares add up to the
-        cosine exactly, so the map is the score's own decomposition (tested):
-        - pool="max": channel c of the pooled vector is one patch's (the argmax p*(c)), and
-          cos = sum_c a_c m_c / |z| with a = image_projᵀ t, m the pooled vector, z = image_proj(m):
-          patch p gets the terms of the channels it wins (a class activation map for max pooling).
-        - pool="mean": cos = sum_p image_proj(x_p)·t / (P |z|): patch p gets its own term.
-        - pool="attn": cos = sum_p w_p image_proj(x_p)·t / |z|, w the learned patch weights.
+    def patch_vectors(self, images, states=None):
+        """images (B, C, H, W) -> (B, P, D): the image embedding split over the patches. For
+        pool max, mean and attn they add up to encode_image(images) exactly (tested), so
+        patch p's share of the cosine with any text t is patch_vectors[p] . t:
+        - pool="max": channel c of the pooled vector m is one patch's (the argmax p*(c)), and
+          z = image_proj(m) = sum_c m_c image_proj[:, c]: patch p gets the columns of the
+          channels it wins (a class activation map for max pooling), over |z|.
+        - pool="mean" / "attn": z = sum_p w_p image_proj(x_p), w = 1/P or the learned patch
+          weights: patch p gets its own term, over |z|.
         - pool="cls": the class token attends to every patch through every layer, so no exact
-          split exists; the shares are then the patches' cosines with t (encode_patches), scaled
-          by 1/P, which do not add up to the score.
+          split exists; the vectors are then encode_patches / P, which do not add up to it.
         states: patch_states(images) when already at hand (images is then not read)."""
-        t = F.normalize(text_features, dim=-1)                          # (B, D)
         x = self.patch_states(images) if states is None else states     # (B, P, W)
         if self.visual.pool == "cls":
-            patches = F.normalize(self.image_proj(x), dim=-1)           # encode_patches, once
-            return torch.einsum("bpd,bd->bp", patches, t) / x.shape[1]
+            return F.normalize(self.image_proj(x), dim=-1) / x.shape[1]
         pooled = self.visual.pool_tokens(x)                             # (B, W)
-        norm = self.image_proj(pooled).norm(dim=-1, keepdim=True)       # (B, 1): |z|
-        a = t @ self.image_proj.weight                                  # (B, W): image_projᵀ t
+        norm = self.image_proj(pooled).norm(dim=-1)[:, None, None]      # (B, 1, 1): |z|
         if self.visual.pool in ("mean", "attn"):
-            w = self.visual.patch_weights(x) if self.visual.pool == "attn" else 1 / x.shape[1]
-            return (x @ a.unsqueeze(-1)).squeeze(-1) * w / norm
-        winner = x.argmax(dim=1)                                        # (B, W): p*(c)
-        return torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device).scatter_add_(
-            1, winner, a * pooled / norm)
+            w = self.visual.patch_weights(x).unsqueeze(-1) if self.visual.pool == "attn" else 1 / x.shape[1]
+            return self.image_proj(x * w) / norm
+        won = torch.zeros_like(x).scatter_(1, x.argmax(dim=1, keepdim=True), pooled.unsqueeze(1))
+        return self.image_proj(won) / norm                              # won[b, p, c]: m_c if p = p*(c)
+
+    def patch_shares(self, images, text_features, states=None):
+        """images (B, C, H, W), text_features (B, D) -> (B, P): each patch's share of the image-text
+        cosine cos(encode_image(images), t), t = text_features normalised: patch_vectors . t. For
+        pool max, mean and attn the shares add up to the cosine exactly, so the map is the score's
+        own decomposition (tested); for pool="cls" they are the patches' cosines with t over P."""
+        t = F.normalize(text_features, dim=-1)                          # (B, D)
+        return torch.einsum("bpd,bd->bp", self.patch_vectors(images, states), t)
 
     def forward(self, images, tokens, words=False):
         """Both embeddings and s = exp(logit_scale). Training calls the model through forward (not

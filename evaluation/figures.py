@@ -1,10 +1,10 @@
 """eval.py's figures: --show (zero-shot predictions) and --show-grounding (each grounding study's
-sentence map over its image, the true region outlined). Each picks a few items per class from the
-set evaluate() used and hands them to tools/plot.py, which draws them with Pillow."""
+contrast map of its sentence over its image, the true region outlined). Each picks a few items per
+class from the set evaluate() used and hands them to tools/plot.py, which draws them with Pillow."""
 
 import torch
 
-from evaluation.protocols import grounding_maps, zero_shot
+from evaluation.protocols import grounding_maps, mean_patch_vectors, zero_shot
 from evaluation.sets import GROUNDING_PER_CLASS, grounding_seed, synthetic_grounding, synthetic_zero_shot
 from plumbing.checkpoint import InputError
 from plumbing.runtime import WriteError, reason
@@ -28,10 +28,11 @@ def show_predictions(model, tokenizer, zs, args):
 
 
 def show_grounding(model, tokenizer, gr, args):
-    """--show-grounding: three studies per class, each image with its true region and the map of
-    its sentence; where the set has sentences that name no place (the synthetic set), the same
-    three studies again with those beside them. gr None: the synthetic set evaluate() rendered,
-    from the cache."""
+    """--show-grounding: three studies per class, each image with its true region and the contrast
+    map of its sentence (its share of the score minus the whole set's mean score for that sentence,
+    eval.json's "contrast"; a set of one item: the share map); where the set has sentences that name
+    no place (the synthetic set), the same three studies again with those beside them. gr None: the
+    synthetic set evaluate() rendered, from the cache."""
     if gr is False:
         raise InputError(f"--show-grounding {args.show_grounding} needs the synthetic set or "
                          f"--grounding-manifest")
@@ -45,8 +46,10 @@ def show_grounding(model, tokenizer, gr, args):
     order = [(texts, i) for pick in picks for texts in sets for i in pick]
     rows = [i for _, i in order]
     texts = [t[i] for t, i in order]
+    mean = (mean_patch_vectors(model, gr["images"], args.device, args.batch_size, precision=args.precision)
+            if len(gr["texts"]) > 1 else None)              # the whole set's, as eval.json's
     maps = grounding_maps(model, tokenizer, gr["images"][rows], texts, args.device, args.batch_size,
-                          precision=args.precision)
+                          precision=args.precision, mean_vectors=mean)
     from tools.plot import draw_grounding   # Pillow: only --show-grounding needs it
     try:
         draw_grounding(args.show_grounding, gr["images"][rows], gr["masks"][rows], maps, texts,

@@ -5,19 +5,24 @@ The map is the image-text score split over the patches: each patch's share of th
 the image and the sentence (model.DualEncoder.patch_shares; the shares add up to the score, so the
 map shows what the score is made of), on the patch grid, upsampled to the image as BioViL does
 (Boecking et al., "Making the Most of Text Semantics to Improve Biomedical Vision-Language
-Processing", ECCV 2022). Four scores compare such a map with the region where the finding is (a
-mask): the pointing game, CNR (unsigned, BioViL's), signed CNR and mIoU, per class and overall.
-Two references say what a score is worth: random grid maps put through the same upsampling and
-scoring (random_grid_null), and a map that reads only the sentence (text_prior: the mean region of
-the sentence's class and place on other studies).
+Processing", ECCV 2022). The contrast map splits instead what the contrastive loss sees: the score
+minus the set's mean score for the same sentence (similarity_map's mean_vectors). Four scores
+compare a map with the region where the finding is (a mask): the pointing game, CNR (unsigned,
+BioViL's), signed CNR and mIoU, per class and overall. Two references say what a score is worth:
+random grid maps put through the same upsampling and scoring (random_grid_null), and a map that
+reads only the sentence (text_prior: the mean region of the sentence's class and place on other
+studies).
 
 Needs torch alone, so it copies out of the repository on its own. A grounding manifest (real data
 with boxes, such as MS-CXR through `python -m tools.convert ms-cxr`) is read by
 manifests/grounding.py.
 
-    maps = similarity_map(model, images, model.encode_text(tokens))   # (B, H, W)
+    text = model.encode_text(tokens)                                  # (B, D), one per image
+    maps = similarity_map(model, images, text)                        # (B, H, W)
+    mean = model.patch_vectors(images).mean(0)                        # the set's mean image, taken
+    contrast = similarity_map(model, images, text, mean_vectors=mean) # out: the contrast maps
     null = random_grid_null(labels, masks, grid=8)                    # what a random map scores
-    scores = summarize([(label, m, mask) for label, m, mask in zip(labels, maps, masks)])
+    scores = summarize([(label, m, mask) for label, m, mask in zip(labels, contrast, masks)])
 
 docs/grounding.md describes the masks, the metrics and the manifest format.
 """
@@ -32,7 +37,7 @@ import torch.nn.functional as F
 # The map
 
 
-def similarity_map(model, images, text_features):
+def similarity_map(model, images, text_features, mean_vectors=None):
     """Each patch's share of the image-text score, as a map at the image's resolution.
 
     images (B, C, H, W): as encode_image takes them (float in [0, 1]; uint8 is divided by 255).
@@ -43,12 +48,23 @@ def similarity_map(model, images, text_features):
     sits at its centre; BioViL's phrase-grounding notebook upsamples bilinearly too). Unlike
     BioViL's inference code we do not smooth the grid first (it applies a Gaussian of 1.5
     patches): on an 8 x 8 grid that would blur across a fifth of the image. Gradients flow; wrap
-    in torch.no_grad() to evaluate."""
+    in torch.no_grad() to evaluate.
+
+    mean_vectors (P, D): the contrast map. Much of the cosine is the same for every image (a
+    normal radiograph scores well with "left pleural effusion" too), and a contrastive loss never
+    sees that part: only differences between images for one sentence count. With the mean
+    model.patch_vectors of a set of images (mean_patch_vectors), each patch's share becomes
+    (v_p - mean_vectors_p) . t, the exact split of cos(I, t) - mean_j cos(I_j, t): the score by
+    which the sentence picks this image out of the set. It needs the set alone, no labels."""
     if images.dtype == torch.uint8:
         images = images.float() / 255
     B = images.shape[0]
     text = text_features.expand(B, -1) if text_features.dim() == 1 else text_features   # (B, D)
-    shares = model.patch_shares(images, text)                      # (B, P)
+    if mean_vectors is None:
+        shares = model.patch_shares(images, text)                  # (B, P)
+    else:
+        vectors = model.patch_vectors(images) - mean_vectors       # (B, P, D)
+        shares = torch.einsum("bpd,bd->bp", vectors, F.normalize(text, dim=-1))
     return upsample_grid(shares, images.shape[-1])
 
 

@@ -4,8 +4,9 @@
 - zero_shot: classification by the nearest prompt-ensemble class embedding (class_embeddings), its
   probabilities class_probabilities' (which evaluation/predict.py's predict returns too).
 - retrieval: image-to-text and text-to-image Recall@k, identical reports counting as matches.
-- grounding_maps, evaluate_grounding: each patch's share of the image-text score as a map, and the
-  maps' scores beside those of a random map and of a prior that reads only the sentence.
+- grounding_maps, evaluate_grounding: each patch's share of the image-text score as a map (or of
+  the score minus the set's mean, the contrast map), and the maps' scores beside those of a
+  random map and of a prior that reads only the sentence.
 
 Each function takes the model (or its DistributedDataParallel wrapper) and puts it back in the mode
 it was in: train.py evaluates in the middle of training.
@@ -163,40 +164,63 @@ def retrieval(model, tokenizer, images, texts, device, batch_size=256, ks=(1, 5,
 
 
 @_restore_mode
-def grounding_maps(model, tokenizer, images, texts, device, batch_size=256, precision="fp32"):
-    """Patch-text similarity maps (n, H, W) on the CPU of each image with its own sentence
-    (grounding.similarity_map)."""
+def mean_patch_vectors(model, images, device, batch_size=256, precision="fp32"):
+    """(P, D) float32 on the CPU: the mean of model.patch_vectors over the images, the set's mean
+    image split over its patches (grounding.similarity_map's mean_vectors, for contrast maps)."""
+    total = 0
+    for i in range(0, len(images), batch_size):
+        x = _model_input(images[i:i + batch_size].to(device), model.cfg.in_channels)
+        total = total + model.patch_vectors(x).float().sum(0).cpu()
+    return total / len(images)
+
+
+@_restore_mode
+def grounding_maps(model, tokenizer, images, texts, device, batch_size=256, precision="fp32",
+                   mean_vectors=None):
+    """Maps (n, H, W) on the CPU of each image with its own sentence (grounding.similarity_map):
+    each patch's share of the score, or with mean_vectors (mean_patch_vectors of the set) the
+    contrast map, its share of the score minus the set's mean score for the same sentence."""
     text = embed_texts(model, tokenizer, texts, device, batch_size, precision=precision)  # (n, D)
     maps = []
     for i in range(0, len(texts), batch_size):
         x = _model_input(images[i:i + batch_size].to(device), model.cfg.in_channels)
-        maps.append(similarity_map(model, x, text[i:i + batch_size].to(device)).float().cpu())
+        mean = None if mean_vectors is None else mean_vectors.to(device)
+        maps.append(similarity_map(model, x, text[i:i + batch_size].to(device), mean).float().cpu())
     return torch.cat(maps)
 
 
 def evaluate_grounding(model, tokenizer, gr, device, batch_size=256, precision="fp32"):
     """Pointing game, CNR, signed CNR and mIoU (grounding.py) per class and overall of the model's
-    maps of gr["texts"], and beside them what maps that do not look at the image score:
+    maps of gr["texts"], and beside them:
+    - "contrast": the same scores of the contrast maps (the score minus the mean score of the
+      set's images for the same sentence, grounding.similarity_map), from two items on;
     - "random_grid": random maps on the model's patch grid (grounding.random_grid_null);
     - "text_prior", "text_prior_unlocated": maps that read only the sentence (grounding.text_prior),
       where gr has them (the synthetic set: gr["prior"], gr["prior_unlocated"]);
-    and "unlocated": the model's maps of sentences that name the finding alone (gr["unlocated"],
-    the synthetic set), where a map that ignores the image cannot know the place.
+    and "unlocated", "contrast_unlocated": the model's maps of sentences that name the finding
+    alone (gr["unlocated"], the synthetic set), where a map that ignores the image cannot know the
+    place. The random grid and the prior read no model, so they are the null of either map.
 
     gr: {"images" (n, C, H, W), "texts" [n], "masks" (n, H, W) bool, "labels" [n] class names},
     optionally "unlocated", "prior", "prior_unlocated", "prior_seed" (evaluation.sets)."""
     masks = gr["masks"]
+    mean = (mean_patch_vectors(model, gr["images"], device, batch_size, precision=precision)
+            if len(masks) > 1 else None)          # one item: nothing to contrast it with
 
-    def scores(texts):
+    def scores(texts, mean_vectors=None):
         maps = grounding_maps(model, tokenizer, gr["images"], texts, device, batch_size,
-                              precision=precision)
+                              precision=precision, mean_vectors=mean_vectors)
         return summarize(zip(gr["labels"], maps, masks))
 
     out = scores(gr["texts"])
+    if mean is not None:
+        out["contrast"] = scores(gr["texts"], mean)
     cfg = getattr(model, "module", model).cfg
     out["random_grid"] = random_grid_null(gr["labels"], masks, cfg.image_size // cfg.patch_size)
     if "unlocated" in gr:
         out["unlocated"] = scores(gr["unlocated"])
+        if mean is not None:
+            out["contrast_unlocated"] = scores(gr["unlocated"], mean)
     for key in ("prior", "prior_unlocated"):
         if key in gr:
             out[f"text_{key}"] = {**summarize(zip(gr["labels"], gr[key], masks)),

@@ -2,15 +2,12 @@
 
     python -m experiments.contrast_maps results/localise/msd-ladder/seed0 ...
     python -m experiments.contrast_maps RUNS... --json docs/results/contrast_maps.json
+    python -m experiments.contrast_maps RUNS... --teacher --json ...   # their EMA teachers
     python -m experiments.contrast_maps report --json docs/results/contrast_maps.json   # the table
 
-1. The contrast map. eval.py's map is each patch's share of the image-text cosine
-   (model.patch_shares). Much of that cosine is the same for every image (a normal radiograph
-   scores well with a sentence too), and the contrastive loss never sees that part: among images,
-   only differences for the same sentence count. contrast_shares subtracts, patch by patch, the
-   mean share that the other images of the set get for the same sentence. The result is the exact
-   split of cos(I, t) - mean_j cos(I_j, t), the score by which the sentence picks its image out of
-   the set, and it needs nothing but the set itself (so it works on a user's manifest too).
+1. The share map and the contrast map (evaluation.grounding.similarity_map, as eval.py draws them):
+   each patch's share of the image-text cosine, and its share of that cosine minus the set's mean
+   cosine for the same sentence, the score by which the sentence picks its image out of the set.
 2. The state change. On the synthetic set each study can be drawn again without its finding
    (same patient, same anatomy). How far each patch's final state moves between the two says
    where the model's features hold the finding, with no readout at all; the pixels' own change,
@@ -30,17 +27,6 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-
-def contrast_shares(model, images, text_features):
-    """images (N, C, H, W) float, text_features (N, D): item i pairs image i with sentence i.
-    Returns (N, P): patch_shares(I_i, t_i) - mean_j patch_shares(I_j, t_i) over all N images of the
-    set, so row i adds up to cos(I_i, t_i) - mean_j cos(I_j, t_i) (tested)."""
-    t = F.normalize(text_features, dim=-1)
-    x = model.patch_states(images)                                       # the tower runs once
-    own = model.patch_shares(None, t, states=x)                          # (N, P)
-    mean = torch.stack([model.patch_shares(None, ti.expand(len(x), -1), states=x).mean(0) for ti in t])
-    return own - mean
 
 
 def state_change(model, images, undrawn):
@@ -66,40 +52,46 @@ def drawn_and_undrawn(n_per_class, image_size, seed):
     return as_float(images), as_float(undrawn), torch.stack(masks), labels
 
 
-def measure(run, n_per_class=50, eval_seeds=None):
+def measure(run, n_per_class=50, eval_seeds=None, use_teacher=False):
     """{"first set"/"second set": {map: {"pointing_game", "signed_cnr", "per_class"}}} for the
-    checkpoint in `run`, on the grounding sets of eval.py's first and second evaluation seeds."""
+    checkpoint in `run` (its EMA teacher with use_teacher), on the grounding sets of eval.py's first
+    and second evaluation seeds."""
     from synthetic.dataset import EVAL_SEED, SECOND_EVAL_SEED
-    from evaluation.grounding import summarize, upsample_grid
+    from evaluation.grounding import similarity_map, summarize, upsample_grid
     from evaluation.protocols import embed_texts
     from evaluation.sets import grounding_seed, synthetic_grounding
     from plumbing.checkpoint import load_checkpoint
-    model, tokenizer, _ = load_checkpoint(run)
+    model, tokenizer, _ = load_checkpoint(run, use_teacher=use_teacher)
     model.eval()
     size, out = model.cfg.image_size, {}
+    grid = lambda values: upsample_grid(values, size)   # noqa: E731
     for where, eval_seed in zip(("first set", "second set"), eval_seeds or (EVAL_SEED, SECOND_EVAL_SEED)):
         seed = grounding_seed(eval_seed)
         g = synthetic_grounding(n_per_class, size, seed)
         images = g["images"].float() / 255
         drawn, undrawn, masks, labels = drawn_and_undrawn(n_per_class, size, seed)
         assert torch.equal(drawn, images) and torch.equal(masks, g["masks"]), "set drawn differently"
-        maps = {"state change": lambda: state_change(model, images, undrawn),
-                "pixel change": lambda: F.avg_pool2d((images - undrawn).abs(),
-                                                     model.cfg.patch_size).flatten(1)}
+        with torch.no_grad():
+            mean = model.patch_vectors(images).mean(0)                   # the set's mean image
+        maps = {"state change": lambda: grid(state_change(model, images, undrawn)),
+                "pixel change": lambda: grid(F.avg_pool2d((images - undrawn).abs(),
+                                                          model.cfg.patch_size).flatten(1))}
         for name, key in (("report", "texts"), ("no place", "unlocated")):
             text = embed_texts(model, tokenizer, g[key], "cpu")
-            maps[f"share, {name}"] = lambda text=text: model.patch_shares(images, text)
-            maps[f"contrast, {name}"] = lambda text=text: contrast_shares(model, images, text)
+            maps[f"share, {name}"] = lambda text=text: similarity_map(model, images, text)
+            maps[f"contrast, {name}"] = lambda text=text: similarity_map(model, images, text, mean)
         scores = {}
         with torch.no_grad():
             for name, make in maps.items():
-                s = summarize(zip(labels, upsample_grid(make(), size), masks))
+                s = summarize(zip(labels, make(), masks))
                 scores[name] = {"pointing_game": s["class_mean"]["pointing_game"],
                                 "signed_cnr": s["class_mean"]["signed_cnr"],
                                 "per_class": {c: v["pointing_game"] for c, v in s["per_class"].items()}}
         out[where] = {"grounding_seed": seed, **scores}
     return out
 
+
+TEACHER = ":teacher"   # a run's key in the JSON when its teacher was read
 
 COLUMNS = [  # (set, map, metric, heading)
     ("first set", "state change", "pointing_game", "state change"),
@@ -119,7 +111,8 @@ def table(results):
     from experiments.studies import fmt_mean_std, mean_std
     tries = {}
     for run, r in results.items():
-        tries.setdefault(os.path.basename(os.path.dirname(os.path.normpath(run))), []).append(r)
+        name = os.path.basename(os.path.dirname(os.path.normpath(run.removesuffix(TEACHER))))
+        tries.setdefault(name + " teacher" * bool(r.get("teacher")), []).append(r)
     head = ["try", "seeds"] + [c[3] for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
     for name, runs in tries.items():
@@ -135,6 +128,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="train.py output folders, or `report` for the table of --json")
     p.add_argument("--json", help="also write {run: measure(run)} here (runs already in it are kept)")
+    p.add_argument("--teacher", action="store_true",
+                   help=f"read the runs' EMA teachers (kept as RUN{TEACHER} in the JSON)")
     args = p.parse_args(argv)
     if args.runs == ["report"]:
         with open(args.json) as f:
@@ -150,15 +145,17 @@ def main(argv=None):
             results = json.load(f)
     from experiments.studies import commit, machine
     for run in args.runs:
-        results[run] = measure(run)
-        for where, scores in results[run].items():
+        key = run + TEACHER * args.teacher
+        results[key] = measure(run, use_teacher=args.teacher)
+        for where, scores in results[key].items():
             for name, s in scores.items():
                 if not isinstance(s, dict):
                     continue
                 print(f"{run} {where} {name:18s} pointing game {s['pointing_game']:.3f}  "
                       f"signed CNR {s['signed_cnr']:.3f}", flush=True)
-        results[run]["measured"] = {"commit": commit(), "machine": machine(),
+        results[key]["measured"] = {"commit": commit(), "machine": machine(),
                                     "date": datetime.date.today().isoformat()}
+        results[key]["teacher"] = args.teacher
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1, sort_keys=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from evaluation import grounding
-from evaluation.protocols import grounding_maps
+from evaluation.protocols import grounding_maps, mean_patch_vectors
 from evaluation.sets import grounding_seed
 from synthetic import radiograph, reports
 from synthetic import dataset as synthetic
@@ -187,6 +187,51 @@ def test_the_shares_add_up_to_the_image_text_cosine(pool):
     assert shares.shape == (3, 16)
     torch.testing.assert_close(shares.sum(1), cosine, rtol=0, atol=1e-12)
     assert (shares != 0).sum(1).min() > 1      # spread over several patches, not one term
+    with torch.no_grad():                      # the vectors behind the shares add up to the embedding
+        vectors = model.patch_vectors(images)
+    assert vectors.shape == (3, 16, 24)
+    torch.testing.assert_close(vectors.sum(1), model.encode_image(images), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pool", ["max", "mean", "attn"])
+def test_the_contrast_map_splits_the_score_minus_the_sets_mean_score(pool):
+    """Contrast map of item i = upsampled patch_shares(I_i, t_i) - mean_j patch_shares(I_j, t_i),
+    computed the slow way, image by image; its grid adds up to cos(I_i, t_i) - mean_j cos(I_j, t_i)."""
+    torch.manual_seed(1)
+    model = DualEncoder(tiny(pool=pool)).double().eval()
+    if pool == "attn":
+        torch.nn.init.normal_(model.visual.attn_pool[-1].weight)
+    images, text = torch.rand(4, 1, 32, 32, dtype=torch.float64), torch.randn(4, 24, dtype=torch.float64)
+    with torch.no_grad():
+        mean = model.patch_vectors(images).mean(0)
+        got = grounding.similarity_map(model, images, text, mean_vectors=mean)
+        own = model.patch_shares(images, text)
+        others = torch.stack([model.patch_shares(images, t.expand(4, -1)).mean(0) for t in text])
+        cos = model.encode_image(images) @ torch.nn.functional.normalize(text, dim=-1).T   # (image, text)
+    torch.testing.assert_close(got, grounding.upsample_grid(own - others, 32), rtol=0, atol=1e-12)
+    torch.testing.assert_close((own - others).sum(1), cos.diag() - cos.mean(0), rtol=0, atol=1e-12)
+    with torch.no_grad():    # a set of one image, four times: nothing tells them apart
+        same = images[:1].expand(4, -1, -1, -1)
+        flat = grounding.similarity_map(model, same, text, model.patch_vectors(same).mean(0))
+    assert flat.abs().max() < 1e-12
+    # batched over the set as eval.py runs it: the same mean
+    batched = mean_patch_vectors(model.float(), images.float(), "cpu", batch_size=3)
+    torch.testing.assert_close(batched, mean.float(), rtol=0, atol=1e-5)
+
+
+def test_the_contrast_map_points_at_what_sets_the_image_apart():
+    """Two images of the hand-built model, each bright at its own patch: each scores 1 with e0, so
+    the share map of either is its hot patch alone, and the contrast map (the pair's mean taken out)
+    is +1/2 at its own hot patch, -1/2 at the other's and 0 elsewhere."""
+    model, first, text = aligned_model((1, 2))
+    _, second, _ = aligned_model((3, 1))
+    images = torch.cat([first, second])
+    with torch.no_grad():
+        mean = model.patch_vectors(images).mean(0)
+        maps = grounding.similarity_map(model, images, text, mean_vectors=mean)
+    want = torch.zeros(2, 4, 4)
+    want[0, 1, 2], want[0, 3, 1], want[1, 3, 1], want[1, 1, 2] = 0.5, -0.5, 0.5, -0.5
+    torch.testing.assert_close(maps, grounding.upsample_grid(want.view(2, 16), 32))
 
 
 def test_with_a_class_token_the_shares_are_the_patch_cosines():
@@ -362,6 +407,41 @@ def test_evaluate_reports_grounding_beside_its_nulls():
     # the null on the model's 4 x 4 grid, with its own seed: the same call gives the same numbers
     assert out["random_grid"] == grounding.random_grid_null(g["labels"], g["masks"], 4)
     assert (out["random_grid"]["grid"], out["random_grid"]["draws"]) == (4, grounding.NULL_DRAWS)
+    # the contrast maps: the set's mean patch vectors taken out, for both sentence sets
+    mean = mean_patch_vectors(model, g["images"], "cpu")
+    for texts, key in ((g["texts"], "contrast"), (g["unlocated"], "contrast_unlocated")):
+        maps = grounding_maps(model, tokenizer, g["images"], texts, "cpu", mean_vectors=mean)
+        assert out[key] == grounding.summarize(zip(g["labels"], maps, g["masks"]))
+        assert out[key] != (out if key == "contrast" else out["unlocated"])
     assert "text_prior" not in out              # no prior maps given: none scored
     table = ev.format_table(res)
-    assert "grounding, mean of 5 classes" in table and "random 4x4" in table and "no place: model" in table
+    for row in ("grounding, mean of 5 classes", "random 4x4 grid", "model: contrast map",
+                "no place: share map", "no place: contrast map"):
+        assert row in table
+    assert "text-only prior" not in table
+
+
+def test_the_grounding_figure_draws_the_contrast_maps(monkeypatch, tmp_path):
+    """--show-grounding draws, for three studies per class, the contrast map of the report's
+    sentence and of the finding alone, each against the whole set's mean (eval.json's "contrast")."""
+    import argparse
+    from data import train_tokenizer
+    from evaluation.figures import show_grounding
+    from tools import plot
+    g = synthetic.grounding_set(4, 32)
+    tokenizer = train_tokenizer(g["texts"] + g["unlocated"], 200)
+    model = DualEncoder(tiny(vocab_size=tokenizer.get_vocab_size())).eval()
+    drawn = {}
+    monkeypatch.setattr(plot, "draw_grounding", lambda path, images, masks, maps, texts, labels,
+                        per_class: drawn.update(maps=maps, texts=texts, per_class=per_class))
+    args = argparse.Namespace(show_grounding=str(tmp_path / "g.png"), device="cpu", batch_size=7,
+                              precision="fp32", eval_seed=None)
+    show_grounding(model, tokenizer, g, args)
+    mean = mean_patch_vectors(model, g["images"], "cpu")
+    rows = [4 * c + i for c in range(5) for i in range(3)]
+    for part, texts in enumerate((g["texts"], g["unlocated"])):   # per class: report, then no place
+        want = grounding_maps(model, tokenizer, g["images"][rows], [texts[i] for i in rows], "cpu",
+                              mean_vectors=mean).view(5, 3, 32, 32)
+        got = drawn["maps"].view(5, 2, 3, 32, 32)[:, part]
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert drawn["per_class"] == 6 and drawn["texts"][3] == g["unlocated"][0]

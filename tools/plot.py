@@ -313,8 +313,8 @@ def heat(values):
 
 def draw_grounding(path, images, masks, maps, texts, labels, per_class=3, cell=128):
     """Save a PNG: a row per class, per_class studies in it; each cell is the image with the
-    model's map over it (each patch's share of the score, min-max scaled per image, half transparent), the
-    true region outlined in green, and the sentence under it."""
+    model's map over it (min-max scaled per image, half transparent), the true region outlined in
+    green, and the sentence under it."""
     import numpy as np
 
     classes = list(dict.fromkeys(labels))
