@@ -275,6 +275,9 @@ def grounding_table(g):
     for name, c in rows:
         if c is not None:
             lines.append(f"{name:<30}" + "".join(f"  {c['class_mean'][m]:14.3f}" for m, _ in metrics))
+    if "grid_ceiling" in g:
+        lines.append(f"{f'best any {grid}x{grid} map can do':<30}  "
+                     f"{g['grid_ceiling']['class_mean']['pointing_game']:14.3f}")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ compare a map with the region where the finding is (a mask): the pointing game, 
 BioViL's), signed CNR and mIoU, per class and overall. Two references say what a score is worth:
 random grid maps put through the same upsampling and scoring (random_grid_null), and a map that
 reads only the sentence (text_prior: the mean region of the sentence's class and place on other
-studies).
+studies); grid_ceiling says how high a pointing game on the model's patch grid can go at all.
 
 Needs torch alone, so it copies out of the repository on its own. A grounding manifest (real data
 with boxes, such as MS-CXR through `python -m tools.convert ms-cxr`) is read by
@@ -22,6 +22,7 @@ manifests/grounding.py.
     mean = model.patch_vectors(images).mean(0)                        # the set's mean image, taken
     contrast = similarity_map(model, images, text, mean_vectors=mean) # out: the contrast maps
     null = random_grid_null(labels, masks, grid=8)                    # what a random map scores
+    best = grid_ceiling(labels, masks, grid=8)                        # what any 8 x 8 map can score
     scores = summarize([(label, m, mask) for label, m, mask in zip(labels, contrast, masks)])
 
 docs/grounding.md describes the masks, the metrics and the manifest format.
@@ -293,6 +294,29 @@ def random_grid_null(labels, masks, grid, draws=NULL_DRAWS, seed=0):
         items += [(name, m, mask) for m in maps]
     out = summarize(items)
     return {**out, "grid": grid, "draws": draws, "seed": seed}
+
+
+def grid_ceiling(labels, masks, grid):
+    """The best pointing game any map on a grid x grid patch grid can reach: an item counts as a
+    hit when some patch's one-hot grid, upsampled as a model's map is (upsample_grid), has every
+    tied maximum inside the mask. A region smaller than a patch's centre pixels (a 2-5 px nodule
+    on 8 px patches) cannot be hit by any map at that resolution. Returns {"per_class": {name:
+    {"n", "pointing_game"}}, "class_mean": {"pointing_game"}, "grid"}; masks of None are skipped."""
+    hits = defaultdict(list)
+    at_max = {}
+    for name, mask in zip(labels, masks):
+        if mask is None:
+            continue
+        mask = torch.as_tensor(mask)
+        size = mask.shape[-1]
+        if size not in at_max:                      # (P, size * size): each one-hot map's maxima
+            maps = upsample_grid(torch.eye(grid * grid), size).flatten(1)
+            at_max[size] = (maps == maps.amax(dim=1, keepdim=True)).float()
+        outside = at_max[size] @ (~mask.bool()).flatten().float()   # (P,): maxima outside the mask
+        hits[name].append(float(bool((outside == 0).any())))
+    per_class = {name: {"n": len(h), "pointing_game": sum(h) / len(h)} for name, h in sorted(hits.items())}
+    mean = sum(c["pointing_game"] for c in per_class.values()) / len(per_class) if per_class else math.nan
+    return {"per_class": per_class, "class_mean": {"pointing_game": mean}, "grid": grid}
 
 
 def text_prior(keys, reference_keys, reference_masks):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from data import report_ids, tokenize
-from evaluation.grounding import random_grid_null, similarity_map, summarize
+from evaluation.grounding import grid_ceiling, random_grid_null, similarity_map, summarize
 from evaluation.metrics import macro_auc_ovr, recall_hits
 
 # -----------------------------------------------------------------------------
@@ -194,7 +194,8 @@ def evaluate_grounding(model, tokenizer, gr, device, batch_size=256, precision="
     maps of gr["texts"], and beside them:
     - "contrast": the same scores of the contrast maps (the score minus the mean score of the
       set's images for the same sentence, grounding.similarity_map), from two items on;
-    - "random_grid": random maps on the model's patch grid (grounding.random_grid_null);
+    - "random_grid": random maps on the model's patch grid (grounding.random_grid_null), and
+      "grid_ceiling": the best pointing game any map on that grid can reach (grounding.grid_ceiling);
     - "text_prior", "text_prior_unlocated": maps that read only the sentence (grounding.text_prior),
       where gr has them (the synthetic set: gr["prior"], gr["prior_unlocated"]);
     and "unlocated", "contrast_unlocated": the model's maps of sentences that name the finding
@@ -216,7 +217,9 @@ def evaluate_grounding(model, tokenizer, gr, device, batch_size=256, precision="
     if mean is not None:
         out["contrast"] = scores(gr["texts"], mean)
     cfg = getattr(model, "module", model).cfg
-    out["random_grid"] = random_grid_null(gr["labels"], masks, cfg.image_size // cfg.patch_size)
+    grid = cfg.image_size // cfg.patch_size
+    out["random_grid"] = random_grid_null(gr["labels"], masks, grid)
+    out["grid_ceiling"] = grid_ceiling(gr["labels"], masks, grid)
     if "unlocated" in gr:
         out["unlocated"] = scores(gr["unlocated"])
         if mean is not None:

@@ -244,7 +244,7 @@ def check_json_structure(results, shots=("1", "2", "4", "8", "16"), grounding=Fa
     if grounding:
         g = results.pop("grounding")
         assert set(g) == {"per_class", "overall", "class_mean", "no_place", "random_grid", "unlocated",
-                          "contrast", "contrast_unlocated", "text_prior", "text_prior_unlocated"}
+                          "contrast", "contrast_unlocated", "text_prior", "text_prior_unlocated", "grid_ceiling"}
         assert g["text_prior"]["seed"] == GROUNDING_SEED + 500 and g["random_grid"]["grid"] == 4
         assert set(g["per_class"]) == set(GROUNDING_CLASSES) and g["overall"]["n"] == 250
     # ci95 mirrors the numbers: a [lo, hi] for each, from 1000 resamples with seed 0

@@ -445,3 +445,20 @@ def test_the_grounding_figure_draws_the_contrast_maps(monkeypatch, tmp_path):
         got = drawn["maps"].view(5, 2, 3, 32, 32)[:, part]
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     assert drawn["per_class"] == 6 and drawn["texts"][3] == g["unlocated"][0]
+
+
+def test_the_grid_ceiling_is_the_best_one_hot_map():
+    """An item is a hit when some patch's upsampled one-hot map points inside its mask: checked
+    against every one-hot map scored by pointing_game, on masks built so that some are hit and
+    some cannot be (smaller than a patch's centre pixels, or between two patches' centres)."""
+    masks = torch.zeros(4, 32, 32, dtype=torch.bool)
+    masks[0, 0:4, 0:4] = True              # a corner patch's plateau of maxima (the border): a hit
+    masks[1, 11:13, 11:13] = True          # patch (1, 1)'s 2 x 2 tied centre pixels: a hit
+    masks[2, 11:12, 11:13] = True          # half of them: the other tied maxima lie outside
+    masks[3, 14:18, 14:18] = True          # between the centres of patches (1, 1) and (2, 2): a miss
+    got = grounding.grid_ceiling(["a", "a", "b", "b", "b"], list(masks) + [None], 4)
+    onehots = grounding.upsample_grid(torch.eye(16), 32)
+    want = [max(grounding.pointing_game(m, mask) for m in onehots) for mask in masks]
+    assert want == [1.0, 1.0, 0.0, 0.0]
+    assert got == {"per_class": {"a": {"n": 2, "pointing_game": 1.0}, "b": {"n": 2, "pointing_game": 0.0}},
+                   "class_mean": {"pointing_game": 0.5}, "grid": 4}

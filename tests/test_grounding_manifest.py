@@ -162,7 +162,8 @@ def test_eval_cli_grounds_a_manifest_and_draws_it(tmp_path):
     assert {k: v["n"] for k, v in res["grounding"]["per_class"].items()} == {
         "consolidation": 1, "pleural effusion": 1}
     # a manifest has no prior and no place-free sentences; the contrast map is the pair's difference
-    assert set(res["grounding"]) == {"per_class", "overall", "class_mean", "no_place", "random_grid", "contrast"}
+    assert set(res["grounding"]) == {"per_class", "overall", "class_mean", "no_place", "random_grid", "contrast",
+                                      "grid_ceiling"}
     assert "model: contrast map" in proc.stdout and "text-only prior" not in proc.stdout
     picture = Image.open(tmp_path / "g.png")
     assert picture.size == (3 * 128, 2 * (128 + 4 * 13 + 6))     # a row per class, 3 cells each
