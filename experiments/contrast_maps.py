@@ -11,7 +11,8 @@
 2. The state change. On the synthetic set each study can be drawn again without its finding
    (same patient, same anatomy). How far each patch's final state moves between the two says
    where the model's features hold the finding, with no readout at all; the pixels' own change,
-   averaged per patch, is what a map that knew the drawing exactly would score on the same grid.
+   averaged per patch, is what a map that knew the drawing exactly would score on the same grid;
+   evaluation.grounding.grid_ceiling is the best pointing game any map on that grid can reach.
 
 Both are scored as eval.py scores (evaluation.grounding.summarize: the pointing game and signed
 CNR, class means) on the synthetic grounding set of the first and the second evaluation set, on
@@ -57,7 +58,7 @@ def measure(run, n_per_class=50, eval_seeds=None, use_teacher=False):
     checkpoint in `run` (its EMA teacher with use_teacher), on the grounding sets of eval.py's first
     and second evaluation seeds."""
     from synthetic.dataset import EVAL_SEED, SECOND_EVAL_SEED
-    from evaluation.grounding import similarity_map, summarize, upsample_grid
+    from evaluation.grounding import grid_ceiling, similarity_map, summarize, upsample_grid
     from evaluation.protocols import embed_texts
     from evaluation.sets import grounding_seed, synthetic_grounding
     from plumbing.checkpoint import load_checkpoint
@@ -87,6 +88,9 @@ def measure(run, n_per_class=50, eval_seeds=None, use_teacher=False):
                 scores[name] = {"pointing_game": s["class_mean"]["pointing_game"],
                                 "signed_cnr": s["class_mean"]["signed_cnr"],
                                 "per_class": {c: v["pointing_game"] for c, v in s["per_class"].items()}}
+        best = grid_ceiling(labels, masks, size // model.cfg.patch_size)   # any map on the grid
+        scores["grid ceiling"] = {"pointing_game": best["class_mean"]["pointing_game"],
+                                  "per_class": {c: v["pointing_game"] for c, v in best["per_class"].items()}}
         out[where] = {"grounding_seed": seed, **scores}
     return out
 
@@ -121,6 +125,10 @@ def table(results):
     every = list(results.values())
     pixel = mean_std([r["first set"]["pixel change"]["pointing_game"] for r in every])[0]
     lines.append(f"| the pixels' own change |  | {pixel:.3f} |" + " |" * (len(COLUMNS) - 1))
+    if all("grid ceiling" in r["first set"] for r in every):   # the same for every run: the set's
+        cells = [f"{every[0][w]['grid ceiling']['pointing_game']:.3f}" if k == "pointing_game" else ""
+                 for w, _, k, _ in COLUMNS]
+        lines.append("| the best any grid map can do |  | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

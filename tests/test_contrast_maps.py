@@ -27,8 +27,10 @@ def test_table_is_the_mean_and_spread_per_try():
     def run(pg):
         scores = {m: {"pointing_game": pg, "signed_cnr": 2 * pg} for _, m, _, _ in COLUMNS}
         scores["pixel change"] = {"pointing_game": 0.7, "signed_cnr": 2.9}
+        scores["grid ceiling"] = {"pointing_game": 0.69}
         return {"first set": scores, "second set": scores}
     text = table({"out/msd/seed0": run(0.2), "out/msd/seed1": run(0.4), "out/clip/seed0/": run(0.5),
                   "out/msd/seed0:teacher": {**run(0.1), "teacher": True}})
     assert "| msd | 2 | 0.300 ± 0.141 | 0.300 ± 0.141 | 0.300 ± 0.141 | 0.600 ± 0.283 |" in text
-    assert "| clip | 1 | 0.500 |" in text and "| msd teacher | 1 | 0.100 |" in text and "| the pixels' own change |  | 0.700 |" in text
+    assert "| clip | 1 | 0.500 |" in text and "| msd teacher | 1 | 0.100 |" in text
+    assert "| the best any grid map can do |  | 0.690 | 0.690 | 0.690 |  | 0.690 |" in text and "| the pixels' own change |  | 0.700 |" in text
