@@ -159,8 +159,8 @@ def main(argv=None):
             for name, s in scores.items():
                 if not isinstance(s, dict):
                     continue
-                print(f"{run} {where} {name:18s} pointing game {s['pointing_game']:.3f}  "
-                      f"signed CNR {s['signed_cnr']:.3f}", flush=True)
+                cnr = f"  signed CNR {s['signed_cnr']:.3f}" if "signed_cnr" in s else ""
+                print(f"{key} {where} {name:18s} pointing game {s['pointing_game']:.3f}{cnr}", flush=True)
         results[key]["measured"] = {"commit": commit(), "machine": machine(),
                                     "date": datetime.date.today().isoformat()}
         results[key]["teacher"] = args.teacher

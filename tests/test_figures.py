@@ -188,3 +188,37 @@ def test_show_frames_exactly_the_reports_the_noise_changed(tmp_path):
     assert not any(framed(tmp_path / "clean.png", i) for i in range(n))
     assert plot.noise_note(noise, changed.index(True)).startswith("noise: ")
     assert plot.noise_note(noise, changed.index(False)) is None
+
+
+def test_the_grounding_figure_draws_the_contrast_maps(monkeypatch, tmp_path):
+    """--show-grounding draws, for three studies per class, the contrast map of the report's
+    sentence and of the finding alone, each against the whole set's mean (eval.json's "contrast")."""
+    import argparse
+
+    import torch
+
+    from data import train_tokenizer
+    from evaluation.figures import show_grounding
+    from evaluation.protocols import grounding_maps, mean_patch_vectors
+    from model import DualEncoder, ModelConfig
+    from synthetic.dataset import grounding_set
+    g = grounding_set(4, 32)
+    tokenizer = train_tokenizer(g["texts"] + g["unlocated"], 200)
+    model = DualEncoder(ModelConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=2,
+                                    vision_heads=2, vocab_size=tokenizer.get_vocab_size(),
+                                    context_length=16, text_width=32, text_layers=1, text_heads=2,
+                                    embed_dim=24)).eval()
+    drawn = {}
+    monkeypatch.setattr(plot, "draw_grounding", lambda path, images, masks, maps, texts, labels,
+                        per_class: drawn.update(maps=maps, texts=texts, per_class=per_class))
+    args = argparse.Namespace(show_grounding=str(tmp_path / "g.png"), device="cpu", batch_size=7,
+                              precision="fp32", eval_seed=None)
+    show_grounding(model, tokenizer, g, args)
+    mean = mean_patch_vectors(model, g["images"], "cpu")
+    rows = [4 * c + i for c in range(5) for i in range(3)]
+    for part, texts in enumerate((g["texts"], g["unlocated"])):   # per class: report, then no place
+        want = grounding_maps(model, tokenizer, g["images"][rows], [texts[i] for i in rows], "cpu",
+                              mean_vectors=mean).view(5, 3, 32, 32)
+        got = drawn["maps"].view(5, 2, 3, 32, 32)[:, part]
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert drawn["per_class"] == 6 and drawn["texts"][3] == g["unlocated"][0]

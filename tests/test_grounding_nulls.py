@@ -1,5 +1,5 @@
 """What a grounding score is worth (evaluation/grounding.py): the random-grid null against a direct
-computation, the text-only prior by hand, and the synthetic set's two sentence sets and its
+computation, the grid's ceiling against every one-hot map, the text-only prior by hand, and the synthetic set's two sentence sets and its
 prior's disjoint reference studies (evaluation/sets.py)."""
 
 import pytest
@@ -82,3 +82,20 @@ def test_the_prior_that_reads_the_place_beats_a_random_map():
     null = grounding.random_grid_null(g["labels"], g["masks"], grid=8)["class_mean"]
     assert prior["pointing_game"] > 3 * null["pointing_game"]
     assert prior["signed_cnr"] > 1.0 > abs(null["signed_cnr"]) * 10
+
+
+def test_the_grid_ceiling_is_the_best_one_hot_map():
+    """An item is a hit when some patch's upsampled one-hot map points inside its mask: checked
+    against every one-hot map scored by pointing_game, on masks built so that some are hit and
+    some cannot be (smaller than a patch's centre pixels, or between two patches' centres)."""
+    masks = torch.zeros(4, 32, 32, dtype=torch.bool)
+    masks[0, 0:4, 0:4] = True              # a corner patch's plateau of maxima (the border): a hit
+    masks[1, 11:13, 11:13] = True          # patch (1, 1)'s 2 x 2 tied centre pixels: a hit
+    masks[2, 11:12, 11:13] = True          # half of them: the other tied maxima lie outside
+    masks[3, 14:18, 14:18] = True          # between the centres of patches (1, 1) and (2, 2): a miss
+    got = grounding.grid_ceiling(["a", "a", "b", "b", "b"], list(masks) + [None], 4)
+    onehots = grounding.upsample_grid(torch.eye(16), 32)
+    want = [max(grounding.pointing_game(m, mask) for m in onehots) for mask in masks]
+    assert want == [1.0, 1.0, 0.0, 0.0]
+    assert got == {"per_class": {"a": {"n": 2, "pointing_game": 1.0}, "b": {"n": 2, "pointing_game": 0.0}},
+                   "class_mean": {"pointing_game": 0.5}, "grid": 4}
