@@ -36,6 +36,9 @@ The tries (train.py options):
                 patches where the plain mean dilutes it; the map is still the score's exact split
     attn-window3  --pool attn --attention-window 3 at that recipe: the same, with a finding's
                 evidence kept near it (window3 alone localised little with max pooling)
+    size128     --image-size 128 at that recipe: the default model on a 16 x 16 patch grid. No
+                map on the 8 x 8 grid can point at a 2-5 px nodule (evaluation.grounding's
+                grid_ceiling: 0.692 at 64 px, 0.90 at 128); four times the tokens, the same samples
 
 Each run is scored by eval.py as train.py writes it (eval.json: the maps of the report's sentences
 and of the sentences that name no place, beside random grid maps and the text-only prior), on the
@@ -68,10 +71,11 @@ TRIES = {  # name -> train.py options (the LADDER_TRIES take their recipe from t
     "mean-ladder": ("--pool", "mean"),
     "attn": ("--pool", "attn"),
     "attn-window3": ("--pool", "attn", "--attention-window", "3"),
+    "size128": ("--image-size", "128"),
 }
 # try -> the ladder arm whose chosen recipe it runs at; every other try runs at STUDY_LR
 LADDER_TRIES = {"clip": "clip-dup", "msd-ladder": "msd", "mean-ladder": "msd", "attn": "msd",
-                "attn-window3": "msd"}
+                "attn-window3": "msd", "size128": "msd"}
 SEEDS = (0, 1, 2)
 DEFAULT_STEPS = 500
 COLUMNS = [  # (summary key, heading)
@@ -82,6 +86,7 @@ COLUMNS = [  # (summary key, heading)
     ("zero_shot_accuracy", "zero-shot"),
     ("second_zero_shot_accuracy", "2nd set"),
     ("t2i_r10", "t2i R@10"),
+    ("grounding_contrast_pointing_game", "contrast map"),
 ]
 
 
@@ -128,7 +133,8 @@ def table(report):
             if not key.startswith("grounding_"):
                 cells.append("")
                 continue
-            metric = key.replace("grounding_unlocated_", "").replace("grounding_", "")
+            metric = key.replace("grounding_unlocated_", "").replace("grounding_contrast_", "")
+            metric = metric.replace("grounding_", "")       # the nulls are the same for either map
             where = part + ("_unlocated" if "unlocated" in key and part == "text_prior" else "")
             mean, _ = mean_std([s.get(f"grounding_{where}_{metric}") for s in every])
             cells.append("–" if mean is None else f"{mean:.3f}")

@@ -84,13 +84,18 @@ def summarise_run(eval_results, metrics_rows, teacher_results=None, second_resul
         if g:
             for metric in ("pointing_game", "cnr", "signed_cnr", "miou"):
                 out[f"grounding_{metric}"] = g["class_mean"][metric]
-                for part in ("unlocated", "random_grid", "text_prior", "text_prior_unlocated"):
+                for part in ("unlocated", "contrast", "contrast_unlocated", "random_grid", "text_prior",
+                             "text_prior_unlocated"):
                     if part in g:
                         out[f"grounding_{part}_{metric}"] = g[part]["class_mean"][metric]
+            if "grid_ceiling" in g:
+                out["grounding_grid_ceiling_pointing_game"] = g["grid_ceiling"]["class_mean"]["pointing_game"]
             for name, c in g["per_class"].items():
                 out[f"grounding_pointing_game/{name}"] = c["pointing_game"]
                 out[f"grounding_cnr/{name}"] = c["cnr"]
                 out[f"grounding_random/{name}"] = g["random_grid"]["per_class"][name]["pointing_game"]
+                if "contrast" in g:
+                    out[f"grounding_contrast/{name}"] = g["contrast"]["per_class"][name]["pointing_game"]
         # the bootstrap interval of the test items (eval.py), as scalars so they average over seeds
         ci = res.get("ci95", {})
         for key, part, name in (("zero_shot_accuracy", "zero_shot", "accuracy"),

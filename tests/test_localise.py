@@ -60,7 +60,8 @@ def test_table_is_the_mean_and_spread_beside_the_nulls():
         return {"grounding_pointing_game": pg, "grounding_unlocated_pointing_game": pg / 2,
                 "zero_shot_accuracy": acc, "grounding_random_grid_pointing_game": 0.06,
                 "grounding_text_prior_pointing_game": 0.5,
-                "grounding_text_prior_unlocated_pointing_game": 0.3}
+                "grounding_text_prior_unlocated_pointing_game": 0.3,
+                "grounding_contrast_pointing_game": pg + 0.1}
     report = {"records": {"msd/seed0": {"summary": summary(0.2, 0.9)},
                           "msd/seed1": {"summary": summary(0.4, 0.92)},
                           "mean/seed0": {"summary": summary(0.6, 0.8)}}}
@@ -68,6 +69,8 @@ def test_table_is_the_mean_and_spread_beside_the_nulls():
     assert "| msd | 2 | 0.300 ± 0.141 | 0.150 ± 0.071 | – | – | 0.910 ± 0.014 |" in text
     assert "| mean | 1 | 0.600 | 0.300 |" in text and "registers" not in text
     assert "| a random grid map |  | 0.060 | 0.060 |" in text
+    assert "| – | 0.400 ± 0.141 | – |" in text      # t2i R@10 not given, the contrast map, the teacher
+    assert text.split("\n")[-2].endswith("|  |  |  | 0.060 |  |")   # the contrast map's null: the same grid
     assert "| the text-only prior |  | 0.500 | 0.300 |" in text
 
 
