@@ -18,8 +18,9 @@ Four protocols (docs/method.md, "Evaluation"):
   query's counts as a correct match; otherwise the metric would punish the model for a coin flip
   between indistinguishable candidates.
 - Phrase grounding: where a sentence lands in the image (grounding.py): pointing game, CNR, signed
-  CNR and mIoU of each patch's share of the image-text score against the finding's region, per
-  class, beside random grid maps and (synthetic set) a prior that reads only the sentence.
+  CNR and mIoU against the finding's region, per class, of each patch's share of the image-text
+  score and of its contrast map (the score minus the set's mean for that sentence), beside random
+  grid maps, the best any grid map can do, and (synthetic set) a prior that reads only the sentence.
 
 Every number comes with a 95% confidence interval from a percentile bootstrap over the test items
 (--bootstrap: 1000 seeded resamples, as CheXzero reports its results; 0 = none; metrics.py,
