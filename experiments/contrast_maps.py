@@ -122,13 +122,23 @@ def table(results):
     for name, runs in tries.items():
         cells = [fmt_mean_std([r[w][m][k] for r in runs]) for w, m, k, _ in COLUMNS]
         lines.append("| " + " | ".join([name, str(len(runs))] + cells) + " |")
-    every = list(results.values())
-    pixel = mean_std([r["first set"]["pixel change"]["pointing_game"] for r in every])[0]
-    lines.append(f"| the pixels' own change |  | {pixel:.3f} |" + " |" * (len(COLUMNS) - 1))
-    if all("grid ceiling" in r["first set"] for r in every):   # the same for every run: the set's
-        cells = [f"{every[0][w]['grid ceiling']['pointing_game']:.3f}" if k == "pointing_game" else ""
-                 for w, _, k, _ in COLUMNS]
-        lines.append("| the best any grid map can do |  | " + " | ".join(cells) + " |")
+    # the pixels' change and the grid's ceiling depend on the image size alone: a row per size,
+    # named by its tries when the runs have more than one
+    sizes = {}
+    for name, runs in tries.items():
+        for r in runs:
+            key = r["first set"].get("grid ceiling", {}).get("pointing_game")
+            sizes.setdefault(key, {"names": [], "runs": []})
+            sizes[key]["names"] += [name] * (name not in sizes[key]["names"])
+            sizes[key]["runs"].append(r)
+    for key, group in sorted(sizes.items(), key=lambda kv: -len(kv[1]["runs"])):
+        which = "" if len(sizes) == 1 or len(group["runs"]) * 2 > len(results) else f", {', '.join(group['names'])}"
+        pixel = mean_std([r["first set"]["pixel change"]["pointing_game"] for r in group["runs"]])[0]
+        lines.append(f"| the pixels' own change{which} |  | {pixel:.3f} |" + " |" * (len(COLUMNS) - 1))
+        if key is not None:
+            cells = [f"{group['runs'][0][w]['grid ceiling']['pointing_game']:.3f}" if k == "pointing_game"
+                     else "" for w, _, k, _ in COLUMNS]
+            lines.append(f"| the best any grid map can do{which} |  | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

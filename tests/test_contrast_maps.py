@@ -33,4 +33,10 @@ def test_table_is_the_mean_and_spread_per_try():
                   "out/msd/seed0:teacher": {**run(0.1), "teacher": True}})
     assert "| msd | 2 | 0.300 ± 0.141 | 0.300 ± 0.141 | 0.300 ± 0.141 | 0.600 ± 0.283 |" in text
     assert "| clip | 1 | 0.500 |" in text and "| msd teacher | 1 | 0.100 |" in text
-    assert "| the best any grid map can do |  | 0.690 | 0.690 | 0.690 |  | 0.690 |" in text and "| the pixels' own change |  | 0.700 |" in text
+    assert "| the best any grid map can do |  | 0.690 | 0.690 | 0.690 |  | 0.690 |" in text
+    big = run(0.6)
+    for where in big.values():      # another image size: its own rows, named by its try
+        where["grid ceiling"] = {"pointing_game": 0.9}
+    text = table({"out/msd/seed0": run(0.2), "out/msd/seed1": run(0.4), "out/size128/seed0": big})
+    assert "| the best any grid map can do |  | 0.690 |" in text
+    assert "| the best any grid map can do, size128 |  | 0.900 |" in text and "| the pixels' own change |  | 0.700 |" in text
