@@ -296,24 +296,42 @@ def random_grid_null(labels, masks, grid, draws=NULL_DRAWS, seed=0):
     return {**out, "grid": grid, "draws": draws, "seed": seed}
 
 
+def _peaks(size, grid):
+    """For each of `grid` cells along one axis, the pixel sets a map upsampled to `size` pixels
+    (upsample_grid) can have as its maxima along that axis when that cell holds the largest value:
+    each of the two pixels nearest the cell's centre alone (its neighbours' values tip the tie),
+    or, at the border where the upsampling holds the value flat, that whole run of pixels."""
+    src = ((torch.arange(size) + 0.5) * grid / size - 0.5).clamp(0, grid - 1)   # pixel -> cell coordinate
+    out = []
+    for k in range(grid):
+        d = (src - k).abs()
+        near = d.min()
+        if near == 0:
+            out.append([torch.nonzero(d == 0).flatten()])
+        else:
+            out.append([torch.nonzero(d == near).flatten()[[i]] for i in range(int((d == near).sum()))])
+    return out
+
+
 def grid_ceiling(labels, masks, grid):
-    """The best pointing game any map on a grid x grid patch grid can reach: an item counts as a
-    hit when some patch's one-hot grid, upsampled as a model's map is (upsample_grid), has every
-    tied maximum inside the mask. A region smaller than a patch's centre pixels (a 2-5 px nodule
-    on 8 px patches) cannot be hit by any map at that resolution. Returns {"per_class": {name:
-    {"n", "pointing_game"}}, "class_mean": {"pointing_game"}, "grid"}; masks of None are skipped."""
-    hits = defaultdict(list)
-    at_max = {}
+    """The best pointing game any map on a grid x grid patch grid can reach, upsampled as a
+    model's map is (upsample_grid): an item is a hit when the pixels some map can have as its only
+    maxima (one of the 2 x 2 pixels around a cell's centre, or a flat run at the border) lie
+    inside the mask. A region that holds none (a 2-5 px nodule on 8 px patches, off the centres)
+    cannot be hit by any map at that resolution. Returns {"per_class": {name: {"n",
+    "pointing_game"}}, "class_mean": {"pointing_game"}, "grid"}; masks of None are skipped."""
+    hits, peaks = defaultdict(list), {}
     for name, mask in zip(labels, masks):
         if mask is None:
             continue
-        mask = torch.as_tensor(mask)
+        mask = torch.as_tensor(mask).bool()
         size = mask.shape[-1]
-        if size not in at_max:                      # (P, size * size): each one-hot map's maxima
-            maps = upsample_grid(torch.eye(grid * grid), size).flatten(1)
-            at_max[size] = (maps == maps.amax(dim=1, keepdim=True)).float()
-        outside = at_max[size] @ (~mask.bool()).flatten().float()   # (P,): maxima outside the mask
-        hits[name].append(float(bool((outside == 0).any())))
+        if size not in peaks:
+            peaks[size] = _peaks(size, grid)
+        axis = peaks[size]
+        hit = any(bool(mask[rows][:, cols].all()) for r in range(grid) for c in range(grid)
+                  for rows in axis[r] for cols in axis[c])
+        hits[name].append(float(hit))
     per_class = {name: {"n": len(h), "pointing_game": sum(h) / len(h)} for name, h in sorted(hits.items())}
     mean = sum(c["pointing_game"] for c in per_class.values()) / len(per_class) if per_class else math.nan
     return {"per_class": per_class, "class_mean": {"pointing_game": mean}, "grid": grid}

@@ -38,7 +38,7 @@ The tries (train.py options):
                 evidence kept near it (window3 alone localised little with max pooling)
     size128     --image-size 128 at that recipe: the default model on a 16 x 16 patch grid. No
                 map on the 8 x 8 grid can point at a 2-5 px nodule (evaluation.grounding's
-                grid_ceiling: 0.692 at 64 px, 0.90 at 128); four times the tokens, the same samples
+                grid_ceiling: 0.812 at 64 px, 0.968 at 128); four times the tokens, the same samples
 
 Each run is scored by eval.py as train.py writes it (eval.json: the maps of the report's sentences
 and of the sentences that name no place, beside random grid maps and the text-only prior), on the

@@ -84,18 +84,34 @@ def test_the_prior_that_reads_the_place_beats_a_random_map():
     assert prior["signed_cnr"] > 1.0 > abs(null["signed_cnr"]) * 10
 
 
-def test_the_grid_ceiling_is_the_best_one_hot_map():
-    """An item is a hit when some patch's upsampled one-hot map points inside its mask: checked
-    against every one-hot map scored by pointing_game, on masks built so that some are hit and
-    some cannot be (smaller than a patch's centre pixels, or between two patches' centres)."""
+def test_the_grid_ceiling_is_the_best_of_every_tilted_peak():
+    """An item is a hit when some map's maxima all lie in its mask. The maps that can do best put a
+    peak on one cell and tip it towards one side with its neighbours: every such map, scored by
+    pointing_game, against grid_ceiling, on hand-made masks and on random blobs."""
+    def tilted(grid):
+        for r in range(grid):
+            for c in range(grid):
+                for dr in (-1, 0, 1):
+                    for dc in (-1, 0, 1):
+                        v = torch.zeros(grid, grid)
+                        for rr, cc in ((r + dr, c), (r, c + dc), (r + dr, c + dc)):
+                            if 0 <= rr < grid and 0 <= cc < grid:
+                                v[rr, cc] = 0.5
+                        v[r, c] = 1.0
+                        yield v.flatten()
+    maps = grounding.upsample_grid(torch.stack(list(tilted(4))), 32)
     masks = torch.zeros(4, 32, 32, dtype=torch.bool)
-    masks[0, 0:4, 0:4] = True              # a corner patch's plateau of maxima (the border): a hit
-    masks[1, 11:13, 11:13] = True          # patch (1, 1)'s 2 x 2 tied centre pixels: a hit
-    masks[2, 11:12, 11:13] = True          # half of them: the other tied maxima lie outside
-    masks[3, 14:18, 14:18] = True          # between the centres of patches (1, 1) and (2, 2): a miss
-    got = grounding.grid_ceiling(["a", "a", "b", "b", "b"], list(masks) + [None], 4)
-    onehots = grounding.upsample_grid(torch.eye(16), 32)
-    want = [max(grounding.pointing_game(m, mask) for m in onehots) for mask in masks]
-    assert want == [1.0, 1.0, 0.0, 0.0]
-    assert got == {"per_class": {"a": {"n": 2, "pointing_game": 1.0}, "b": {"n": 2, "pointing_game": 0.0}},
-                   "class_mean": {"pointing_game": 0.5}, "grid": 4}
+    masks[0, 0:4, 0:4] = True              # a corner cell's flat run at the border: a hit
+    masks[1, 11:13, 11:13] = True          # the 2 x 2 pixels around cell (1, 1)'s centre: a hit
+    masks[2, 12:13, 11:12] = True          # one of them: a tilted peak points at it alone
+    masks[3, 14:18, 14:18] = True          # between the centres of cells (1, 1) and (2, 2): a miss
+    generator = torch.Generator().manual_seed(0)
+    blobs = grounding.upsample_grid(torch.rand(12, 64, generator=generator), 32) > 0.8
+    every = list(masks) + [b for b in blobs if b.any()]
+    want = [max(grounding.pointing_game(m, mask) for m in maps) for mask in every]
+    assert want[:4] == [1.0, 1.0, 1.0, 0.0] and 0 < sum(want[4:]) < len(want) - 4
+    got = [grounding.grid_ceiling(["a"], [mask], 4)["class_mean"]["pointing_game"] for mask in every]
+    assert got == want
+    out = grounding.grid_ceiling(["a", "a", "b", "b", "b"], list(masks) + [None], 4)
+    assert out == {"per_class": {"a": {"n": 2, "pointing_game": 1.0}, "b": {"n": 2, "pointing_game": 0.5}},
+                   "class_mean": {"pointing_game": 0.75}, "grid": 4}
