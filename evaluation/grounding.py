@@ -61,12 +61,16 @@ def similarity_map(model, images, text_features, mean_vectors=None):
         images = images.float() / 255
     B = images.shape[0]
     text = text_features.expand(B, -1) if text_features.dim() == 1 else text_features   # (B, D)
-    if mean_vectors is None:
-        shares = model.patch_shares(images, text)                  # (B, P)
-    else:
-        vectors = model.patch_vectors(images) - mean_vectors       # (B, P, D)
-        shares = torch.einsum("bpd,bd->bp", vectors, F.normalize(text, dim=-1))
+    shares = contrast_shares(model.patch_shares(images, text), text, mean_vectors)   # (B, P)
     return upsample_grid(shares, images.shape[-1])
+
+
+def contrast_shares(shares, text_features, mean_vectors):
+    """shares (B, P) of patch_shares minus the shares the sentences give the set's mean image,
+    normalize(t) . mean_vectors_p: the contrast map before upsampling. mean_vectors None: shares."""
+    if mean_vectors is None:
+        return shares
+    return shares - F.normalize(text_features, dim=-1) @ mean_vectors.to(shares).T
 
 
 def upsample_grid(values, size):
@@ -320,18 +324,23 @@ def grid_ceiling(labels, masks, grid):
     inside the mask. A region that holds none (a 2-5 px nodule on 8 px patches, off the centres)
     cannot be hit by any map at that resolution. Returns {"per_class": {name: {"n",
     "pointing_game"}}, "class_mean": {"pointing_game"}, "grid"}; masks of None are skipped."""
-    hits, peaks = defaultdict(list), {}
-    for name, mask in zip(labels, masks):
-        if mask is None:
-            continue
-        mask = torch.as_tensor(mask).bool()
-        size = mask.shape[-1]
-        if size not in peaks:
-            peaks[size] = _peaks(size, grid)
-        axis = peaks[size]
-        hit = any(bool(mask[rows][:, cols].all()) for r in range(grid) for c in range(grid)
-                  for rows in axis[r] for cols in axis[c])
-        hits[name].append(float(hit))
+    hits, groups = defaultdict(list), defaultdict(list)   # masks of one size are scored together
+    for i, mask in enumerate(masks):
+        if mask is not None:
+            groups[torch.as_tensor(mask).shape[-1]].append(i)
+    hit = {}
+    for size, items in groups.items():
+        m = torch.stack([torch.as_tensor(masks[i]).bool() for i in items])          # (n, H, W)
+        peaks = [p for axis in _peaks(size, grid) for p in axis]                  # the same both ways
+        found = torch.zeros(len(items), dtype=torch.bool)
+        for rows in peaks:
+            across = m[:, rows].all(dim=1)                                        # (n, W)
+            for cols in peaks:
+                found |= across[:, cols].all(dim=1)
+        hit.update(zip(items, found.tolist()))
+    for i, (name, mask) in enumerate(zip(labels, masks)):
+        if mask is not None:
+            hits[name].append(float(hit[i]))
     per_class = {name: {"n": len(h), "pointing_game": sum(h) / len(h)} for name, h in sorted(hits.items())}
     mean = sum(c["pointing_game"] for c in per_class.values()) / len(per_class) if per_class else math.nan
     return {"per_class": per_class, "class_mean": {"pointing_game": mean}, "grid": grid}

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from data import report_ids, tokenize
-from evaluation.grounding import grid_ceiling, random_grid_null, similarity_map, summarize
+from evaluation.grounding import contrast_shares, grid_ceiling, random_grid_null, summarize, upsample_grid
 from evaluation.metrics import macro_auc_ovr, recall_hits
 
 # -----------------------------------------------------------------------------
@@ -175,18 +175,25 @@ def mean_patch_vectors(model, images, device, batch_size=256, precision="fp32"):
 
 
 @_restore_mode
+def _share_grids(model, tokenizer, images, texts, device, batch_size=256, precision="fp32"):
+    """(n, P) float32 on the CPU: each image's patch shares of its own sentence
+    (model.patch_shares), and the sentences' unit embeddings (n, D): one pass of the image tower
+    from which both a share map and a contrast map follow."""
+    text = embed_texts(model, tokenizer, texts, device, batch_size, precision=precision)  # (n, D)
+    shares = []
+    for i in range(0, len(texts), batch_size):
+        x = _model_input(images[i:i + batch_size].to(device), model.cfg.in_channels)
+        shares.append(model.patch_shares(x, text[i:i + batch_size].to(device)).float().cpu())
+    return torch.cat(shares), text
+
+
 def grounding_maps(model, tokenizer, images, texts, device, batch_size=256, precision="fp32",
                    mean_vectors=None):
     """Maps (n, H, W) on the CPU of each image with its own sentence (grounding.similarity_map):
     each patch's share of the score, or with mean_vectors (mean_patch_vectors of the set) the
     contrast map, its share of the score minus the set's mean score for the same sentence."""
-    text = embed_texts(model, tokenizer, texts, device, batch_size, precision=precision)  # (n, D)
-    maps = []
-    for i in range(0, len(texts), batch_size):
-        x = _model_input(images[i:i + batch_size].to(device), model.cfg.in_channels)
-        mean = None if mean_vectors is None else mean_vectors.to(device)
-        maps.append(similarity_map(model, x, text[i:i + batch_size].to(device), mean).float().cpu())
-    return torch.cat(maps)
+    shares, text = _share_grids(model, tokenizer, images, texts, device, batch_size, precision)
+    return upsample_grid(contrast_shares(shares, text, mean_vectors), images.shape[-1])
 
 
 def evaluate_grounding(model, tokenizer, gr, device, batch_size=256, precision="fp32"):
@@ -208,22 +215,24 @@ def evaluate_grounding(model, tokenizer, gr, device, batch_size=256, precision="
     mean = (mean_patch_vectors(model, gr["images"], device, batch_size, precision=precision)
             if len(masks) > 1 else None)          # one item: nothing to contrast it with
 
-    def scores(texts, mean_vectors=None):
-        maps = grounding_maps(model, tokenizer, gr["images"], texts, device, batch_size,
-                              precision=precision, mean_vectors=mean_vectors)
-        return summarize(zip(gr["labels"], maps, masks))
+    def scores(texts):
+        """The share maps' scores and the contrast maps' (None for one item), from one pass."""
+        shares, text = _share_grids(model, tokenizer, gr["images"], texts, device, batch_size, precision)
+        def score(grid):
+            return summarize(zip(gr["labels"], upsample_grid(grid, masks.shape[-1]), masks))
+        return score(shares), None if mean is None else score(contrast_shares(shares, text, mean))
 
-    out = scores(gr["texts"])
-    if mean is not None:
-        out["contrast"] = scores(gr["texts"], mean)
+    out, contrast = scores(gr["texts"])
+    if contrast is not None:
+        out["contrast"] = contrast
     cfg = getattr(model, "module", model).cfg
     grid = cfg.image_size // cfg.patch_size
     out["random_grid"] = random_grid_null(gr["labels"], masks, grid)
     out["grid_ceiling"] = grid_ceiling(gr["labels"], masks, grid)
     if "unlocated" in gr:
-        out["unlocated"] = scores(gr["unlocated"])
-        if mean is not None:
-            out["contrast_unlocated"] = scores(gr["unlocated"], mean)
+        out["unlocated"], contrast = scores(gr["unlocated"])
+        if contrast is not None:
+            out["contrast_unlocated"] = contrast
     for key in ("prior", "prior_unlocated"):
         if key in gr:
             out[f"text_{key}"] = {**summarize(zip(gr["labels"], gr[key], masks)),

@@ -386,7 +386,7 @@ def test_the_grounding_set_is_single_findings_with_their_mask_and_sentence():
 
 def test_evaluate_reports_grounding_beside_its_nulls():
     import eval as ev
-    from data import train_tokenizer
+    from data import tokenize, train_tokenizer
     g = synthetic.grounding_set(4, 32)
     tokenizer = train_tokenizer(g["texts"], 200)
     model = DualEncoder(tiny(vocab_size=tokenizer.get_vocab_size())).eval()
@@ -409,6 +409,11 @@ def test_evaluate_reports_grounding_beside_its_nulls():
     assert (out["random_grid"]["grid"], out["random_grid"]["draws"]) == (4, grounding.NULL_DRAWS)
     # the contrast maps: the set's mean patch vectors taken out, for both sentence sets
     mean = mean_patch_vectors(model, g["images"], "cpu")
+    with torch.no_grad():      # batched as eval.py runs it: grounding.similarity_map's maps
+        text = model.encode_text(tokenize(tokenizer, g["texts"], 16)[0])
+        one_go = grounding.similarity_map(model, g["images"], text, mean_vectors=mean)
+    torch.testing.assert_close(grounding_maps(model, tokenizer, g["images"], g["texts"], "cpu", batch_size=7,
+                                              mean_vectors=mean), one_go, rtol=0, atol=1e-5)
     for texts, key in ((g["texts"], "contrast"), (g["unlocated"], "contrast_unlocated")):
         maps = grounding_maps(model, tokenizer, g["images"], texts, "cpu", mean_vectors=mean)
         assert out[key] == grounding.summarize(zip(g["labels"], maps, g["masks"]))
