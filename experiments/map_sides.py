@@ -13,6 +13,7 @@ eval.py scores (seed 4004, 50 studies per finding).
 """
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -64,17 +65,24 @@ def measure(run, n_per_class=50):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="train.py output folders")
-    p.add_argument("--json", help="also write {run: measure(run)} here")
+    p.add_argument("--json", help="also write {run: measure(run)} here (runs already in it are kept)")
     args = p.parse_args(argv)
+    missing = [r for r in args.runs if not os.path.exists(os.path.join(r, "ckpt.pt"))]
+    if missing:
+        print(f"map_sides: error: no ckpt.pt in {', '.join(missing)}", file=sys.stderr)
+        return 2
     results = {}
+    if args.json and os.path.exists(args.json):
+        with open(args.json) as f:
+            results = json.load(f)
+    from experiments.studies import commit, machine
     for run in args.runs:
-        if not os.path.exists(os.path.join(run, "ckpt.pt")):
-            print(f"map_sides: error: {run} has no ckpt.pt", file=sys.stderr)
-            return 2
         results[run] = measure(run)
         for name, r in results[run].items():
             print(f"{run}: {name} sentences: maximum on the finding's side {r['same_side']:.2f}, "
                   f"on the other side {r['other_side']:.2f} ({r['one_sided']} one-sided studies)")
+        results[run]["measured"] = {"commit": commit(), "machine": machine(),
+                                    "date": datetime.date.today().isoformat()}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True)

@@ -122,3 +122,20 @@ def test_sides_counts_where_a_maximum_lies_for_one_sided_masks():
     odd = torch.zeros(1, 3, 3)
     odd[0, 0, 1] = 1.0                 # the middle column of an odd grid: neither side
     assert sides(odd, masks[:1]) == (0, 0, 1)
+
+
+def test_map_sides_json_keeps_the_runs_already_in_it(tmp_path, monkeypatch, capsys):
+    from experiments import map_sides
+    report = tmp_path / "map_sides.json"
+    report.write_text(json.dumps({"old/seed0": {"report": {"same_side": 0.25}}}))
+    run = tmp_path / "new" / "seed0"
+    run.mkdir(parents=True)
+    (run / "ckpt.pt").write_bytes(b"")
+    side = {"same_side": 0.5, "other_side": 0.5, "one_sided": 2}
+    monkeypatch.setattr(map_sides, "measure", lambda r: {"report": dict(side), "unlocated": dict(side)})
+    assert map_sides.main([str(run), "--json", str(report)]) == 0
+    results = json.loads(report.read_text())
+    assert results["old/seed0"] == {"report": {"same_side": 0.25}}       # kept as it was
+    assert results[str(run)]["report"] == side and set(results[str(run)]["measured"]) == {"commit", "machine", "date"}
+    assert map_sides.main([str(tmp_path / "none"), "--json", str(report)]) == 2   # no checkpoint: refused
+    assert "no ckpt.pt in" in capsys.readouterr().err and str(run) in json.loads(report.read_text())
