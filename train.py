@@ -68,6 +68,7 @@ def build_parser():
     # the model
     a("--preset", default="tiny", choices=sorted(PRESETS), help="model size (model.py PRESETS)")
     a("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
+    a("--patch-size", type=int, default=None, help="ViT patch side (default: the preset's); maps: image/patch")
     a("--channels", type=int, default=1, choices=[1, 3], help="1 grayscale, 3 RGB")
     a("--stem", default="conv", choices=["conv", "patch"], help="ViT patches: stride-2 convs, or one p x p")
     a("--pool", default="max", choices=["max", "mean", "attn", "cls"], help="image vector over patches")

@@ -102,10 +102,14 @@ def check(p, args):
         p.error(f"--queue-start must be >= 0, got {args.queue_start}")
     if args.momentum_half_life is not None and not 0 < args.momentum_half_life < math.inf:
         p.error(f"--momentum-half-life must be a positive fraction of the run, got {args.momentum_half_life}")
-    patch = PRESETS[args.preset]["patch_size"]
+    patch = PRESETS[args.preset]["patch_size"] if args.patch_size is None else args.patch_size
+    whose = "--patch-size" if args.patch_size is not None else f"the {args.preset} preset's patch size"
+    if patch < 1 or (args.stem == "conv" and (patch < 2 or patch & (patch - 1))):
+        p.error(f"--patch-size must be a power of two >= 2 with --stem conv (it halves the image "
+                f"log2(patch) times), or >= 1 with --stem patch; got {patch}")
     if args.image_size % patch:
-        p.error(f"--image-size {args.image_size} is not divisible by the {args.preset} preset's "
-                f"patch size {patch}: use a multiple of {patch}, e.g. {args.image_size // patch * patch or patch}")
+        p.error(f"--image-size {args.image_size} is not divisible by {whose} {patch}: "
+                f"use a multiple of {patch}, e.g. {args.image_size // patch * patch or patch}")
     return args
 
 

@@ -135,7 +135,8 @@ def tokenize_reports(args, pairs, ckpt, run, init=None, log=print):
         tokenizer = data.load_tokenizer(tok_path)
     except Exception as e:   # the tokenizers library raises a bare Exception for a malformed file
         raise InputError(f"cannot read {tok_path}: {str(e).splitlines()[0]}") from None
-    cfg = make_config(args.preset, image_size=args.image_size, in_channels=args.channels,
+    cfg = make_config(args.preset, image_size=args.image_size, patch_size=args.patch_size,
+                      in_channels=args.channels,
                       stem=args.stem, pool=args.pool, registers=args.registers,
                       attention_window=args.attention_window,
                       vocab_size=tokenizer.get_vocab_size())

@@ -77,6 +77,11 @@ def test_unlabelled_prompt_classes():
     (["--queue-size=-64"], "--queue-size must be >= 0, got -64"),
     (["--warmup-steps=-1"], "--warmup-steps must be >= 0, got -1"),
     (["--image-size", "60"], "--image-size 60 is not divisible by the tiny preset's patch size 8: use a multiple of 8, e.g. 56"),
+    (["--patch-size", "16", "--image-size", "72"], "--image-size 72 is not divisible by --patch-size 16: use a multiple of 16, e.g. 64"),
+    (["--patch-size", "6"], "--patch-size must be a power of two >= 2 with --stem conv (it halves the image "
+                            "log2(patch) times), or >= 1 with --stem patch; got 6"),
+    (["--patch-size", "0", "--stem", "patch"], "--patch-size must be a power of two >= 2 with --stem conv "
+                                               "(it halves the image log2(patch) times), or >= 1 with --stem patch; got 0"),
 ])
 def test_bad_numbers_are_parser_errors(extra, message, capsys):
     """Checked while parsing, before any data or model exists (a traceback would surface here as an

@@ -210,14 +210,17 @@ def test_resume_from_a_cached_manifest_matches_a_run_from_memory(tmp_path):
 
 @pytest.mark.slow   # several runs of train.py: `pytest -m slow`, CI's second step
 def test_patch_stem_and_class_token_train_and_their_checkpoint_evaluates(tmp_path):
-    """--stem patch --pool cls (ViT's own embedding and pooling): the checkpoint holds the single
-    p x p convolution and a class token, and eval.py rebuilds that model from the saved config
-    (the default conv-stem, max-pooled model could not load these weights)."""
+    """--stem patch --pool cls --patch-size 4 (ViT's own embedding and pooling, a finer grid than
+    the preset's): the checkpoint holds the single p x p convolution and a class token, and eval.py
+    rebuilds that model from the saved config (the default conv-stem, max-pooled model with 8 x 8
+    patches could not load these weights)."""
     out = tmp_path / "patch"
-    run("train.py", "--out", str(out), *SMALL, "--stem", "patch", "--pool", "cls", "--steps", "1",
-        "--eval-every", "0")
-    student = load(out / "ckpt.pt")["student"]
-    assert student["visual.patch_embed.weight"].shape == (128, 1, 8, 8)   # tiny: width 128, p = 8
+    run("train.py", "--out", str(out), *SMALL, "--stem", "patch", "--pool", "cls", "--patch-size", "4",
+        "--steps", "1", "--eval-every", "0")
+    ckpt = load(out / "ckpt.pt")
+    student = ckpt["student"]
+    assert student["visual.patch_embed.weight"].shape == (128, 1, 4, 4)   # tiny: width 128, p = 4
+    assert student["visual.pos_embed"].shape[1] == 1 + (32 // 4) ** 2     # the class token + 8 x 8
     assert not any(k.startswith("visual.patch_embed.layers") for k in student)
     assert student["visual.cls_token"].shape == (1, 1, 128)
     run("eval.py", "--checkpoint", str(out), "--json", str(tmp_path / "r.json"), "--n-per-class", "4",
