@@ -50,8 +50,7 @@ from plumbing.runtime import (Clock, InputError, StopFlag, WriteError, fmt_time,
 # The hyperparameters: every option of `python train.py --help`, with its default.
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     # what to train on and where to write
     a("--out", default="out", help="folder for ckpt.pt, tokenizer.json, metrics.jsonl, eval.json")

@@ -129,21 +129,40 @@ def table(report):
         cells = [fmt_mean_std([s.get(k) for s in by_seed.values()]) for k, _ in COLUMNS]
         cells.append(fmt_mean_std([s.get("teacher_grounding_pointing_game") for s in by_seed.values()]))
         lines.append("| " + " | ".join([name, str(len(by_seed))] + cells) + " |")
-    every = [s for by_seed in runs.values() for s in by_seed.values()]
-    for label, part in (("a random grid map", "random_grid"), ("the text-only prior", "text_prior")):
-        cells = []
-        for key, _ in COLUMNS:
-            if not key.startswith("grounding_"):
-                cells.append("")
-                continue
-            metric = key.replace("grounding_unlocated_", "").replace("grounding_contrast_", "")
-            metric = metric.replace("grounding_", "")       # the nulls are the same for either map
-            where = part + ("_unlocated" if "unlocated" in key and part == "text_prior" else "")
-            mean, _ = mean_std([s.get(f"grounding_{where}_{metric}") for s in every])
-            cells.append("–" if mean is None else f"{mean:.3f}")
-        if every:
-            lines.append("| " + " | ".join([label, ""] + cells + [""]) + " |")
+    # the nulls depend on the image and the patch grid: a pair of rows per (image, patch) in the runs
+    groups = {}
+    for key, rec in report["records"].items():
+        name, grid = key.split("/seed")[0], image_and_patch(rec.get("command", ""))
+        group = groups.setdefault(grid, {"names": [], "runs": []})
+        group["names"] += [name] * (name not in group["names"])
+        group["runs"].append(rec["summary"])
+    for (image, patch), group in sorted(groups.items(), key=lambda kv: -len(kv[1]["runs"])):
+        g = image // patch
+        names = "" if 2 * len(group["runs"]) > len(report["records"]) else ": " + ", ".join(group["names"])
+        which = "" if len(groups) == 1 else f" ({image} px, {g}x{g}{names})"
+        for label, part in (("a random grid map", "random_grid"), ("the text-only prior", "text_prior")):
+            cells = []
+            for key, _ in COLUMNS:
+                if not key.startswith("grounding_"):
+                    cells.append("")
+                    continue
+                metric = key.replace("grounding_unlocated_", "").replace("grounding_contrast_", "")
+                metric = metric.replace("grounding_", "")       # the nulls are the same for either map
+                where = part + ("_unlocated" if "unlocated" in key and part == "text_prior" else "")
+                mean, _ = mean_std([s.get(f"grounding_{where}_{metric}") for s in group["runs"]])
+                cells.append("–" if mean is None else f"{mean:.3f}")
+            lines.append("| " + " | ".join([label + which, ""] + cells + [""]) + " |")
     return "\n".join(lines)
+
+
+def image_and_patch(command):
+    """(image side, patch side) of a recorded train.py command: its --image-size and --patch-size,
+    else the tiny preset's 64 and 8."""
+    words, found = shlex.split(command), {"--image-size": 64, "--patch-size": 8}
+    for option in found:
+        if option in words[:-1]:
+            found[option] = int(words[words.index(option) + 1])
+    return found["--image-size"], found["--patch-size"]
 
 
 def re_evaluate(key, out, teacher, rec):

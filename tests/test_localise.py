@@ -72,6 +72,13 @@ def test_table_is_the_mean_and_spread_beside_the_nulls():
     assert "| – | 0.400 ± 0.141 | – |" in text      # t2i R@10 not given, the contrast map, the teacher
     assert text.split("\n")[-2].endswith("|  |  |  | 0.060 |  |")   # the contrast map's null: the same grid
     assert "| the text-only prior |  | 0.500 | 0.300 |" in text
+    # a try on a finer grid gets its own nulls, named by its image and grid
+    report["records"]["patch4/seed0"] = {"summary": {**summary(0.7, 0.85), "grounding_random_grid_pointing_game": 0.03},
+                                         "command": "python train.py --patch-size 4 --seed 0"}
+    text = localise.table(report)
+    assert "| a random grid map (64 px, 8x8) |  | 0.060 | 0.060 |" in text   # most runs: no names
+    assert "| a random grid map (64 px, 16x16: patch4) |  | 0.030 | 0.030 |" in text
+    assert localise.image_and_patch("python train.py --image-size 128 --seed 1") == (128, 8)
 
 
 def test_help_opens_with_a_full_sentence(capsys):
