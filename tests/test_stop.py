@@ -46,11 +46,18 @@ def torchrun(out, *extra):
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
+def run_torchrun(out, *extra, env=ENV):
+    """torchrun to the end; on failure the assertion shows what the ranks printed."""
+    proc = subprocess.run(torchrun(out, *extra), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def left_alone(tmp_path_factory):
     """The torchrun run that no signal reaches: what every stopped and resumed run must end as."""
     out = tmp_path_factory.mktemp("ref")
-    subprocess.run(torchrun(out), cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600)
+    run_torchrun(out)
     return load(out / "ckpt.pt")
 
 
@@ -73,8 +80,7 @@ def test_a_signal_to_torchrun_s_process_group_always_leaves_a_checkpoint(tmp_pat
     saved = load(tmp_path / "cut" / "ckpt.pt")       # always there, whatever step it stopped after
     assert at <= saved["step"] < 40, log[-2000:]
     assert f"saved {tmp_path / 'cut' / 'ckpt.pt'} at step {saved['step']}" in log, log[-2000:]
-    subprocess.run(torchrun(tmp_path / "cut", "--resume"), cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=600)
+    run_torchrun(tmp_path / "cut", "--resume", env=env)
     cut = load(tmp_path / "cut" / "ckpt.pt")
     for key in ("student", "teacher", "optimizer", "step"):
         assert_same_tensors(left_alone[key], cut[key], key)
