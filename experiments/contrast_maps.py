@@ -112,7 +112,7 @@ COLUMNS = [  # (set, map, metric, heading)
 def table(results):
     """One row per try (a run folder's parent's name): mean ± sd over its seeds of COLUMNS, with
     the pixel change (what a map that knew the drawing would score) in the last row."""
-    from experiments.studies import fmt_mean_std, mean_std
+    from experiments.studies import fmt_mean_std, groups_of, mean_std
     tries = {}
     for run, r in results.items():
         name = os.path.basename(os.path.dirname(os.path.normpath(run.removesuffix(TEACHER))))
@@ -124,19 +124,14 @@ def table(results):
         lines.append("| " + " | ".join([name, str(len(runs))] + cells) + " |")
     # the pixels' change and the grid's ceiling depend on the image size alone: a row per size,
     # named by its tries when the runs have more than one
-    sizes = {}
-    for name, runs in tries.items():
-        for r in runs:
-            key = r["first set"].get("grid ceiling", {}).get("pointing_game")
-            sizes.setdefault(key, {"names": [], "runs": []})
-            sizes[key]["names"] += [name] * (name not in sizes[key]["names"])
-            sizes[key]["runs"].append(r)
-    for key, group in sorted(sizes.items(), key=lambda kv: -len(kv[1]["runs"])):
-        which = "" if len(sizes) == 1 or len(group["runs"]) * 2 > len(results) else f", {', '.join(group['names'])}"
-        pixel = mean_std([r["first set"]["pixel change"]["pointing_game"] for r in group["runs"]])[0]
+    sizes = groups_of([(name, r) for name, runs in tries.items() for r in runs],
+                      lambda name, r: r["first set"].get("grid ceiling", {}).get("pointing_game"))
+    for key, runs, who in sizes:
+        which = ", " + who[2:] if who else ""
+        pixel = mean_std([r["first set"]["pixel change"]["pointing_game"] for r in runs])[0]
         lines.append(f"| the pixels' own change{which} |  | {pixel:.3f} |" + " |" * (len(COLUMNS) - 1))
         if key is not None:
-            cells = [f"{group['runs'][0][w]['grid ceiling']['pointing_game']:.3f}" if k == "pointing_game"
+            cells = [f"{runs[0][w]['grid ceiling']['pointing_game']:.3f}" if k == "pointing_game"
                      else "" for w, _, k, _ in COLUMNS]
             lines.append(f"| the best any grid map can do{which} |  | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -57,7 +57,7 @@ import subprocess
 import sys
 
 from experiments import ladder
-from experiments.studies import (ROOT, evaluate_more, fmt_mean_std, mean_std, parse_worker, read_json,
+from experiments.studies import (ROOT, evaluate_more, fmt_mean_std, groups_of, mean_std, parse_worker, read_json,
                                  read_run, record, train_and_evaluate, write_json)
 
 TRIES = {  # name -> train.py options (the LADDER_TRIES take their recipe from the ladder)
@@ -130,16 +130,10 @@ def table(report):
         cells.append(fmt_mean_std([s.get("teacher_grounding_pointing_game") for s in by_seed.values()]))
         lines.append("| " + " | ".join([name, str(len(by_seed))] + cells) + " |")
     # the nulls depend on the image and the patch grid: a pair of rows per (image, patch) in the runs
-    groups = {}
-    for key, rec in report["records"].items():
-        name, grid = key.split("/seed")[0], image_and_patch(rec.get("command", ""))
-        group = groups.setdefault(grid, {"names": [], "runs": []})
-        group["names"] += [name] * (name not in group["names"])
-        group["runs"].append(rec["summary"])
-    for (image, patch), group in sorted(groups.items(), key=lambda kv: -len(kv[1]["runs"])):
-        g = image // patch
-        names = "" if 2 * len(group["runs"]) > len(report["records"]) else ": " + ", ".join(group["names"])
-        which = "" if len(groups) == 1 else f" ({image} px, {g}x{g}{names})"
+    groups = groups_of([(key.split("/seed")[0], rec) for key, rec in report["records"].items()],
+                       lambda name, rec: image_and_patch(rec.get("command", "")))
+    for (image, patch), recs, who in groups:
+        which = "" if len(groups) == 1 else f" ({image} px, {image // patch}x{image // patch}{who})"
         for label, part in (("a random grid map", "random_grid"), ("the text-only prior", "text_prior")):
             cells = []
             for key, _ in COLUMNS:
@@ -149,7 +143,7 @@ def table(report):
                 metric = key.replace("grounding_unlocated_", "").replace("grounding_contrast_", "")
                 metric = metric.replace("grounding_", "")       # the nulls are the same for either map
                 where = part + ("_unlocated" if "unlocated" in key and part == "text_prior" else "")
-                mean, _ = mean_std([s.get(f"grounding_{where}_{metric}") for s in group["runs"]])
+                mean, _ = mean_std([r["summary"].get(f"grounding_{where}_{metric}") for r in recs])
                 cells.append("–" if mean is None else f"{mean:.3f}")
             lines.append("| " + " | ".join([label + which, ""] + cells + [""]) + " |")
     return "\n".join(lines)

@@ -127,6 +127,20 @@ def aggregate(runs):
     return out
 
 
+def groups_of(named_runs, key):
+    """[(group key, runs, who)] of (name, run) pairs grouped by key(name, run), the largest group
+    first; `who` names a group's tries (", a, b") unless it holds most of the runs, for the rows of
+    a table whose references (a null, a ceiling) differ between groups."""
+    groups = {}
+    for name, run in named_runs:
+        names, runs = groups.setdefault(key(name, run), ([], []))
+        names += [name] * (name not in names)
+        runs.append(run)
+    total = sum(len(runs) for _, runs in groups.values())
+    return [(k, runs, "" if 2 * len(runs) > total else ": " + ", ".join(names))
+            for k, (names, runs) in sorted(groups.items(), key=lambda kv: -len(kv[1][1]))]
+
+
 def compare(runs, x, y, key="zero_shot_accuracy"):
     """Arm x against arm y on one metric: (difference of means, the larger of the two standard
     deviations, whether the difference exceeds it). None when either arm has fewer than 2 seeds."""
