@@ -41,7 +41,7 @@ from plumbing.prepare import (claim_folders, describe_run, drop_rows_after, load
                               load_init_weights, load_training_data, read_init_source,
                               resume_or_start, resumed_note, size_the_queue, tokenize_reports)
 from plumbing.progress import append_row, log_step
-from plumbing.runtime import (Clock, InputError, StopFlag, WriteError, fmt_time,
+from plumbing.runtime import (Clock, InputError, StopFlag, WriteError, fmt_time, leave_distributed,
                               pick_precision, save_atomic, send_signal_to_self, setup_distributed,
                               write_text)
 
@@ -219,8 +219,7 @@ def train(args):
     if run.master and status == 0 and step == args.steps:
         final_report(parts, tokenizer, args, run, (zs, ret, gr), clock, log)
     if run.ddp:
-        dist.barrier()   # leave together: a rank that leaves while rank 0 evaluates may abort gloo
-        dist.destroy_process_group()
+        leave_distributed(parts)                      # together, and the group freed while alive
     lock.release()
     return status
 

@@ -9,6 +9,7 @@ fcntl's on Unix and msvcrt's on Windows, each imported where it is used.
 """
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -320,6 +321,20 @@ def setup_distributed(device_name):
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Run(rank, world, device, ddp=True)
+
+
+def leave_distributed(parts):
+    """The end of a torchrun process: wait for every rank (rank 0 may still be evaluating), then
+    free the DistributedDataParallel wrapper `parts.model` before the process group goes.
+
+    DDP sits in a reference cycle, and its reducer holds the process group, so without the
+    collection the group outlives destroy_process_group() until the garbage collector runs, as late
+    as the interpreter's own exit. Gloo's threads torn down that late can abort the process
+    ("terminate called without an active exception", exit -6) after a finished run."""
+    dist.barrier()
+    parts.model = None
+    gc.collect()
+    dist.destroy_process_group()
 
 
 class Clock:

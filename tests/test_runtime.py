@@ -93,3 +93,32 @@ def test_every_script_imports_without_unix_only_modules():
 def test_fmt_time():
     assert runtime.fmt_time(0) == "0:00:00"
     assert runtime.fmt_time(3723.9) == "1:02:03"
+
+
+def test_leave_distributed_frees_the_ddp_wrapper_before_the_group_is_destroyed(monkeypatch):
+    """DDP sits in a reference cycle that holds the process group: unless it is collected first,
+    the group outlives destroy_process_group() (to the interpreter's exit, where gloo can abort)."""
+    import types
+    import weakref
+
+    import gc
+    import torch.distributed as dist
+    gc.disable()                               # only the helper's own collection may free it
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+        ddp(torch.randn(4, 3)).sum().backward()
+        wrapper = weakref.ref(ddp)
+        parts = types.SimpleNamespace(model=ddp)
+        del ddp
+        assert wrapper() is not None, "no cycle: this test no longer shows what it guards against"
+        seen = []
+        destroy = dist.destroy_process_group
+        monkeypatch.setattr(dist, "destroy_process_group",
+                            lambda *a: (seen.append(wrapper() is None), destroy(*a))[1])
+        runtime.leave_distributed(parts)
+        assert seen == [True] and not dist.is_initialized()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
