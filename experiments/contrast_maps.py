@@ -92,6 +92,7 @@ def measure(run, n_per_class=50, eval_seeds=None, use_teacher=False):
         scores["grid ceiling"] = {"pointing_game": best["class_mean"]["pointing_game"],
                                   "per_class": {c: v["pointing_game"] for c, v in best["per_class"].items()}}
         out[where] = {"grounding_seed": seed, **scores}
+    out["image_size"], out["patch_size"] = size, model.cfg.patch_size   # the grid the maps live on
     return out
 
 
@@ -122,18 +123,17 @@ def table(results):
     for name, runs in tries.items():
         cells = [fmt_mean_std([r[w][m][k] for r in runs]) for w, m, k, _ in COLUMNS]
         lines.append("| " + " | ".join([name, str(len(runs))] + cells) + " |")
-    # the pixels' change and the grid's ceiling depend on the image size alone: a row per size,
+    # the pixels' change and the grid's ceiling depend on the image and its grid: a row for each,
     # named by its tries when the runs have more than one
-    sizes = groups_of([(name, r) for name, runs in tries.items() for r in runs],
-                      lambda name, r: r["first set"].get("grid ceiling", {}).get("pointing_game"))
-    for key, runs, who in sizes:
-        which = ", " + who[2:] if who else ""
+    grids = groups_of([(name, r) for name, runs in tries.items() for r in runs],
+                      lambda name, r: (r["image_size"], r["image_size"] // r["patch_size"]))
+    for (size, side), runs, who in grids:
+        which = f" ({side}x{side} grid, {size} px{', ' + who[2:] if who else ''})"
         pixel = mean_std([r["first set"]["pixel change"]["pointing_game"] for r in runs])[0]
         lines.append(f"| the pixels' own change{which} |  | {pixel:.3f} |" + " |" * (len(COLUMNS) - 1))
-        if key is not None:
-            cells = [f"{runs[0][w]['grid ceiling']['pointing_game']:.3f}" if k == "pointing_game"
-                     else "" for w, _, k, _ in COLUMNS]
-            lines.append(f"| the best any grid map can do{which} |  | " + " | ".join(cells) + " |")
+        cells = [f"{runs[0][w]['grid ceiling']['pointing_game']:.3f}" if k == "pointing_game"
+                 else "" for w, _, k, _ in COLUMNS]
+        lines.append(f"| the best any map on it can do{which} |  | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -160,8 +160,8 @@ def main(argv=None):
     for run in args.runs:
         key = run + TEACHER * args.teacher
         results[key] = measure(run, use_teacher=args.teacher)
-        for where, scores in results[key].items():
-            for name, s in scores.items():
+        for where in ("first set", "second set"):
+            for name, s in results[key][where].items():
                 if not isinstance(s, dict):
                     continue
                 cnr = f"  signed CNR {s['signed_cnr']:.3f}" if "signed_cnr" in s else ""

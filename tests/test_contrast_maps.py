@@ -28,15 +28,17 @@ def test_table_is_the_mean_and_spread_per_try():
         scores = {m: {"pointing_game": pg, "signed_cnr": 2 * pg} for _, m, _, _ in COLUMNS}
         scores["pixel change"] = {"pointing_game": 0.7, "signed_cnr": 2.9}
         scores["grid ceiling"] = {"pointing_game": 0.69}
-        return {"first set": scores, "second set": scores}
+        return {"first set": scores, "second set": scores, "image_size": 64, "patch_size": 8}
     text = table({"out/msd/seed0": run(0.2), "out/msd/seed1": run(0.4), "out/clip/seed0/": run(0.5),
                   "out/msd/seed0:teacher": {**run(0.1), "teacher": True}})
     assert "| msd | 2 | 0.300 ± 0.141 | 0.300 ± 0.141 | 0.300 ± 0.141 | 0.600 ± 0.283 |" in text
     assert "| clip | 1 | 0.500 |" in text and "| msd teacher | 1 | 0.100 |" in text
-    assert "| the best any grid map can do |  | 0.690 | 0.690 | 0.690 |  | 0.690 |" in text
-    big = run(0.6)
-    for where in big.values():      # another image size: its own rows, named by its try
-        where["grid ceiling"] = {"pointing_game": 0.9}
-    text = table({"out/msd/seed0": run(0.2), "out/msd/seed1": run(0.4), "out/size128/seed0": big})
-    assert "| the best any grid map can do |  | 0.690 |" in text
-    assert "| the best any grid map can do, size128 |  | 0.900 |" in text and "| the pixels' own change |  | 0.700 |" in text
+    assert "| the best any map on it can do (8x8 grid, 64 px) |  | 0.690 | 0.690 | 0.690 |  | 0.690 |" in text
+    fine = run(0.6)
+    fine["patch_size"] = 4          # the same images on another grid: its own rows, named by its try
+    for where in ("first set", "second set"):
+        fine[where]["grid ceiling"] = {"pointing_game": 0.9}
+    text = table({"out/msd/seed0": run(0.2), "out/msd/seed1": run(0.4), "out/patch4/seed0": fine})
+    assert "| the best any map on it can do (8x8 grid, 64 px) |  | 0.690 |" in text
+    assert "| the best any map on it can do (16x16 grid, 64 px, patch4) |  | 0.900 |" in text
+    assert "| the pixels' own change (8x8 grid, 64 px) |  | 0.700 |" in text
