@@ -14,7 +14,11 @@
    averaged per patch, is what a map that knew the drawing exactly would score on the same grid;
    evaluation.grounding.grid_ceiling is the best pointing game any map on that grid can reach.
 
-Both are scored as eval.py scores (evaluation.grounding.summarize: the pointing game and signed
+3. The shifted contrast map (shifted_shares): the same model seen through 2 x 2
+   views of each image rolled by half a patch, a grid twice as fine; scored with that grid's own
+   random-map null and ceiling.
+
+All are scored as eval.py scores (evaluation.grounding.summarize: the pointing game and signed
 CNR, class means) on the synthetic grounding set of the first and the second evaluation set, on
 the report's sentences and on those that name the finding alone.
 """
@@ -28,6 +32,37 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def shifted_shares(model, images, text_features, set_images=None, shifts=2):
+    """A grid `shifts` times finer than the model's patches, from the same model, untrained for it.
+
+    Each image is seen shifts x shifts times, rolled (circularly, so no pixel is lost) up and left
+    by (i, j) * patch_size / shifts pixels: in view (i, j) each patch covers a block of shifts x
+    shifts cells of the fine grid, offset by (i, j) cells. A fine cell gets, in every view, the share
+    of the patch covering it over shifts^2, and their mean over the views. So the fine cells add up
+    exactly to the mean over the views of cos(encode_image(view), t) (with set_images: of the
+    contrast score, each view against the set's mean image seen the same way), and a finding of
+    half a patch can be told from its neighbour, where one view's 8 x 8 grid cannot.
+
+    images (B, C, H, W) float in [0, 1]; text_features (B, D); set_images (N, C, H, W) or None.
+    Returns (B, (g * shifts)^2), row-major like model.patch_shares, for upsample_grid. It costs
+    shifts^2 forward passes, and the views are images the model saw only through its augmentation's
+    small shifts (a few percent) and with the border wrapped around."""
+    from evaluation.grounding import contrast_shares
+    p = model.cfg.patch_size
+    if shifts < 1 or p % shifts:
+        raise ValueError(f"shifts {shifts} must divide the patch size {p}")
+    B, g, step = images.shape[0], images.shape[-1] // p, p // shifts
+    fine = images.new_zeros(B, g * shifts, g * shifts)
+    for i in range(shifts):
+        for j in range(shifts):
+            view = lambda x: torch.roll(x, shifts=(-i * step, -j * step), dims=(-2, -1))  # noqa: E731
+            mean = None if set_images is None else model.patch_vectors(view(set_images)).mean(0)
+            s = contrast_shares(model.patch_shares(view(images), text_features), text_features, mean)
+            cells = s.reshape(B, g, g).repeat_interleave(shifts, 1).repeat_interleave(shifts, 2)
+            fine += torch.roll(cells, shifts=(i, j), dims=(1, 2)) / shifts ** 2
+    return (fine / shifts ** 2).flatten(1)
 
 
 def state_change(model, images, undrawn):
@@ -58,7 +93,7 @@ def measure(run, n_per_class=50, eval_seeds=None, use_teacher=False):
     checkpoint in `run` (its EMA teacher with use_teacher), on the grounding sets of eval.py's first
     and second evaluation seeds."""
     from synthetic.dataset import EVAL_SEED, SECOND_EVAL_SEED
-    from evaluation.grounding import grid_ceiling, similarity_map, summarize, upsample_grid
+    from evaluation.grounding import grid_ceiling, random_grid_null, similarity_map, summarize, upsample_grid
     from evaluation.protocols import embed_texts
     from evaluation.sets import grounding_seed, synthetic_grounding
     from plumbing.checkpoint import load_checkpoint
@@ -81,6 +116,8 @@ def measure(run, n_per_class=50, eval_seeds=None, use_teacher=False):
             text = embed_texts(model, tokenizer, g[key], "cpu")
             maps[f"share, {name}"] = lambda text=text: similarity_map(model, images, text)
             maps[f"contrast, {name}"] = lambda text=text: similarity_map(model, images, text, mean)
+            maps[f"shifted contrast, {name}"] = lambda text=text: grid(
+                shifted_shares(model, images, text, set_images=images, shifts=2))
         scores = {}
         with torch.no_grad():
             for name, make in maps.items():
@@ -88,9 +125,13 @@ def measure(run, n_per_class=50, eval_seeds=None, use_teacher=False):
                 scores[name] = {"pointing_game": s["class_mean"]["pointing_game"],
                                 "signed_cnr": s["class_mean"]["signed_cnr"],
                                 "per_class": {c: v["pointing_game"] for c, v in s["per_class"].items()}}
-        best = grid_ceiling(labels, masks, size // model.cfg.patch_size)   # any map on the grid
-        scores["grid ceiling"] = {"pointing_game": best["class_mean"]["pointing_game"],
-                                  "per_class": {c: v["pointing_game"] for c, v in best["per_class"].items()}}
+        side = size // model.cfg.patch_size
+        for name, g in (("grid", side), ("shifted grid", 2 * side)):
+            best = grid_ceiling(labels, masks, g)                              # any map on the grid
+            scores[f"{name} ceiling"] = {"pointing_game": best["class_mean"]["pointing_game"],
+                                         "per_class": {c: v["pointing_game"] for c, v in best["per_class"].items()}}
+            null = random_grid_null(labels, masks, g)["class_mean"]   # random maps on it
+            scores[f"{name} random"] = {"pointing_game": null["pointing_game"], "signed_cnr": null["signed_cnr"]}
         out[where] = {"grounding_seed": seed, **scores}
     out["image_size"], out["patch_size"] = size, model.cfg.patch_size   # the grid the maps live on
     return out
@@ -107,6 +148,10 @@ COLUMNS = [  # (set, map, metric, heading)
     ("first set", "contrast, no place", "pointing_game", "contrast map, no place"),
     ("first set", "contrast, no place", "signed_cnr", "signed CNR, no place"),
     ("second set", "contrast, report", "pointing_game", "contrast map, 2nd set"),
+    ("first set", "shifted contrast, report", "pointing_game", "shifted"),
+    ("first set", "shifted contrast, report", "signed_cnr", "shifted sCNR"),
+    ("first set", "shifted contrast, no place", "pointing_game", "shifted, no place"),
+    ("second set", "shifted contrast, report", "pointing_game", "shifted, 2nd set"),
 ]
 
 
@@ -121,19 +166,29 @@ def table(results):
     head = ["try", "seeds"] + [c[3] for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
     for name, runs in tries.items():
-        cells = [fmt_mean_std([r[w][m][k] for r in runs]) for w, m, k, _ in COLUMNS]
-        lines.append("| " + " | ".join([name, str(len(runs))] + cells) + " |")
-    # the pixels' change and the grid's ceiling depend on the image and its grid: a row for each,
-    # named by its tries when the runs have more than one
+        cells = [fmt_mean_std([r[w][m][k] for r in runs if m in r[w]]) for w, m, k, _ in COLUMNS]
+        lines.append("| " + " | ".join([name, str(len(runs))] + cells) + " |")   # –: not measured
+    # the references depend on the image and its grid: rows for each, named by its tries when the
+    # runs have more than one; a shifted column's are those of the grid twice as fine
     grids = groups_of([(name, r) for name, runs in tries.items() for r in runs],
                       lambda name, r: (r["image_size"], r["image_size"] // r["patch_size"]))
+
+    def reference(runs, what, metrics):   # the same for every run of a group: the first that has it
+        cells = []
+        for w, m, k, _ in COLUMNS:
+            key = ("shifted grid " if m.startswith("shifted") else "grid ") + what
+            found = [r[w][key][k] for r in runs if key in r[w] and k in metrics]
+            cells.append(f"{found[0]:.3f}" if found else "")
+        return " | ".join(cells)
+
     for (size, side), runs, who in grids:
-        which = f" ({side}x{side} grid, {size} px{', ' + who[2:] if who else ''})"
+        which = f" ({side}x{side} grid, shifted {2 * side}x{2 * side}; {size} px{', ' + who[2:] if who else ''})"
         pixel = mean_std([r["first set"]["pixel change"]["pointing_game"] for r in runs])[0]
         lines.append(f"| the pixels' own change{which} |  | {pixel:.3f} |" + " |" * (len(COLUMNS) - 1))
-        cells = [f"{runs[0][w]['grid ceiling']['pointing_game']:.3f}" if k == "pointing_game"
-                 else "" for w, _, k, _ in COLUMNS]
-        lines.append(f"| the best any map on it can do{which} |  | " + " | ".join(cells) + " |")
+        lines.append(f"| random maps on the grid{which} |  | "
+                     + reference(runs, "random", ("pointing_game", "signed_cnr")) + " |")
+        lines.append(f"| the best any map on it can do{which} |  | "
+                     + reference(runs, "ceiling", ("pointing_game",)) + " |")
     return "\n".join(lines)
 
 
