@@ -40,14 +40,14 @@ from synthetic import dataset as synthetic
 DEGREES, TRANSLATE, SCALE, BRIGHTNESS, CONTRAST = 4.0, 0.03, (0.96, 1.04), 0.1, 0.1
 
 
-def augment_params(n, generator=None):
-    """n random draws -> dict of (n,) float tensors: angle (degrees), tx, ty (fractions of the side),
-    scale, brightness, contrast (factors). Drawn on the CPU from torch's global generator (or the
-    one given), so restoring torch.get_rng_state() on resume replays the very same augmentations,
-    whatever device the images are on."""
+def augment_params(n, generator=None, translate=TRANSLATE):
+    """n random draws -> dict of (n,) float tensors: angle (degrees), tx, ty (fractions of the side,
+    uniform in +-translate), scale, brightness, contrast (factors). Drawn on the CPU from torch's
+    global generator (or the one given), so restoring torch.get_rng_state() on resume replays the
+    very same augmentations, whatever device the images are on."""
     u = torch.rand(n, 6, generator=generator) * 2 - 1                # uniform in [-1, 1)
     lo, hi = SCALE
-    return {"angle": u[:, 0] * DEGREES, "tx": u[:, 1] * TRANSLATE, "ty": u[:, 2] * TRANSLATE,
+    return {"angle": u[:, 0] * DEGREES, "tx": u[:, 1] * translate, "ty": u[:, 2] * translate,
             "scale": (lo + hi) / 2 + u[:, 3] * (hi - lo) / 2,
             "brightness": 1 + u[:, 4] * BRIGHTNESS, "contrast": 1 + u[:, 5] * CONTRAST}
 
@@ -84,10 +84,11 @@ def apply_augment(images, p):
     return (c * out + (1 - c) * mean).clamp_(0, 1)
 
 
-def train_augment(images):
+def train_augment(images, translate=TRANSLATE):
     """images: float (B, C, S, S) in [0, 1] -> same shape, each sample augmented on its own, on the
-    images' device; the randomness is torch's global (CPU) generator's alone."""
-    return apply_augment(images, augment_params(images.shape[0]))
+    images' device; the randomness is torch's global (CPU) generator's alone. translate: the largest
+    shift, a fraction of the side (train.py's --augment-shift)."""
+    return apply_augment(images, augment_params(images.shape[0], translate=translate))
 
 
 # -----------------------------------------------------------------------------

@@ -90,8 +90,8 @@ def build_parser():
       help="linear learning-rate warm-up, then cosine to lr/10 (default: a sixth of --steps, 83 of 500)")
     a("--weight-decay", type=float, default=0.05, help="AdamW decay (not on norms, biases, embeddings, logit_scale)")
     a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
-    a("--augment", action=argparse.BooleanOptionalAction, default=True,
-      help="radiograph-safe augmentation (data.train_augment)")
+    a("--augment", action=argparse.BooleanOptionalAction, default=True, help="radiograph-safe augmentation")
+    a("--augment-shift", type=float, default=None, metavar="F", help=f"largest shift, share of side ({data.TRANSLATE})")
     # the method's knobs
     a("--alpha", type=float, default=0.4, help="weight of the teacher's soft targets (0 = hard targets)")
     a("--alpha-warmup", type=int, default=None,
@@ -336,7 +336,8 @@ def window(pairs, step, args, run):
     idx = window_indices(step, len(pairs["texts"]), args, run.rank, run.world)
     images = pairs["images"][idx].to(run.device, non_blocking=True).float() / 255   # (N, C, H, W)
     if args.augment:
-        images = data.train_augment(images)
+        shift = data.TRANSLATE if args.augment_shift is None else args.augment_shift
+        images = data.train_augment(images, shift)
     batches = []
     for im, tok, rid in zip(*(t.split(args.batch_size)
                               for t in (images, pairs["tokens"][idx], pairs["ids"][idx]))):

@@ -41,6 +41,9 @@ The tries (train.py options):
                 grid_ceiling: 0.812 at 64 px, 0.968 at 128); four times the tokens, the same samples
     patch4      --patch-size 4 at that recipe: the same 16 x 16 grid on the default's 64 px images
                 (a conv stem of two halvings, not three), so a finer grid without finer pixels
+    shift-phase --augment-shift 0.0625 at that recipe: shifts up to half a patch (4 px at 64), so
+                the grid meets the anatomy at every phase, and the shifted readout
+                (experiments/contrast_maps.py) reads the model at views it was trained on
 
 Each run is scored by eval.py as train.py writes it (eval.json: the maps of the report's sentences
 and of the sentences that name no place, beside random grid maps and the text-only prior), on the
@@ -75,10 +78,12 @@ TRIES = {  # name -> train.py options (the LADDER_TRIES take their recipe from t
     "attn-window3": ("--pool", "attn", "--attention-window", "3"),
     "size128": ("--image-size", "128"),
     "patch4": ("--patch-size", "4"),
+    "shift-phase": ("--augment-shift", "0.0625"),
 }
 # try -> the ladder arm whose chosen recipe it runs at; every other try runs at STUDY_LR
 LADDER_TRIES = {"clip": "clip-dup", "msd-ladder": "msd", "mean-ladder": "msd", "attn": "msd",
-                "attn-window3": "msd", "size128": "msd", "patch4": "msd"}
+                "attn-window3": "msd", "size128": "msd", "patch4": "msd",
+                "shift-phase": "msd"}
 SEEDS = (0, 1, 2)
 DEFAULT_STEPS = 500
 COLUMNS = [  # (summary key, heading)

@@ -102,6 +102,8 @@ def check(p, args):
         p.error(f"--queue-start must be >= 0, got {args.queue_start}")
     if args.momentum_half_life is not None and not 0 < args.momentum_half_life < math.inf:
         p.error(f"--momentum-half-life must be a positive fraction of the run, got {args.momentum_half_life}")
+    if args.augment_shift is not None and not 0 <= args.augment_shift < 0.5:
+        p.error(f"--augment-shift is a fraction of the image side in [0, 0.5), got {args.augment_shift}")
     patch = PRESETS[args.preset]["patch_size"] if args.patch_size is None else args.patch_size
     whose = "--patch-size" if args.patch_size is not None else f"the {args.preset} preset's patch size"
     if patch < 1 or (args.stem == "conv" and (patch < 2 or patch & (patch - 1))):

@@ -98,6 +98,34 @@ def test_augment_params_stay_in_their_ranges():
         assert v.max() - v.min() > 0.9 * (high - low), key     # the whole range is used
 
 
+def test_the_shift_range_scales_the_shifts_alone():
+    """--augment-shift: the same draws, tx and ty scaled to the new range, the rest as the default."""
+    p = data.augment_params(256, generator=torch.Generator().manual_seed(1))
+    q = data.augment_params(256, generator=torch.Generator().manual_seed(1), translate=0.0625)
+    for key in p:
+        want = p[key] * (0.0625 / data.TRANSLATE) if key in ("tx", "ty") else p[key]
+        torch.testing.assert_close(q[key], want, rtol=1e-6, atol=0)
+    images = torch.rand(3, 1, 16, 16)
+    torch.manual_seed(2)
+    default = data.train_augment(images)
+    torch.manual_seed(2)
+    assert torch.equal(data.train_augment(images, translate=data.TRANSLATE), default)
+
+
+def test_window_passes_the_shift_range_to_the_augmentation(monkeypatch):
+    import train
+    from plumbing import runtime
+    seen = []
+    monkeypatch.setattr(data, "train_augment", lambda images, translate: seen.append(translate) or images)
+    pairs = {"images": torch.zeros(8, 1, 16, 16, dtype=torch.uint8), "tokens": torch.ones(8, 4, dtype=torch.long),
+             "ids": torch.arange(8), "texts": ["a"] * 8}
+    run = runtime.Run(0, 1, torch.device("cpu"), ddp=False)
+    for extra, want in (([], data.TRANSLATE), (["--augment-shift", "0.0625"], 0.0625)):
+        _, args = train.get_args(["--batch-size", "2", "--accum-steps", "2", *extra])
+        train.window(pairs, 0, args, run)
+        assert seen.pop() == want
+
+
 def test_apply_augment_refuses_non_square_images():
     with pytest.raises(ValueError, match="square images, got 32 x 48"):
         data.apply_augment(torch.rand(1, 1, 32, 48), _params(1))

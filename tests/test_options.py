@@ -78,6 +78,8 @@ def test_unlabelled_prompt_classes():
     (["--warmup-steps=-1"], "--warmup-steps must be >= 0, got -1"),
     (["--image-size", "60"], "--image-size 60 is not divisible by the tiny preset's patch size 8: use a multiple of 8, e.g. 56"),
     (["--patch-size", "16", "--image-size", "72"], "--image-size 72 is not divisible by --patch-size 16: use a multiple of 16, e.g. 64"),
+    (["--augment-shift", "0.5"], "--augment-shift is a fraction of the image side in [0, 0.5), got 0.5"),
+    (["--augment-shift=-0.1"], "--augment-shift is a fraction of the image side in [0, 0.5), got -0.1"),
     (["--patch-size", "6"], "--patch-size must be a power of two >= 2 with --stem conv (it halves the image "
                             "log2(patch) times), or >= 1 with --stem patch; got 6"),
     (["--patch-size", "0", "--stem", "patch"], "--patch-size must be a power of two >= 2 with --stem conv "
