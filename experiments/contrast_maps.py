@@ -156,8 +156,9 @@ COLUMNS = [  # (set, map, metric, heading)
 
 
 def table(results):
-    """One row per try (a run folder's parent's name): mean ± sd over its seeds of COLUMNS, with
-    the pixel change (what a map that knew the drawing would score) in the last row."""
+    """One row per try (a run folder's parent's name): mean ± sd over its seeds of COLUMNS (– where
+    no seed measured it), then for each image and grid the pixel change (what a map that knew the
+    drawing would score), random maps and the ceiling (a shifted column: the finer grid's)."""
     from experiments.studies import fmt_mean_std, groups_of, mean_std
     tries = {}
     for run, r in results.items():

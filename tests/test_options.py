@@ -2,6 +2,7 @@
 mistake in the arguments alone refused as one line naming the option, before any data is made."""
 
 import pytest
+import torch
 
 import train
 from evaluation.sets import unlabelled_prompt_classes
@@ -125,3 +126,19 @@ def test_help_says_the_schedule_repeats_a_small_set(capsys):
     assert "--report-noise P" in help_text
     _, args = train.get_args([])
     assert args.report_noise == 0.0
+
+
+def test_a_checkpoint_from_before_augment_shift_resumes_only_at_its_shift(tmp_path):
+    """Options added later (--augment-shift, --patch-size) default to None, so a checkpoint saved
+    before they existed compares equal at their defaults, and differs once one is given."""
+    from plumbing.checkpoint import FORMAT, read_for_resume
+    from plumbing.runtime import InputError
+    _, args = train.get_args(["--resume"])
+    saved = {k: v for k, v in vars(args).items() if k not in ("augment_shift", "patch_size")}
+    path = tmp_path / "ckpt.pt"
+    torch.save({"student": {}, "optimizer": {}, "step": 3, "rng": {},
+                "config": {"format": FORMAT, "train": saved}}, path)
+    assert read_for_resume(str(path), args)["step"] == 3
+    _, wider = train.get_args(["--resume", "--augment-shift", "0.0625"])
+    with pytest.raises(InputError, match=r"--augment-shift None \(saved\) vs 0.0625"):
+        read_for_resume(str(path), wider)
